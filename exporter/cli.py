@@ -1,0 +1,160 @@
+"""Command line in node_exporter's style: `--web.listen-address`, `--path.sysfs`, ..."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from exporter import __version__, carbon, logs
+from exporter.config import ConfigError, Settings, load_file_config
+from exporter.sampler import Sampler, read_cpu_model
+from exporter.server import ExporterState, parse_listen_address, serve
+from exporter.sources.base import EnergySource, Status
+from exporter.sources.estimate import ESTIMABLE, EstimateSource
+from exporter.sources.rapl import RaplSource
+
+DEFAULT_LISTEN_ADDRESS = ":9835"
+"""Not node_exporter's 9100, dcgm-exporter's 9400, nor Kepler's 9102 or 28282."""
+
+COLLECTORS = {
+    "rapl": "RAPL energy counters from <path.sysfs>/class/powercap",
+    "estimate": "utilisation-based estimate for cpu/dram where no sensor covers them",
+}
+
+log = logs.get("main")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, exit 2, as for a bad config file."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
+    if not math.isfinite(value) or not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0.05 and 3600, got {text!r}")
+    return value
+
+
+def _listen_address(text: str) -> str:
+    try:
+        parse_listen_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="footprint-exporter",
+                description="Energy and CO2e of a Kubernetes node's workloads, for Prometheus.")
+    p.add_argument("--web.listen-address", dest="listen_address", type=_listen_address,
+                   default=DEFAULT_LISTEN_ADDRESS,
+                   help=f"address to serve metrics on (default {DEFAULT_LISTEN_ADDRESS})")
+    p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
+                   help="path under which to expose metrics (default /metrics)")
+    p.add_argument("--path.sysfs", dest="sysfs", type=Path, default=Path("/sys"),
+                   help="sysfs mount point (default /sys)")
+    p.add_argument("--path.procfs", dest="procfs", type=Path, default=Path("/proc"),
+                   help="procfs mount point (default /proc)")
+    p.add_argument("--collector.interval", dest="interval", type=_interval, default=5.0,
+                   help="seconds between ticks; fractions allowed (default 5)")
+    p.add_argument("--config.file", dest="config_file", type=Path, default=None,
+                   help="YAML config file (docs/configuration.md); default: built-in defaults")
+    p.add_argument("--log.level", dest="log_level", choices=logs.LEVELS, default="info",
+                   help="only log messages at this level or above (default info)")
+    for name, what in COLLECTORS.items():
+        p.add_argument(f"--collector.{name}", dest=f"collector_{name}", default=True,
+                       action=argparse.BooleanOptionalAction,
+                       help=f"{what} (default enabled)")
+    p.add_argument("--version", action="version", version=f"footprint-exporter {__version__}")
+    return p
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Flags and `--config.file` as one Settings; ConfigError names a bad key."""
+    args = build_parser().parse_args(argv)
+    if not args.telemetry_path.startswith("/"):
+        raise ConfigError(f"--web.telemetry-path: expected a path starting with '/', "
+                          f"got {args.telemetry_path!r}")
+    return Settings(
+        listen_address=args.listen_address,
+        telemetry_path=args.telemetry_path,
+        sysfs=args.sysfs,
+        procfs=args.procfs,
+        interval_seconds=args.interval,
+        collectors={name: getattr(args, f"collector_{name}") for name in COLLECTORS},
+        node_name=os.environ.get("NODE_NAME") or socket.gethostname(),
+        log_level=args.log_level,
+        config_file=args.config_file,
+        file=load_file_config(args.config_file),
+    )
+
+
+def _log_status(name: str, status: Status) -> None:
+    if status.enabled:
+        log.info(f"source {name}: on, {status.detail}")
+    elif status.present:
+        log.warning(f"source {name}: off, {status.detail}")
+    else:
+        log.info(f"source {name}: off, {status.detail}")
+
+
+def build_sampler(settings: Settings) -> Sampler:
+    """Probe each source once, in order, so the estimate covers only what no sensor does."""
+    sources: list[EnergySource] = []
+    statuses: list[Status] = []
+    sensed: frozenset[str] = frozenset()
+    if settings.collectors["rapl"]:
+        rapl = RaplSource(settings.sysfs)
+        status = rapl.probe()
+        sources.append(rapl)
+        statuses.append(status)
+        if status.enabled:
+            sensed = status.components
+    else:
+        statuses.append(Status(False, "disabled by --no-collector.rapl", present=False))
+        sources.append(RaplSource(settings.sysfs))
+    estimate = EstimateSource(settings.procfs, settings.file.estimate, ESTIMABLE - sensed)
+    if settings.collectors["estimate"]:
+        statuses.append(estimate.probe())
+    else:
+        statuses.append(Status(False, "disabled by --no-collector.estimate", present=False))
+    sources.append(estimate)
+    for source, status in zip(sources, statuses, strict=True):
+        _log_status(source.name, status)
+    covered = frozenset().union(*(s.components for s in statuses if s.enabled))
+    if not covered:
+        log.warning("no energy source is on: node energy stays 0 until one is enabled")
+    intensity = carbon.StaticIntensity(settings.file.carbon)
+    current = intensity.current()
+    log.info(f"grid intensity {current.grams_per_kwh:g} gCO2e/kWh for zone {current.zone} "
+             f"({current.provider})")
+    return Sampler(sources=sources, statuses=statuses, intensity=intensity,
+                   attribution=settings.file.attribution, node=settings.node_name,
+                   cpu_model=read_cpu_model(settings.procfs))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse_settings(argv)
+    except ConfigError as exc:
+        print(f"footprint-exporter: error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level)
+    log.info(f"starting footprint-exporter {__version__} on node {settings.node_name}, "
+             f"tick every {settings.interval_seconds:g} s")
+    sampler = build_sampler(settings)
+    state = ExporterState(sampler=sampler, telemetry_path=settings.telemetry_path)
+    return asyncio.run(serve(state, listen_address=settings.listen_address,
+                             interval_seconds=settings.interval_seconds))

@@ -1,0 +1,204 @@
+"""Settings: the YAML config file (`--config.file`) and the command-line flags, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+WORLD_AVERAGE_GRAMS_PER_KWH = 475.0
+"""World-average grid intensity (gCO2e/kWh), CodeCarbon's default (mlco2/codecarbon, global_energy_mix)."""
+
+COMPONENTS = ("cpu", "dram", "gpu", "platform")
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names the key and what was expected."""
+
+
+def _num(*, default: float, minimum: float | None = None, maximum: float | None = None,
+         doc: str) -> Any:
+    return field(default=default, metadata={"min": minimum, "max": maximum, "doc": doc})
+
+
+@dataclass(frozen=True)
+class CarbonSettings:
+    """Grid carbon intensity in force for this node."""
+
+    zone: str = field(default="", metadata={"doc": "grid zone name published as the zone label"})
+    intensity_grams_per_kwh: float | None = field(
+        default=None,
+        metadata={"min": 0.0, "max": 5000.0,
+                  "doc": "static intensity in gCO2e/kWh; unset means the world average 475"},
+    )
+
+    @property
+    def effective_intensity_grams_per_kwh(self) -> float:
+        if self.intensity_grams_per_kwh is None:
+            return WORLD_AVERAGE_GRAMS_PER_KWH
+        return self.intensity_grams_per_kwh
+
+    @property
+    def provider(self) -> str:
+        return "default" if self.intensity_grams_per_kwh is None else "static"
+
+
+@dataclass(frozen=True)
+class EstimateSettings:
+    """Usage-based power model where no sensor exists (Cloud Carbon Footprint's coefficients)."""
+
+    cpu_idle_watts_per_vcpu: float = _num(
+        default=0.74, minimum=0.0, maximum=100.0,
+        doc="watts per vCPU at 0% utilisation (CCF, AWS average)")
+    cpu_max_watts_per_vcpu: float = _num(
+        default=3.5, minimum=0.0, maximum=100.0,
+        doc="watts per vCPU at 100% utilisation (CCF, AWS average)")
+    dram_watts_per_gb: float = _num(
+        default=0.392, minimum=0.0, maximum=10.0,
+        doc="watts per GB of MemTotal (CCF: 0.000392 kWh per GB-hour)")
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """How node energy is split into idle and dynamic parts."""
+
+    idle_watts: Mapping[str, float] = field(
+        default_factory=dict,
+        metadata={"keys": COMPONENTS, "min": 0.0,
+                  "doc": "fixed idle baseline per component; components left out learn theirs"})
+    idle_percentile: float = _num(
+        default=5.0, minimum=0.0, maximum=100.0,
+        doc="percentile of observed power taken as the learned idle baseline")
+    idle_window_seconds: float = _num(
+        default=3600.0, minimum=1.0, maximum=7 * 86400.0,
+        doc="how much power history the learned baseline looks at")
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    """Everything `--config.file` may set."""
+
+    carbon: CarbonSettings = field(default_factory=CarbonSettings)
+    estimate: EstimateSettings = field(default_factory=EstimateSettings)
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The exporter's whole configuration after flags and file are merged."""
+
+    listen_address: str
+    telemetry_path: str
+    sysfs: Path
+    procfs: Path
+    interval_seconds: float
+    collectors: Mapping[str, bool]
+    node_name: str
+    log_level: str
+    config_file: Path | None
+    file: FileConfig
+
+
+def _describe(value: object) -> str:
+    return repr(value) if not isinstance(value, Mapping | list) else type(value).__name__
+
+
+def _number(value: object, key: str, meta: Mapping[str, Any]) -> float:
+    lo, hi = meta.get("min"), meta.get("max")
+    expected = "a number" + (f" >= {lo:g}" if lo is not None else "") + (
+        f" and <= {hi:g}" if hi is not None else "")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{key}: expected {expected}, got {_describe(value)}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+    return float(value)
+
+
+def _convert(value: object, hint: Any, key: str, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union) and type(None) in args:
+        if value is None:
+            return None
+        (inner,) = (a for a in args if a is not type(None))
+        return _convert(value, inner, key, meta)
+    if hint is float:
+        return _number(value, key, meta)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+        return value
+    if origin is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {_describe(value)}")
+        allowed = meta.get("keys", ())
+        out = {}
+        for k, v in value.items():
+            if k not in allowed:
+                raise ConfigError(
+                    f"{key}.{k}: unknown key (expected one of: {', '.join(allowed)})")
+            out[k] = _number(v, f"{key}.{k}", meta)
+        return types.MappingProxyType(out)
+    if dataclasses.is_dataclass(hint):
+        return _section(hint, value, key)
+    raise TypeError(f"unsupported setting type {hint!r} for {key}")  # a bug in this module
+
+
+def _section(cls: Any, data: object, prefix: str) -> Any:
+    where = prefix or "the top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(
+                f"{prefix + '.' if prefix else ''}{key}: unknown key "
+                f"(expected one of: {', '.join(fields)})")
+    kwargs = {
+        name: _convert(data[name], hints[name], f"{prefix + '.' if prefix else ''}{name}",
+                       f.metadata)
+        for name, f in fields.items() if name in data
+    }
+    return cls(**kwargs)
+
+
+def parse_file_config(data: object) -> FileConfig:
+    """Validate a parsed YAML document; raise ConfigError naming the first bad key."""
+    config: FileConfig = _section(FileConfig, data, "")
+    est = config.estimate
+    if est.cpu_max_watts_per_vcpu < est.cpu_idle_watts_per_vcpu:
+        raise ConfigError(
+            "estimate.cpu_max_watts_per_vcpu: expected a number >= "
+            f"estimate.cpu_idle_watts_per_vcpu ({est.cpu_idle_watts_per_vcpu:g}), "
+            f"got {est.cpu_max_watts_per_vcpu:g}")
+    return config
+
+
+def load_file_config(path: Path | None) -> FileConfig:
+    """Read `--config.file`; no file means every default."""
+    if path is None:
+        return FileConfig()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--config.file {path}: cannot read it ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"--config.file {path}: not valid YAML{where}") from None
+    try:
+        return parse_file_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"--config.file {path}: {exc}") from None

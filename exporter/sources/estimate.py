@@ -1,0 +1,122 @@
+"""Usage-based power estimate for hosts without sensors (Cloud Carbon Footprint's model).
+
+CPU watts = vCPUs x (idle + (max - idle) x utilisation), utilisation from `/proc/stat`;
+DRAM watts = GB of MemTotal x watts per GB. Energy is watts x the time between reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter import logs
+from exporter.config import EstimateSettings
+from exporter.sources.base import Reading, Status
+
+log = logs.get("estimate")
+
+ESTIMABLE = frozenset({"cpu", "dram"})
+
+
+class ProcError(Exception):
+    """A procfs file is missing or not in the kernel's format."""
+
+
+@dataclass(frozen=True, slots=True)
+class CpuTimes:
+    """Aggregate CPU time from the first line of /proc/stat, in clock ticks."""
+
+    busy: int
+    total: int
+    vcpus: int
+
+
+def read_cpu_times(procfs: Path) -> CpuTimes:
+    path = procfs / "stat"
+    try:
+        lines = path.read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError as exc:
+        raise ProcError(f"cannot read {path}: {exc.strerror}") from None
+    fields = lines[0].split() if lines else []
+    if len(fields) < 5 or fields[0] != "cpu" or not all(f.isdigit() for f in fields[1:]):
+        raise ProcError(f"{path}: first line is not the aggregate 'cpu' line of /proc/stat")
+    # user nice system idle iowait irq softirq steal (guest time is already inside user/nice)
+    t = [int(f) for f in fields[1:9]] + [0] * (9 - len(fields))
+    user, nice, system, idle, iowait, irq, softirq, steal = t[:8]
+    vcpus = sum(1 for line in lines[1:] if line.startswith("cpu") and line[3:4].isdigit())
+    return CpuTimes(busy=user + nice + system + irq + softirq,
+                    total=user + nice + system + idle + iowait + irq + softirq + steal,
+                    vcpus=max(vcpus, 1))
+
+
+def read_mem_total_bytes(procfs: Path) -> int:
+    path = procfs / "meminfo"
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        raise ProcError(f"cannot read {path}: {exc.strerror}") from None
+    for line in text.splitlines():
+        if line.startswith("MemTotal:"):
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                return int(parts[1]) * 1024
+    raise ProcError(f"{path}: no 'MemTotal: <n> kB' line")
+
+
+class EstimateSource:
+    """Estimates the components no sensor covers; `components` says which those are."""
+
+    name = "estimated"
+
+    def __init__(self, procfs: Path, settings: EstimateSettings,
+                 components: frozenset[str]) -> None:
+        self._procfs = procfs
+        self._settings = settings
+        self._components = components & ESTIMABLE
+        self._last_cpu: CpuTimes | None = None
+        self._last_now: float | None = None
+        self._throttle = logs.Throttle(log)
+
+    def probe(self) -> Status:
+        if not self._components:
+            return Status(False, "not needed: a sensor covers cpu and dram", present=False)
+        try:
+            cpu = read_cpu_times(self._procfs)
+            mem = read_mem_total_bytes(self._procfs)
+        except ProcError as exc:
+            return Status(False, f"{exc}; check --path.procfs", present=True)
+        s = self._settings
+        parts = []
+        if "cpu" in self._components:
+            parts.append(f"cpu: {cpu.vcpus} vCPUs x {s.cpu_idle_watts_per_vcpu:g}-"
+                         f"{s.cpu_max_watts_per_vcpu:g} W by utilisation")
+        if "dram" in self._components:
+            parts.append(f"dram: {mem / 1e9:.1f} GB x {s.dram_watts_per_gb:g} W/GB")
+        return Status(True, "; ".join(parts), self._components)
+
+    def read(self, now: float) -> Reading:
+        try:
+            cpu = read_cpu_times(self._procfs)
+            mem_bytes = read_mem_total_bytes(self._procfs) if "dram" in self._components else 0
+        except ProcError as exc:
+            # Keep the last good sample: the next good one covers the gap at its average use.
+            self._throttle.fault("proc", f"estimate paused: {exc}")
+            return Reading(up=False)
+        self._throttle.recovered("proc", "estimate resumed: procfs readable again")
+        last_cpu, last_now = self._last_cpu, self._last_now
+        self._last_cpu, self._last_now = cpu, now
+        if last_cpu is None or last_now is None or now <= last_now:
+            return Reading(up=True)
+        seconds = now - last_now
+        joules: dict[str, float] = {}
+        s = self._settings
+        if "cpu" in self._components:
+            total = cpu.total - last_cpu.total
+            busy = cpu.busy - last_cpu.busy
+            utilisation = min(max(busy / total, 0.0), 1.0) if total > 0 else 0.0
+            watts = cpu.vcpus * (s.cpu_idle_watts_per_vcpu + (
+                s.cpu_max_watts_per_vcpu - s.cpu_idle_watts_per_vcpu) * utilisation)
+            joules["cpu"] = watts * seconds
+        if "dram" in self._components:
+            joules["dram"] = mem_bytes / 1e9 * s.dram_watts_per_gb * seconds
+        return Reading(up=True, joules=joules)
