@@ -8,7 +8,8 @@ import math
 import os
 import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -110,7 +111,9 @@ def _log_status(name: str, status: Status) -> None:
         log.info(f"source {name}: off, {status.detail}")
 
 
-def build_sampler(settings: Settings) -> Sampler:
+def build_sampler(settings: Settings, *, process_metrics: bool = True,
+                  clock: Callable[[], float] = time.monotonic,
+                  timer: Callable[[], float] = time.perf_counter) -> Sampler:
     """Probe each source once, in order, so the estimate covers only what no sensor does."""
     sources: list[EnergySource] = []
     statuses: list[Status] = []
@@ -142,7 +145,8 @@ def build_sampler(settings: Settings) -> Sampler:
              f"({current.provider})")
     return Sampler(sources=sources, statuses=statuses, intensity=intensity,
                    attribution=settings.file.attribution, node=settings.node_name,
-                   cpu_model=read_cpu_model(settings.procfs))
+                   cpu_model=read_cpu_model(settings.procfs), process_metrics=process_metrics,
+                   clock=clock, timer=timer)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,6 +69,7 @@ class Sampler:
         for source, status in zip(sources, statuses, strict=True):
             if status.present:
                 ledger.set("footprint_source_up", (source.name,), 1.0 if status.enabled else 0.0)
+                ledger.ensure("footprint_exporter_errors_total", (source.name,))
             for component in sorted(status.components) if status.enabled else ():
                 # Published from the start so a counter's first increase is never lost to rate().
                 ledger.ensure("footprint_node_energy_joules_total", (component, source.name))

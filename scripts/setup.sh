@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Creates .venv with the exporter (and, with --test, what the tests need: Python packages,
+# and Debian's prometheus (promtool) and prometheus-node-exporter when run as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+apt_install() {
+  # Installs the Debian packages named, once; says what to do where it cannot.
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: please install the Debian packages ${missing[*]} (sudo apt-get install ${missing[*]}), then rerun" >&2
+    exit 1
+  fi
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+  echo "setup: Python 3.11 or newer is needed as '$python' (set PYTHON=...)" >&2
+  exit 1
+fi
+if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+  apt_install python3-venv
+fi
+if [ $want_test -eq 1 ]; then
+  apt_install prometheus prometheus-node-exporter
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+extra=""
+[ $want_test -eq 1 ] && extra="[test]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extra}" 2>&1 \
+  | grep -v "^WARNING: Location" >&2 || true
+.venv/bin/python -c 'import exporter' # fails loudly if the install did not work

@@ -1,0 +1,107 @@
+"""Bad configuration stops start-up with exit code 2 and one line naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter import cli
+from exporter.config import WORLD_AVERAGE_GRAMS_PER_KWH, ConfigError, parse_file_config
+from tests.support import REPO
+
+
+def test_defaults() -> None:
+    config = parse_file_config(None)
+    assert config.carbon.effective_intensity_grams_per_kwh == WORLD_AVERAGE_GRAMS_PER_KWH
+    assert config.carbon.provider == "default"
+    assert config.estimate.cpu_idle_watts_per_vcpu == 0.74
+
+
+def test_a_full_valid_file() -> None:
+    config = parse_file_config({
+        "carbon": {"zone": "FR", "intensity_grams_per_kwh": 57},
+        "estimate": {"cpu_idle_watts_per_vcpu": 0.71, "cpu_max_watts_per_vcpu": 4.26,
+                     "dram_watts_per_gb": 0.4},
+        "attribution": {"idle_watts": {"cpu": 40, "dram": 5.5}, "idle_percentile": 10,
+                        "idle_window_seconds": 600},
+    })
+    assert config.carbon.provider == "static"
+    assert config.carbon.effective_intensity_grams_per_kwh == 57.0
+    assert dict(config.attribution.idle_watts) == {"cpu": 40.0, "dram": 5.5}
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"carbn": {}}, "carbn: unknown key (expected one of: carbon, estimate, attribution)"),
+    ({"carbon": {"intensity": 5}},
+     "carbon.intensity: unknown key (expected one of: zone, intensity_grams_per_kwh)"),
+    ({"carbon": {"intensity_grams_per_kwh": "high"}},
+     "carbon.intensity_grams_per_kwh: expected a number >= 0 and <= 5000, got 'high'"),
+    ({"carbon": {"intensity_grams_per_kwh": -1}},
+     "carbon.intensity_grams_per_kwh: expected a number >= 0 and <= 5000, got -1"),
+    ({"carbon": {"intensity_grams_per_kwh": True}},
+     "carbon.intensity_grams_per_kwh: expected a number >= 0 and <= 5000, got True"),
+    ({"carbon": {"zone": 7}}, "carbon.zone: expected a string, got 7"),
+    ({"carbon": []}, "carbon: expected a mapping, got list"),
+    (["carbon"], "the top level: expected a mapping, got list"),
+    ({"attribution": {"idle_watts": {"gpu0": 3}}},
+     "attribution.idle_watts.gpu0: unknown key (expected one of: cpu, dram, gpu, platform)"),
+    ({"estimate": {"cpu_idle_watts_per_vcpu": 5, "cpu_max_watts_per_vcpu": 4}},
+     "estimate.cpu_max_watts_per_vcpu: expected a number >= "
+     "estimate.cpu_idle_watts_per_vcpu (5), got 4"),
+])
+def test_errors_name_the_key(data: object, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_file_config(data)
+    assert str(err.value) == message
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "footprint.yaml"
+    path.write_text("carbon:\n  zone: FR\n  intensity_grams_per_kwh: [57\n")
+    assert cli.main(["--config.file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"--config.file {path}: not valid YAML at line" in err
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--config.file", str(tmp_path / "nope.yaml")]) == 2
+    assert "cannot read it (No such file or directory)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--collector.interval", "0"], "argument --collector.interval: expected seconds between"),
+    (["--collector.interval", "fast"], "argument --collector.interval: expected seconds > 0"),
+    (["--web.listen-address", "9835"], "argument --web.listen-address: expected host:port"),
+    (["--log.level", "loud"], "argument --log.level: invalid choice: 'loud'"),
+    (["--collector.nvml"], "unrecognized arguments: --collector.nvml"),
+    (["--web.telemetry-path", "metrics"], "--web.telemetry-path: expected a path starting"),
+])
+def test_bad_flags_exit_2_with_one_line(argv: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "exporter", *argv], cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_file_in_a_real_process(tmp_path: Path) -> None:
+    path = tmp_path / "footprint.yaml"
+    path.write_text("carbon:\n  intensity_grams_per_kwh: lots\n")
+    result = subprocess.run([sys.executable, "-m", "exporter", "--config.file", str(path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"footprint-exporter: error: --config.file {path}: carbon.intensity_grams_per_kwh: "
+        "expected a number >= 0 and <= 5000, got 'lots'\n")
+
+
+def test_collector_flags_switch_sources() -> None:
+    settings = cli.parse_settings(["--no-collector.rapl", "--collector.interval", "0.5"])
+    assert settings.collectors == {"rapl": False, "estimate": True}
+    assert settings.interval_seconds == 0.5
