@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 WORLD_AVERAGE_GRAMS_PER_KWH = 475.0
-"""World-average grid intensity (gCO2e/kWh), CodeCarbon's default (mlco2/codecarbon, global_energy_mix)."""
+"""World-average grid intensity in gCO2e/kWh: CodeCarbon's default (docs/carbon.md)."""
 
 COMPONENTS = ("cpu", "dram", "gpu", "platform")
 

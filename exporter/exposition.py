@@ -146,5 +146,5 @@ class Renderer:
 
     def render(self, stats: TickStats) -> Snapshot:
         self._ledger_collector.stats = stats
-        return Snapshot(text=render_text(self._registry),
-                        openmetrics=render_openmetrics(self._registry))
+        openmetrics: bytes = render_openmetrics(self._registry)  # type: ignore[no-untyped-call]
+        return Snapshot(text=render_text(self._registry), openmetrics=openmetrics)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import html
 import signal
 from dataclasses import dataclass
@@ -139,10 +140,8 @@ async def run_ticks(state: ExporterState, *, interval_seconds: float,
                 log.warning(f"tick took longer than --collector.interval ({interval_seconds:g} s)"
                             "; skipping to the next interval")
                 next_at = now + interval_seconds
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=next_at - now)
-            except TimeoutError:
-                pass
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:

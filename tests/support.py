@@ -1,4 +1,4 @@
-"""Test helpers: fixture node trees, counters written as the kernel would, a real exporter process."""
+"""Test helpers: fixture node trees, counters written as the kernel does, a real exporter."""
 
 from __future__ import annotations
 
