@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 WORLD_AVERAGE_GRAMS_PER_KWH = 475.0
-"""World-average grid intensity in gCO2e/kWh: CodeCarbon's default (docs/carbon.md)."""
+"""World-average grid intensity in gCO2e/kWh: CodeCarbon's default (docs/configuration.md)."""
 
 COMPONENTS = ("cpu", "dram", "gpu", "platform")
 
