@@ -1,0 +1,41 @@
+"""The docs stay true: every published metric is in the contract and the README's table, and CI
+runs the README's test command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from exporter.exposition import SPECS, TICK_DURATION
+from tests.support import REPO
+
+GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
+
+
+def published() -> set[str]:
+    return set(SPECS) | {TICK_DURATION}
+
+
+def test_every_metric_is_in_the_contract_and_the_readme() -> None:
+    contract = (REPO / "docs" / "metrics.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    for name in published():
+        assert f"`{name}`" in contract, f"{name} missing from docs/metrics.md"
+        assert f"`{name}`" in readme, f"{name} missing from the README's metric table"
+
+
+def test_contract_names_marked_as_published_exist() -> None:
+    contract = (REPO / "docs" / "metrics.md").read_text()
+    rows = re.findall(r"^\| `(footprint_[a-z_]+)` \|[^|]*\|[^|]*\| 0\.1 \|", contract, re.M)
+    assert rows, "no row of docs/metrics.md says 0.1"
+    assert set(rows) <= published(), set(rows) - published()
+    golden = GOLDEN.read_text()
+    for name in rows:
+        assert f"# TYPE {name.removesuffix('_total')}" in golden or name in golden, name
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "```sh\nbash scripts/test.sh\n```" in readme
+    assert "```sh\nbash scripts/run.sh\n```" in readme
+    assert "bash scripts/test.sh" in (REPO / ".ci" / "run").read_text()
