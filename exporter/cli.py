@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from exporter import __version__, carbon, logs
 from exporter.config import ConfigError, Settings, load_file_config
-from exporter.sampler import Sampler, read_cpu_model
+from exporter.sampler import Kubernetes, Sampler, read_cpu_model
 from exporter.server import ExporterState, parse_listen_address, serve
 from exporter.sources.base import EnergySource, Status
 from exporter.sources.estimate import ESTIMABLE, EstimateSource
@@ -27,6 +27,7 @@ DEFAULT_LISTEN_ADDRESS = ":9835"
 COLLECTORS = {
     "rapl": "RAPL energy counters from <path.sysfs>/class/powercap",
     "estimate": "utilisation-based estimate for cpu/dram where no sensor covers them",
+    "kubernetes": "pods of this node from the Kubernetes API, CPU time from cgroups",
 }
 
 log = logs.get("main")
@@ -139,14 +140,40 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
     covered = frozenset().union(*(s.components for s in statuses if s.enabled))
     if not covered:
         log.warning("no energy source is on: node energy stays 0 until one is enabled")
+    kubernetes = connect_kubernetes(settings) if settings.collectors["kubernetes"] else None
     intensity = carbon.StaticIntensity(settings.file.carbon)
     current = intensity.current()
     log.info(f"grid intensity {current.grams_per_kwh:g} gCO2e/kWh for zone {current.zone} "
              f"({current.provider})")
     return Sampler(sources=sources, statuses=statuses, intensity=intensity,
                    attribution=settings.file.attribution, node=settings.node_name,
-                   cpu_model=read_cpu_model(settings.procfs), process_metrics=process_metrics,
-                   clock=clock, timer=timer)
+                   cpu_model=read_cpu_model(settings.procfs), kubernetes=kubernetes,
+                   process_metrics=process_metrics, clock=clock, timer=timer)
+
+
+def connect_kubernetes(settings: Settings) -> Kubernetes | None:
+    """The pod watch for this node, or None (logged once) when no cluster is configured."""
+    from exporter.kube.client import connect
+    from exporter.kube.pods import PodWatcher
+    from exporter.usage.cgroups import CgroupReader
+    from exporter.workloads import WorkloadTracker
+
+    k = settings.file.kubernetes
+    cluster = connect(Path(k.kubeconfig) if k.kubeconfig else None)
+    if cluster.api is None:
+        log.info(f"source kubernetes: off, {cluster.detail}")
+        return None
+    if not os.environ.get("NODE_NAME"):
+        log.warning(f"NODE_NAME is not set: watching pods of node {settings.node_name!r} (the "
+                    "host name); set NODE_NAME from the downward API (spec.nodeName)")
+    cgroups = CgroupReader(settings.sysfs)
+    log.info(f"source kubernetes: on, {cluster.detail}, pods of node {settings.node_name}; "
+             f"container CPU time from {cgroups.describe()}")
+    watcher = PodWatcher(cluster.api, settings.node_name,
+                         watch_timeout_seconds=k.watch_timeout_seconds)
+    tracker = WorkloadTracker(procfs=settings.procfs, cgroups=cgroups,
+                              rules=settings.file.models.effective_rules)
+    return Kubernetes(pods=watcher, tracker=tracker, grace_seconds=k.grace_period_seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,5 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"tick every {settings.interval_seconds:g} s")
     sampler = build_sampler(settings)
     state = ExporterState(sampler=sampler, telemetry_path=settings.telemetry_path)
-    return asyncio.run(serve(state, listen_address=settings.listen_address,
-                             interval_seconds=settings.interval_seconds))
+    sampler.start()
+    try:
+        return asyncio.run(serve(state, listen_address=settings.listen_address,
+                                 interval_seconds=settings.interval_seconds))
+    finally:
+        sampler.close()

@@ -79,6 +79,47 @@ class AttributionSettings:
     idle_window_seconds: float = _num(
         default=3600.0, minimum=1.0, maximum=7 * 86400.0,
         doc="how much power history the learned baseline looks at")
+    idle_policy: str = field(
+        default="requests",
+        metadata={"choices": ("requests", "none"),
+                  "doc": "requests: idle energy shared by CPU requests; none: kept unattributed"})
+
+
+def _parse_rules(value: object, key: str) -> Any:
+    from exporter.models import parse_rules  # models imports ConfigError from here
+
+    return parse_rules(value, key=key)
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """The pod watch and the life of a container's series."""
+
+    kubeconfig: str = field(
+        default="", metadata={"doc": "kubeconfig path outside a cluster; default KUBECONFIG, "
+                                     "then ~/.kube/config"})
+    grace_period_seconds: float = _num(
+        default=120.0, minimum=0.0, maximum=86400.0,
+        doc="how long a deleted container's series stay (two scrapes at 60 s)")
+    watch_timeout_seconds: float = _num(
+        default=300.0, minimum=5.0, maximum=3600.0,
+        doc="server-side watch timeout; each watch asks for 1-2x this, as client-go does")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How pods are matched to models (docs/models.md)."""
+
+    rules: tuple[Any, ...] = field(
+        default=(), metadata={"parse": _parse_rules,
+                              "doc": "your own rules, tried before the defaults"})
+    default_rules: bool = field(default=True, metadata={"doc": "also try the built-in rules"})
+
+    @property
+    def effective_rules(self) -> tuple[Any, ...]:
+        from exporter.models import DEFAULT_RULES
+
+        return self.rules + (DEFAULT_RULES if self.default_rules else ())
 
 
 @dataclass(frozen=True)
@@ -88,6 +129,8 @@ class FileConfig:
     carbon: CarbonSettings = field(default_factory=CarbonSettings)
     estimate: EstimateSettings = field(default_factory=EstimateSettings)
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
 
 
 @dataclass(frozen=True)
@@ -122,6 +165,8 @@ def _number(value: object, key: str, meta: Mapping[str, Any]) -> float:
 
 
 def _convert(value: object, hint: Any, key: str, meta: Mapping[str, Any]) -> Any:
+    if "parse" in meta:
+        return meta["parse"](value, key)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (types.UnionType, typing.Union) and type(None) in args:
@@ -132,8 +177,16 @@ def _convert(value: object, hint: Any, key: str, meta: Mapping[str, Any]) -> Any
     if hint is float:
         return _number(value, key, meta)
     if hint is str:
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, "
+                              f"got {_describe(value)}")
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
         return value
     if origin is Mapping:
         if not isinstance(value, Mapping):

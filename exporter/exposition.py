@@ -56,11 +56,29 @@ SPECS: dict[str, Spec] = {
         ("zone", "region", "instance_type", "cpu_model", "gpu_product", "gpu_count")),
     "footprint_source_up": Spec(
         "gauge", "Whether each input worked at the last tick (1) or not (0).", ("source",)),
+    "footprint_container_energy_joules_total": Spec(
+        "counter", "Energy attributed to one container.",
+        ("namespace", "pod", "container", "model", "phase", "component", "mode")),
+    "footprint_container_co2e_grams_total": Spec(
+        "counter", "Operational emissions of the energy attributed to one container.",
+        ("namespace", "pod", "container", "model", "phase", "component", "mode")),
+    "footprint_container_allocation_ratio": Spec(
+        "gauge", "The container's share of the node's resource (CPU requests / allocatable).",
+        ("namespace", "pod", "container", "model", "phase", "resource")),
+    "footprint_container_info": Spec(
+        "gauge", "How the container was matched to a model.",
+        ("namespace", "pod", "container", "model", "model_source", "phase", "owner_kind",
+         "owner_name")),
     "footprint_exporter_errors_total": Spec(
-        "counter", "Ticks at which a source failed, in whole or in part.", ("source",)),
+        "counter", "Faults by source and reason: failed reads, bad pods, missing cgroups.",
+        ("source", "reason")),
     "footprint_exporter_build_info": Spec(
         "gauge", "The exporter's version.", ("version", "python_version")),
 }
+CONTAINER_SERIES = ("footprint_container_energy_joules_total",
+                    "footprint_container_co2e_grams_total",
+                    "footprint_container_allocation_ratio", "footprint_container_info")
+"""Every family whose labels start with (namespace, pod, container)."""
 TICK_DURATION = "footprint_exporter_tick_duration_seconds"
 TICK_DURATION_HELP = "Time each tick took: read sources, attribute, render."
 

@@ -34,5 +34,23 @@ class Ledger:
     def set(self, name: str, labels: Labels, value: float) -> None:
         self.gauges[name][labels] = value
 
+    def retire(self, names: tuple[str, ...], prefix: Labels) -> int:
+        """Drop every series of `names` whose labels start with `prefix`; return how many."""
+        dropped = 0
+        n = len(prefix)
+        for store in (self.counters, self.gauges):
+            for name in names:
+                series = store.get(name)
+                if not series:
+                    continue
+                for labels in [ls for ls in series if ls[:n] == prefix]:
+                    del series[labels]
+                    dropped += 1
+        return dropped
+
+    def series_count(self) -> int:
+        return sum(len(s) for s in self.counters.values()) + sum(
+            len(s) for s in self.gauges.values())
+
     def total(self, name: str) -> float:
         return math.fsum(self.counters.get(name, {}).values())

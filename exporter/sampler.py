@@ -7,15 +7,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, cast
 
 from exporter import __version__, carbon, logs
 from exporter.attribution import MODES, IdleBaseline, attribute_energy
 from exporter.config import AttributionSettings
-from exporter.exposition import Renderer, Snapshot, TickStats
-from exporter.ledger import Ledger
+from exporter.exposition import CONTAINER_SERIES, Renderer, Snapshot, TickStats
+from exporter.kube.pods import PodView
+from exporter.ledger import Labels, Ledger
 from exporter.sources.base import EnergySource, Status
+from exporter.workloads import Container, WorkloadSample, WorkloadTracker
 
 log = logs.get("sampler")
+
+ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
+REGION_LABELS = ("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region")
+INSTANCE_TYPE_LABELS = ("node.kubernetes.io/instance-type", "beta.kubernetes.io/instance-type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,38 +45,69 @@ def read_cpu_model(procfs: Path) -> str:
     return ""
 
 
+class Pods(Protocol):
+    """The pods of this node as last known (exporter.kube.pods.PodWatcher)."""
+
+    def view(self) -> PodView: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+
+@dataclass
+class Kubernetes:
+    """The pod watch and the tracker that turns its pods into workloads."""
+
+    pods: Pods
+    tracker: WorkloadTracker
+    grace_seconds: float
+
+
+def _first(labels: dict[str, str], keys: Sequence[str]) -> str:
+    return next((labels[k] for k in keys if labels.get(k)), "")
+
+
 class Sampler:
     """Owns the sources, the ledger and the renderer; `tick()` runs in a worker thread."""
 
     def __init__(self, *, sources: Sequence[EnergySource], statuses: Sequence[Status],
                  intensity: carbon.StaticIntensity, attribution: AttributionSettings,
-                 node: str, cpu_model: str, process_metrics: bool = True,
+                 node: str, cpu_model: str, kubernetes: Kubernetes | None = None,
+                 process_metrics: bool = True,
                  clock: Callable[[], float] = time.monotonic,
                  timer: Callable[[], float] = time.perf_counter) -> None:
         self._sources = [(s, st) for s, st in zip(sources, statuses, strict=True) if st.enabled]
         self.states = tuple(SourceState(s.name, st) for s, st in zip(sources, statuses,
                                                                      strict=True))
         self._intensity = intensity
+        self._attribution = attribution
         self._baseline = IdleBaseline(fixed_watts=attribution.idle_watts,
                                       percentile=attribution.idle_percentile,
                                       window_seconds=attribution.idle_window_seconds)
+        self._kubernetes = kubernetes
         self._clock = clock
         self._timer = timer
         self._last_now: float | None = None
         self._stats = TickStats()
+        self._cpu_model = cpu_model
+        self._last_seen: dict[tuple[str, str, str], float] = {}
+        self._gauge_labels: dict[tuple[str, str, str], tuple[Labels, Labels]] = {}
+        self._api_errors = 0
+        self._malformed = 0
         self.ledger = Ledger()
         self._renderer = Renderer(self.ledger, node=node, process_metrics=process_metrics)
-        self._publish_static(statuses=statuses, sources=sources, cpu_model=cpu_model)
+        self._publish_static(statuses=statuses, sources=sources)
 
-    def _publish_static(self, *, statuses: Sequence[Status], sources: Sequence[EnergySource],
-                        cpu_model: str) -> None:
+    def _publish_static(self, *, statuses: Sequence[Status],
+                        sources: Sequence[EnergySource]) -> None:
         ledger = self.ledger
         ledger.set("footprint_exporter_build_info", (__version__, platform.python_version()), 1)
-        ledger.set("footprint_node_info", ("", "", "", cpu_model, "", "0"), 1)
+        self._set_node_info({})
         for source, status in zip(sources, statuses, strict=True):
             if status.present:
                 ledger.set("footprint_source_up", (source.name,), 1.0 if status.enabled else 0.0)
-                ledger.ensure("footprint_exporter_errors_total", (source.name,))
+                ledger.ensure("footprint_exporter_errors_total", (source.name, "read"))
             for component in sorted(status.components) if status.enabled else ():
                 # Published from the start so a counter's first increase is never lost to rate().
                 ledger.ensure("footprint_node_energy_joules_total", (component, source.name))
@@ -77,6 +115,23 @@ class Sampler:
                 for mode in MODES:
                     ledger.ensure("footprint_unattributed_energy_joules_total", (component, mode))
                     ledger.ensure("footprint_unattributed_co2e_grams_total", (component, mode))
+        if self._kubernetes is not None:
+            ledger.set("footprint_source_up", ("kubernetes",), 0.0)
+            ledger.ensure("footprint_exporter_errors_total", ("kubernetes", "api"))
+
+    def start(self) -> None:
+        """Start what runs beside the ticks (the pod watch)."""
+        if self._kubernetes is not None:
+            self._kubernetes.pods.start()
+
+    def close(self) -> None:
+        if self._kubernetes is not None:
+            self._kubernetes.pods.stop()
+
+    def _set_node_info(self, labels: dict[str, str]) -> None:
+        self.ledger.gauges["footprint_node_info"] = {(
+            _first(labels, ZONE_LABELS), _first(labels, REGION_LABELS),
+            _first(labels, INSTANCE_TYPE_LABELS), self._cpu_model, "", "0"): 1.0}
 
     def tick(self) -> Snapshot:
         started = self._timer()
@@ -93,7 +148,7 @@ class Sampler:
             reading = source.read(now)
             ledger.set("footprint_source_up", (source.name,), 1.0 if reading.up else 0.0)
             if not reading.up:
-                ledger.add("footprint_exporter_errors_total", (source.name,), 1.0)
+                ledger.add("footprint_exporter_errors_total", (source.name, "read"), 1.0)
             for zone in reading.zones:
                 ledger.set_total("footprint_rapl_energy_joules_total", (zone.zone, zone.domain),
                                  zone.joules_total)
@@ -111,13 +166,75 @@ class Sampler:
             for component, joules in energy.items():
                 self._baseline.observe(component, watts=joules / seconds, now=now)
                 idle[component] = self._baseline.watts(component) * seconds
-        shares = attribute_energy(energy_joules=energy, idle_joules=idle)
-        for (component, mode), joules in shares.unattributed_joules.items():
+
+        sample, allocatable = self._sample_workloads(now)
+        shares = attribute_energy(
+            energy_joules=energy, idle_joules=idle,
+            workloads=sample.workloads if sample else (),
+            node_busy_cpu_seconds=sample.node_busy_cpu_seconds if sample else 0.0,
+            allocatable_cores=allocatable, idle_policy=self._attribution.idle_policy)
+        for (key, component, mode), joules in shares.containers.items():
+            c = cast(Container, key)
+            series = (c.namespace, c.pod, c.container, c.model, c.phase, component, mode)
+            ledger.add("footprint_container_energy_joules_total", series, joules)
+            ledger.add("footprint_container_co2e_grams_total", series,
+                       carbon.grams(joules, intensity))
+        for (component, mode), joules in shares.unattributed.items():
             ledger.add("footprint_unattributed_energy_joules_total", (component, mode), joules)
             ledger.add("footprint_unattributed_co2e_grams_total", (component, mode),
                        carbon.grams(joules, intensity))
+        self._expire(now)
 
         snapshot = self._renderer.render(self._stats)
         self._stats = TickStats(self._stats.count + 1,
                                 self._stats.seconds + (self._timer() - started))
         return snapshot
+
+    def _sample_workloads(self, now: float) -> tuple[WorkloadSample | None, float]:
+        """Containers and their CPU time this tick; (None, 0) without a cluster or before sync."""
+        k = self._kubernetes
+        if k is None:
+            return None, 0.0
+        view = k.pods.view()
+        ledger = self.ledger
+        ledger.set("footprint_source_up", ("kubernetes",), 1.0 if view.up else 0.0)
+        if view.api_errors > self._api_errors:
+            ledger.add("footprint_exporter_errors_total", ("kubernetes", "api"),
+                       view.api_errors - self._api_errors)
+            self._api_errors = view.api_errors
+        if view.malformed > self._malformed:
+            ledger.add("footprint_exporter_errors_total", ("kubernetes", "malformed_pod"),
+                       view.malformed - self._malformed)
+            self._malformed = view.malformed
+        if view.node is not None:
+            self._set_node_info(dict(view.node.labels))
+        if not view.synced:
+            return None, 0.0
+        sample = k.tracker.sample(view)
+        for problem in sample.problems:
+            source = "cgroups" if problem.reason == "no_cgroup" else "kubernetes"
+            ledger.add("footprint_exporter_errors_total", (source, problem.reason), 1.0)
+        allocatable = view.node.allocatable_cores if view.node is not None else 0.0
+        for c in sample.containers:
+            self._last_seen[c.key] = now
+            info = (*c.key, c.model, c.model_source, c.phase, c.owner_kind, c.owner_name)
+            ratio = (*c.key, c.model, c.phase, "cpu")
+            previous = self._gauge_labels.get(c.key)
+            if previous is not None and previous != (info, ratio):
+                ledger.gauges["footprint_container_info"].pop(previous[0], None)
+                ledger.gauges["footprint_container_allocation_ratio"].pop(previous[1], None)
+            self._gauge_labels[c.key] = (info, ratio)
+            ledger.set("footprint_container_info", info, 1.0)
+            ledger.set("footprint_container_allocation_ratio", ratio,
+                       min(c.cpu_request_cores / allocatable, 1.0) if allocatable > 0 else 0.0)
+        return sample, allocatable
+
+    def _expire(self, now: float) -> None:
+        """Drop the series of containers unseen for longer than the grace period."""
+        if self._kubernetes is None:
+            return
+        grace = self._kubernetes.grace_seconds
+        for key in [k for k, seen in self._last_seen.items() if now - seen > grace]:
+            del self._last_seen[key]
+            self._gauge_labels.pop(key, None)
+            self.ledger.retire(CONTAINER_SERIES, key)

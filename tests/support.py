@@ -98,7 +98,8 @@ class Exporter:
         cmd = [sys.executable, "-m", "exporter", "--web.listen-address", "127.0.0.1:0", *args]
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "KUBECONFIG": str(REPO / "tests" / "no-such-kubeconfig"),
+                 **(env or {})},
             preexec_fn=drop_file_read_override if unreadable_as_root else None)
         self.lines: list[str] = []
         self._port: int | None = None

@@ -7,26 +7,79 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.attribution import IdleBaseline, attribute_energy
+from exporter.attribution import IdleBaseline, Workload, attribute_energy
 
 joules = st.floats(min_value=0.0, max_value=1e9, allow_nan=False, allow_infinity=False)
 components = st.sampled_from(["cpu", "dram", "gpu", "platform"])
 
 
-@given(st.dictionaries(components, joules), st.dictionaries(components, joules))
-def test_parts_add_up_to_node_energy(energy: dict[str, float], idle: dict[str, float]) -> None:
-    shares = attribute_energy(energy_joules=energy, idle_joules=idle).unattributed_joules
+amounts = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_infinity=False)
+workload_lists = st.lists(st.builds(Workload, key=st.integers(0, 10**6), cpu_seconds=amounts,
+                                    cpu_request_cores=amounts), max_size=40,
+                          unique_by=lambda w: w.key)
+
+
+@given(energy=st.dictionaries(components, joules), idle=st.dictionaries(components, joules),
+       workloads=workload_lists, busy=amounts, allocatable=amounts,
+       policy=st.sampled_from(["requests", "none"]))
+def test_parts_add_up_to_node_energy(energy: dict[str, float], idle: dict[str, float],
+                                     workloads: list[Workload], busy: float, allocatable: float,
+                                     policy: str) -> None:
+    result = attribute_energy(energy_joules=energy, idle_joules=idle, workloads=workloads,
+                              node_busy_cpu_seconds=busy, allocatable_cores=allocatable,
+                              idle_policy=policy)
+    assert {c for c, _ in result.unattributed} == set(energy)
     for component, node in energy.items():
-        parts = [shares[(component, "idle")], shares[(component, "dynamic")]]
+        parts = [j for (_, c, _), j in result.containers.items() if c == component]
+        parts += [j for (c, _), j in result.unattributed.items() if c == component]
         assert all(p >= 0.0 for p in parts)
-        assert math.isclose(math.fsum(parts), node, rel_tol=1e-15, abs_tol=0.0)
-        assert shares[(component, "idle")] <= node
-    assert {c for c, _ in shares} == set(energy)
+        assert math.isclose(math.fsum(parts), node, rel_tol=1e-12, abs_tol=1e-300)
+        idle_given = sum(j for (_, c, m), j in result.containers.items()
+                         if c == component and m == "idle")
+        assert idle_given <= min(max(idle.get(component, 0.0), 0.0), node) * (1 + 1e-12)
+        if policy == "none":
+            assert idle_given == 0.0
 
 
 def test_idle_is_capped_at_the_baseline() -> None:
     shares = attribute_energy(energy_joules={"cpu": 10.0}, idle_joules={"cpu": 4.0})
-    assert shares.unattributed_joules == {("cpu", "idle"): 4.0, ("cpu", "dynamic"): 6.0}
+    assert shares.unattributed == {("cpu", "idle"): 4.0, ("cpu", "dynamic"): 6.0}
+    assert shares.containers == {}
+
+
+def test_dynamic_by_cpu_time_idle_by_requests_rest_unattributed() -> None:
+    a = Workload(key="a", cpu_seconds=3.0, cpu_request_cores=2.0)
+    b = Workload(key="b", cpu_seconds=1.0, cpu_request_cores=0.0)  # best effort: no idle share
+    result = attribute_energy(energy_joules={"cpu": 100.0, "dram": 10.0},
+                              idle_joules={"cpu": 40.0, "dram": 4.0}, workloads=[a, b],
+                              node_busy_cpu_seconds=8.0, allocatable_cores=8.0)
+    assert result.containers == {
+        ("a", "cpu", "idle"): 10.0, ("a", "cpu", "dynamic"): 22.5,
+        ("b", "cpu", "dynamic"): 7.5,
+        ("a", "dram", "idle"): 1.0, ("a", "dram", "dynamic"): 2.25,
+        ("b", "dram", "dynamic"): 0.75,
+    }
+    # system processes used the other 4 of 8 busy CPU-seconds; 6 of 8 cores were not requested
+    assert result.unattributed == {("cpu", "idle"): 30.0, ("cpu", "dynamic"): 30.0,
+                                   ("dram", "idle"): 3.0, ("dram", "dynamic"): 3.0}
+
+
+def test_policy_none_keeps_idle_back() -> None:
+    a = Workload(key="a", cpu_seconds=1.0, cpu_request_cores=8.0)
+    result = attribute_energy(energy_joules={"cpu": 50.0}, idle_joules={"cpu": 20.0},
+                              workloads=[a], node_busy_cpu_seconds=1.0, allocatable_cores=8.0,
+                              idle_policy="none")
+    assert result.containers == {("a", "cpu", "dynamic"): 30.0}
+    assert result.unattributed == {("cpu", "idle"): 20.0, ("cpu", "dynamic"): 0.0}
+
+
+def test_container_time_above_node_busy_time_is_normalised() -> None:
+    """cgroup and /proc/stat are read microseconds apart: never hand out more than exists."""
+    ws = [Workload(key=k, cpu_seconds=3.0, cpu_request_cores=0.0) for k in "ab"]
+    result = attribute_energy(energy_joules={"cpu": 12.0}, idle_joules={}, workloads=ws,
+                              node_busy_cpu_seconds=5.0)
+    assert result.containers == {("a", "cpu", "dynamic"): 6.0, ("b", "cpu", "dynamic"): 6.0}
+    assert result.unattributed[("cpu", "dynamic")] == 0.0
 
 
 def test_learned_baseline_is_a_low_percentile_of_a_sliding_window() -> None:

@@ -34,7 +34,8 @@ def test_a_full_valid_file() -> None:
 
 
 @pytest.mark.parametrize(("data", "message"), [
-    ({"carbn": {}}, "carbn: unknown key (expected one of: carbon, estimate, attribution)"),
+    ({"carbn": {}}, "carbn: unknown key (expected one of: carbon, estimate, attribution, "
+                    "kubernetes, models)"),
     ({"carbon": {"intensity": 5}},
      "carbon.intensity: unknown key (expected one of: zone, intensity_grams_per_kwh)"),
     ({"carbon": {"intensity_grams_per_kwh": "high"}},
@@ -103,5 +104,5 @@ def test_bad_config_file_in_a_real_process(tmp_path: Path) -> None:
 
 def test_collector_flags_switch_sources() -> None:
     settings = cli.parse_settings(["--no-collector.rapl", "--collector.interval", "0.5"])
-    assert settings.collectors == {"rapl": False, "estimate": True}
+    assert settings.collectors == {"rapl": False, "estimate": True, "kubernetes": True}
     assert settings.interval_seconds == 0.5

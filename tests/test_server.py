@@ -44,7 +44,8 @@ def test_gzip_negotiation() -> None:
 async def client(tmp_path: Path) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
     root = node_tree(tmp_path, "intel-2s")
     settings = cli.parse_settings(["--path.sysfs", str(root / "sys"),
-                                   "--path.procfs", str(root / "proc")])
+                                   "--path.procfs", str(root / "proc"),
+                                   "--no-collector.kubernetes"])
     state = ExporterState(sampler=cli.build_sampler(settings), telemetry_path="/metrics")
     async with TestClient(TestServer(make_app(state))) as client:
         yield client

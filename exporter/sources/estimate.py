@@ -6,47 +6,16 @@ DRAM watts = GB of MemTotal x watts per GB. Energy is watts x the time between r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from exporter import logs
 from exporter.config import EstimateSettings
 from exporter.sources.base import Reading, Status
+from exporter.usage.procstat import CpuTimes, ProcError, read_cpu_times
 
 log = logs.get("estimate")
 
 ESTIMABLE = frozenset({"cpu", "dram"})
-
-
-class ProcError(Exception):
-    """A procfs file is missing or not in the kernel's format."""
-
-
-@dataclass(frozen=True, slots=True)
-class CpuTimes:
-    """Aggregate CPU time from the first line of /proc/stat, in clock ticks."""
-
-    busy: int
-    total: int
-    vcpus: int
-
-
-def read_cpu_times(procfs: Path) -> CpuTimes:
-    path = procfs / "stat"
-    try:
-        lines = path.read_text(encoding="ascii", errors="replace").splitlines()
-    except OSError as exc:
-        raise ProcError(f"cannot read {path}: {exc.strerror}") from None
-    fields = lines[0].split() if lines else []
-    if len(fields) < 5 or fields[0] != "cpu" or not all(f.isdigit() for f in fields[1:]):
-        raise ProcError(f"{path}: first line is not the aggregate 'cpu' line of /proc/stat")
-    # user nice system idle iowait irq softirq steal (guest time is already inside user/nice)
-    t = [int(f) for f in fields[1:9]] + [0] * (9 - len(fields))
-    user, nice, system, idle, iowait, irq, softirq, steal = t[:8]
-    vcpus = sum(1 for line in lines[1:] if line.startswith("cpu") and line[3:4].isdigit())
-    return CpuTimes(busy=user + nice + system + irq + softirq,
-                    total=user + nice + system + idle + iowait + irq + softirq + steal,
-                    vcpus=max(vcpus, 1))
 
 
 def read_mem_total_bytes(procfs: Path) -> int:

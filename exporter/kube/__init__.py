@@ -1,0 +1,1 @@
+"""Kubernetes: the only package that imports `kubernetes`. Pods of this node, and the node."""

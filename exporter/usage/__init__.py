@@ -1,0 +1,1 @@
+"""Per-container resource usage: where each container's accounting lives and what it has used."""

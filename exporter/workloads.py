@@ -1,0 +1,191 @@
+"""From the pods the API knows and the cgroups the kernel keeps to one tick's workloads.
+
+Each running container with a container id becomes a `Container` (who it is, which model, its
+CPU request) with the CPU time its cgroup used since the last tick. Pods are matched to models
+once per resourceVersion, not every tick. Problems (a malformed pod, a container id with no
+cgroup, an unknown runtime) are reported once per container and reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter import logs
+from exporter.attribution import Workload
+from exporter.kube.pods import Pod, PodView, parse_cpu_quantity
+from exporter.models import ModelMatch, ModelRule, match_pod
+from exporter.usage.cgroups import CgroupReader, UnknownRuntime, parse_container_id
+from exporter.usage.procstat import ProcError, read_cpu_times
+
+log = logs.get("workloads")
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """A container on this node: the labels its series carry, and what attribution needs."""
+
+    namespace: str
+    pod: str
+    container: str
+    model: str
+    phase: str
+    model_source: str
+    owner_kind: str
+    owner_name: str
+    cpu_request_cores: float
+    container_id: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.namespace, self.pod, self.container)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something wrong with one pod or container, reported once."""
+
+    reason: str
+    """malformed_pod, no_container_id, unknown_runtime or no_cgroup."""
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSample:
+    """One tick's containers and their CPU time."""
+
+    containers: tuple[Container, ...]
+    workloads: tuple[Workload, ...]
+    node_busy_cpu_seconds: float
+    problems: tuple[Problem, ...]
+
+
+def _requests(pod: Pod) -> dict[str, Any]:
+    spec = pod.get("spec") or {}
+    out = {}
+    for c in spec.get("containers") or ():
+        if isinstance(c, Mapping) and isinstance(c.get("name"), str):
+            out[c["name"]] = ((c.get("resources") or {}).get("requests") or {}).get("cpu")
+    return out
+
+
+def containers_of(pod: Pod, match: ModelMatch) -> tuple[list[Container], list[Problem]]:
+    """The running containers of a pod that have an id, and what is wrong with the others."""
+    problems: list[Problem] = []
+    metadata = pod.get("metadata")
+    status = pod.get("status")
+    if not (isinstance(metadata, Mapping) and isinstance(metadata.get("namespace"), str)
+            and isinstance(metadata.get("name"), str) and isinstance(pod.get("spec"), Mapping)
+            and isinstance(status or {}, Mapping)):
+        return [], [Problem("malformed_pod", f"pod {str(metadata)[:80]} lacks namespace, name "
+                                             "or spec; its energy stays unattributed")]
+    where = f"pod {metadata['namespace']}/{metadata['name']}"
+    requests = _requests(pod)
+    out = []
+    for cs in (status or {}).get("containerStatuses") or ():
+        if not isinstance(cs, Mapping) or not isinstance(cs.get("name"), str):
+            problems.append(Problem("malformed_pod", f"{where}: a containerStatus without name"))
+            continue
+        name, raw_id = cs["name"], cs.get("containerID")
+        if not raw_id:
+            if "running" in (cs.get("state") or {}):
+                problems.append(Problem("no_container_id",
+                                        f"{where} container {name} runs but has no containerID"))
+            continue
+        try:
+            _, container_id = parse_container_id(str(raw_id))
+        except UnknownRuntime as exc:
+            problems.append(Problem("unknown_runtime", f"{where} container {name}: {exc}"))
+            continue
+        except ValueError as exc:
+            problems.append(Problem("malformed_pod", f"{where} container {name}: {exc}"))
+            continue
+        try:
+            request = parse_cpu_quantity(requests[name]) if requests.get(name) else 0.0
+        except ValueError as exc:
+            problems.append(Problem("malformed_pod", f"{where} container {name}: {exc}"))
+            request = 0.0
+        out.append(Container(
+            namespace=metadata["namespace"], pod=metadata["name"], container=name,
+            model=match.model, phase=match.phase, model_source=match.model_source,
+            owner_kind=match.owner_kind, owner_name=match.owner_name,
+            cpu_request_cores=request, container_id=container_id))
+    return out, problems
+
+
+class WorkloadTracker:
+    """Turns a PodView into one tick's workloads; keeps per-container CPU counters between ticks."""
+
+    def __init__(self, *, procfs: Path, cgroups: CgroupReader,
+                 rules: Sequence[ModelRule]) -> None:
+        self._procfs = procfs
+        self._cgroups = cgroups
+        self._rules = rules
+        self._pods: dict[str, tuple[str, list[Container], list[Problem]]] = {}
+        """Pod uid -> (resourceVersion, containers, problems), recomputed when the pod changes."""
+        self._cpu: dict[str, float] = {}
+        self._busy: float | None = None
+        self._reported: set[tuple[str, str]] = set()
+
+    def sample(self, view: PodView) -> WorkloadSample:
+        busy_delta = 0.0
+        try:
+            busy = read_cpu_times(self._procfs).busy_seconds
+            if self._busy is not None:
+                busy_delta = max(busy - self._busy, 0.0)
+            self._busy = busy
+        except ProcError as exc:
+            log.debug(f"node CPU time unknown this tick: {exc}")
+
+        containers: list[Container] = []
+        problems: list[Problem] = []
+        live = set()
+        for pod in view.pods:
+            uid = str((pod.get("metadata") or {}).get("uid"))
+            rv = str((pod.get("metadata") or {}).get("resourceVersion"))
+            live.add(uid)
+            cached = self._pods.get(uid)
+            if cached is None or cached[0] != rv:
+                found, wrong = containers_of(pod, match_pod(pod, self._rules))
+                cached = (rv, found, wrong)
+                self._pods[uid] = cached
+            containers.extend(cached[1])
+            problems.extend(cached[2])
+        for uid in set(self._pods) - live:
+            del self._pods[uid]
+
+        usage = self._cgroups.cpu_seconds([c.container_id for c in containers])
+        problems.extend(Problem("no_cgroup", f"container {c.namespace}/{c.pod}/{c.container} "
+                                             f"({c.container_id[:12]}) has no cgroup under "
+                                             f"{self._cgroups.describe()}")
+                        for c in containers if c.container_id not in usage)
+        workloads = []
+        seen_ids = set()
+        for c in containers:
+            cpu = usage.get(c.container_id)
+            if cpu is None:
+                continue
+            seen_ids.add(c.container_id)
+            last = self._cpu.get(c.container_id)
+            self._cpu[c.container_id] = cpu.seconds
+            used = cpu.seconds - last if last is not None and cpu.seconds >= last else 0.0
+            workloads.append(Workload(key=c, cpu_seconds=used,
+                                      cpu_request_cores=c.cpu_request_cores))
+        for gone in set(self._cpu) - seen_ids:
+            del self._cpu[gone]
+
+        fresh = []
+        current = set()
+        for problem in problems:
+            mark = (problem.reason, problem.message)
+            current.add(mark)
+            if mark not in self._reported:
+                fresh.append(problem)
+                log.warning(f"{problem.message} ({problem.reason})")
+        self._reported = current  # bounded by what is wrong now
+        return WorkloadSample(containers=tuple(c for c in containers
+                                               if c.container_id in seen_ids),
+                              workloads=tuple(workloads), node_busy_cpu_seconds=busy_delta,
+                              problems=tuple(fresh))

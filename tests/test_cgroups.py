@@ -1,0 +1,334 @@
+"""cgroup reader against committed v1/v2 trees per runtime and driver, and odd cases built
+from them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exporter.usage import cgroups
+from exporter.usage.cgroups import (
+    CgroupReader,
+    UnknownRuntime,
+    container_id_of_pid,
+    parse_container_id,
+)
+from tests.support import FIXTURES, write_atomic
+
+CGROUP_FIXTURES = FIXTURES / "cgroup"
+VARIANTS = ("v2-systemd-containerd", "v2-systemd-crio", "v2-cgroupfs-containerd",
+            "v1-systemd-docker", "v1-cgroupfs-containerd")
+
+
+def cid(digit: str) -> str:
+    return digit * 64
+
+
+USEC = {cid("1"): 5_012_345_678, cid("a"): 31_337, cid("2"): 812_345_001, cid("3"): 42_000_250,
+        cid("b"): 29_001, cid("4"): 1_250_000, cid("c"): 27_777}
+"""Every pod container in every fixture (pause containers included), as in its README."""
+DECOY = cid("e")  # a container outside kubepods
+UNKNOWN = cid("f")
+
+
+def expected_seconds(variant: str, container: str) -> float:
+    if variant.startswith("v2"):
+        return USEC[container] / 1e6
+    return (USEC[container] * 1000 + 417) / 1e9
+
+
+def container_dir_name(variant: str, container: str) -> str:
+    scope = {"v2-systemd-containerd": "cri-containerd", "v2-systemd-crio": "crio",
+             "v1-systemd-docker": "docker"}.get(variant)
+    return f"{scope}-{container}.scope" if scope else container
+
+
+def tree(tmp_path: Path, variant: str) -> Path:
+    """A writable copy of a fixture node: the root holding `sys/` and `proc/`."""
+    root = tmp_path / variant
+    shutil.copytree(CGROUP_FIXTURES / variant, root)
+    return root
+
+
+def hierarchy(root: Path) -> Path:
+    mount = root / "sys" / "fs" / "cgroup"
+    return mount if (mount / "cgroup.controllers").exists() else mount / "cpu,cpuacct"
+
+
+def container_dir(root: Path, container: str) -> Path:
+    names = {container, *(f"{scope}-{container}.scope" for scope in
+                          ("cri-containerd", "crio", "docker"))}
+    [found] = [p for p in hierarchy(root).glob("kubepods*/**/*") if p.name in names]
+    return found
+
+
+def usage_text(variant: str, usec: int) -> str:
+    if variant.startswith("v2"):
+        return f"usage_usec {usec}\nuser_usec {usec}\nsystem_usec 0\nnr_periods 0\n"
+    return f"{usec * 1000}\n"
+
+
+def usage_file(variant: str) -> str:
+    return "cpu.stat" if variant.startswith("v2") else "cpuacct.usage"
+
+
+@pytest.fixture
+def listings(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
+    """Every directory the reader lists, in order."""
+    seen: list[Path] = []
+    real = os.scandir
+
+    def counting(path: str | os.PathLike[str] | int) -> object:
+        if not isinstance(path, int):  # shutil.rmtree lists by file descriptor
+            seen.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(cgroups.os, "scandir", counting)
+    yield seen
+
+
+# parse_container_id
+
+@pytest.mark.parametrize(("status_id", "runtime"), [
+    (f"containerd://{cid('1')}", "containerd"),
+    (f"cri-o://{cid('2')}", "cri-o"),
+    (f"docker://{cid('3')}", "docker"),
+])
+def test_parse_container_id_per_runtime(status_id: str, runtime: str) -> None:
+    assert parse_container_id(status_id) == (runtime, status_id.split("://")[1])
+
+
+def test_unknown_runtime_names_prefix_and_supported_ones() -> None:
+    with pytest.raises(UnknownRuntime) as info:
+        parse_container_id(f"rkt://{cid('1')}")
+    message = str(info.value)
+    assert "'rkt'" in message
+    for runtime in ("containerd", "cri-o", "docker"):
+        assert runtime in message
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("status_id", [
+    "", cid("1"), "containerd://", f"containerd://{cid('1')[:63]}",
+    f"containerd://{cid('1')}1", f"containerd://{cid('A')}", f"containerd://{cid('g')}",
+    f"containerd://{cid('1')}\n", f"containerd:/{cid('1')}",
+])
+def test_malformed_container_id_is_value_error(status_id: str) -> None:
+    with pytest.raises(ValueError, match="container id") as info:
+        parse_container_id(status_id)
+    assert not isinstance(info.value, UnknownRuntime)
+
+
+# every fixture variant
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_reader_finds_every_container_exactly(variant: str) -> None:
+    reader = CgroupReader(CGROUP_FIXTURES / variant / "sys")
+    assert reader.version == int(variant[1])
+    mount = CGROUP_FIXTURES / variant / "sys" / "fs" / "cgroup"
+    described = reader.describe()
+    assert described.startswith(f"cgroup v{variant[1]}")
+    assert str(mount if variant.startswith("v2") else mount / "cpu,cpuacct") in described
+    usage = reader.cpu_seconds(USEC)
+    assert {c: u.seconds for c, u in usage.items()} == {
+        c: expected_seconds(variant, c) for c in USEC}
+    for container, found in usage.items():
+        assert found.path.name == usage_file(variant)
+        assert found.path.parent.name == container_dir_name(variant, container)
+        assert "kubepods" in found.path.parent.parent.as_posix()
+    assert reader.missing() == frozenset()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_unknown_and_non_kubepods_ids_are_missing(variant: str) -> None:
+    reader = CgroupReader(CGROUP_FIXTURES / variant / "sys")
+    usage = reader.cpu_seconds([cid("2"), UNKNOWN, DECOY])
+    assert set(usage) == {cid("2")}
+    assert reader.missing() == {UNKNOWN, DECOY}
+    assert reader.cpu_seconds([]) == {}
+    assert reader.missing() == frozenset(), "missing() is about the last call only"
+
+
+def test_crio_conmon_scope_is_not_the_container(tmp_path: Path) -> None:
+    root = tree(tmp_path, "v2-systemd-crio")
+    reader = CgroupReader(root / "sys")
+    usage = reader.cpu_seconds([cid("2")])
+    assert usage[cid("2")].seconds == USEC[cid("2")] / 1e6  # the scope, not conmon nor crun's
+    assert usage[cid("2")].path.parent.name == f"crio-{cid('2')}.scope"
+    # the container exits while its monitor lingers: conmon's scope is no stand-in
+    shutil.rmtree(container_dir(root, cid("4")))
+    fresh = CgroupReader(root / "sys")
+    assert cid("4") not in fresh.cpu_seconds([cid("4")])
+    assert fresh.missing() == {cid("4")}
+    pod = next(hierarchy(root).glob("kubepods.slice/kubepods-besteffort.slice/*pod*"))
+    assert (pod / f"crio-conmon-{cid('4')}.scope" / "cpu.stat").is_file()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_container_created_after_first_call_is_found(tmp_path: Path, variant: str) -> None:
+    root = tree(tmp_path, variant)
+    reader = CgroupReader(root / "sys")
+    new = cid("5")
+    assert reader.cpu_seconds([cid("1"), new]).keys() == {cid("1")}
+    assert reader.missing() == {new}
+    sibling = container_dir(root, cid("3"))
+    created = sibling.with_name(container_dir_name(variant, new))
+    created.mkdir()
+    (created / usage_file(variant)).write_text(usage_text(variant, 2_500_000))
+    usage = reader.cpu_seconds([cid("1"), new])
+    assert usage[new].seconds == 2.5
+    assert usage[new].path == created / usage_file(variant)
+    assert usage[cid("1")].seconds == expected_seconds(variant, cid("1"))
+    assert reader.missing() == frozenset()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_vanished_container_disappears(tmp_path: Path, variant: str) -> None:
+    root = tree(tmp_path, variant)
+    reader = CgroupReader(root / "sys")
+    assert reader.cpu_seconds([cid("2"), cid("3")]).keys() == {cid("2"), cid("3")}
+    shutil.rmtree(container_dir(root, cid("3")))
+    assert reader.cpu_seconds([cid("2"), cid("3")]).keys() == {cid("2")}
+    assert reader.missing() == {cid("3")}
+    # the whole pod goes
+    shutil.rmtree(container_dir(root, cid("1")).parent)
+    assert reader.cpu_seconds([cid("1"), cid("a"), cid("4")]).keys() == {cid("4")}
+    assert reader.missing() == {cid("1"), cid("a")}
+
+
+def test_walk_happens_only_for_new_ids_and_once_per_call(
+        tmp_path: Path, listings: list[Path]) -> None:
+    root = tree(tmp_path, "v2-systemd-containerd")
+    reader = CgroupReader(root / "sys")
+    top = hierarchy(root)
+    reader.cpu_seconds(USEC)
+    assert listings.count(top) == 1
+    listings.clear()
+    reader.cpu_seconds(USEC)
+    assert listings == [], "every id is indexed: no walk"
+    reader.cpu_seconds([cid("1"), UNKNOWN, DECOY, cid("6")])
+    assert listings.count(top) == 1, "several unknown ids: one walk"
+    assert reader.missing() == {UNKNOWN, DECOY, cid("6")}
+    assert all("kubepods" in p.as_posix() for p in listings if p != top)
+    assert not [p for p in listings if len(p.relative_to(top).parts) > 3], "depth limit"
+
+
+def test_vanished_cgroup_is_dropped_from_the_index(
+        tmp_path: Path, listings: list[Path]) -> None:
+    root = tree(tmp_path, "v2-cgroupfs-containerd")
+    reader = CgroupReader(root / "sys")
+    reader.cpu_seconds([cid("2"), cid("3")])
+    shutil.rmtree(container_dir(root, cid("3")))
+    listings.clear()
+    assert reader.cpu_seconds([cid("2"), cid("3")]).keys() == {cid("2")}
+    assert listings == [], "the id was indexed: its vanished directory is found on read"
+    reader.cpu_seconds([cid("2"), cid("3")])
+    assert listings.count(hierarchy(root)) == 1, "dropped, so asking again re-walks"
+
+
+def test_container_below_the_depth_limit_is_not_indexed(tmp_path: Path) -> None:
+    root = tree(tmp_path, "v2-cgroupfs-containerd")
+    pod = container_dir(root, cid("2")).parent
+    deep = pod / "nested" / cid("6")
+    deep.mkdir(parents=True)
+    (deep / "cpu.stat").write_text(usage_text("v2", 1_000_000))
+    reader = CgroupReader(root / "sys")
+    assert reader.cpu_seconds([cid("6"), cid("2")]).keys() == {cid("2")}
+    assert reader.missing() == {cid("6")}
+
+
+@pytest.mark.parametrize("variant", ["v2-systemd-containerd", "v1-systemd-docker"])
+def test_garbage_usage_is_skipped_and_logged_once(
+        tmp_path: Path, variant: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="footprint")
+    root = tree(tmp_path, variant)
+    reader = CgroupReader(root / "sys")
+    path = container_dir(root, cid("2")) / usage_file(variant)
+    garbage = ["nr_periods 0\nusage_usec lots\n", "", "user_usec 5\n"] if variant[1] == "2" else [
+        "lots\n", "", "-5\n", "12 34\n"]
+    for text in garbage:
+        write_atomic(path, text)
+        usage = reader.cpu_seconds([cid("2"), cid("3")])
+        assert usage.keys() == {cid("3")}
+        assert reader.missing() == {cid("2")}
+    faults = [r for r in caplog.records if str(path) in r.getMessage()]
+    assert len(faults) == 1, "logged once, not every tick"
+    assert faults[0].levelno == logging.WARNING
+    write_atomic(path, usage_text(variant, 900_000_000))
+    assert reader.cpu_seconds([cid("2")])[cid("2")].seconds == 900.0
+    assert any("readable again" in r.getMessage() for r in caplog.records)
+
+
+def test_unreadable_usage_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tree(tmp_path, "v2-systemd-crio")
+    reader = CgroupReader(root / "sys")
+    path = container_dir(root, cid("3")) / "cpu.stat"
+    path.unlink()
+    path.mkdir()  # EISDIR: reading fails though the cgroup is there
+    assert reader.cpu_seconds([cid("2"), cid("3")]).keys() == {cid("2")}
+    assert reader.missing() == {cid("3")}
+    assert any(str(path) in r.getMessage() for r in caplog.records)
+    assert reader.cpu_seconds([cid("3")]) == {}, "still there: stays indexed, no raise"
+
+
+def test_v1_cpuacct_mounted_alone(tmp_path: Path) -> None:
+    root = tree(tmp_path, "v1-cgroupfs-containerd")
+    mount = root / "sys" / "fs" / "cgroup"
+    (mount / "cpu,cpuacct").rename(mount / "cpuacct")
+    reader = CgroupReader(root / "sys")
+    assert reader.version == 1
+    assert str(mount / "cpuacct") in reader.describe()
+    assert reader.cpu_seconds([cid("4")])[cid("4")].seconds == expected_seconds("v1", cid("4"))
+
+
+def test_no_cgroup_tree(tmp_path: Path) -> None:
+    reader = CgroupReader(tmp_path)
+    assert reader.version is None
+    assert "no cgroup tree" in reader.describe()
+    assert reader.cpu_seconds([cid("1")]) == {}
+    assert reader.missing() == {cid("1")}
+
+
+def test_hybrid_unified_mount_is_not_v2() -> None:
+    mount = CGROUP_FIXTURES / "v1-systemd-docker" / "sys" / "fs" / "cgroup"
+    assert (mount / "unified" / "cgroup.controllers").is_file()
+    assert CgroupReader(mount.parent.parent).version == 1
+
+
+# container_id_of_pid
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_container_id_of_pid(variant: str) -> None:
+    proc = CGROUP_FIXTURES / variant / "proc"
+    assert container_id_of_pid(proc, 4242) == cid("2")
+    assert container_id_of_pid(proc, 812) is None, "the runtime daemon is a host process"
+    assert container_id_of_pid(proc, 99999) is None, "vanished pid"
+
+
+def test_conmon_process_is_not_in_the_container() -> None:
+    assert container_id_of_pid(CGROUP_FIXTURES / "v2-systemd-crio" / "proc", 4240) is None
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (f"0::/kubepods/pod0a1b2c3d-1111-4000-8000-000000000001/{cid('1')}\n", cid("1")),
+    (f"0::/kubepods.slice/kubepods-podx.slice/cri-containerd-{cid('1')}.scope\n", cid("1")),
+    ("0::/init.scope\n", None),
+    ("0::/\n", None),
+    (f"3:cpu,cpuacct:/kubepods/besteffort/podx/{cid('4')}\n1:name=systemd:/kubepods/besteffort/"
+     f"podx/{cid('4')}\n0::/\n", cid("4")),
+    ("4:memory:/user.slice\n1:name=systemd:/user.slice/user-1000.slice/session-2.scope\n", None),
+    (f"0::/kubepods.slice/p.slice/crio-{cid('3')}.scope/container\n", cid("3")),
+    (f"0::/kubepods.slice/p.slice/{cid('3')}.scope\n", None),  # bare ids carry no .scope
+    (f"0::/kubepods.slice/p.slice/docker-{cid('3')}\n", None),  # a runtime scope has one
+    ("garbage\n", None),
+    ("", None),
+])
+def test_container_id_of_pid_lines(tmp_path: Path, text: str, expected: str | None) -> None:
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "cgroup").write_text(text)
+    assert container_id_of_pid(tmp_path, 7) == expected
