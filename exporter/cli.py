@@ -170,7 +170,8 @@ def connect_kubernetes(settings: Settings) -> Kubernetes | None:
     log.info(f"source kubernetes: on, {cluster.detail}, pods of node {settings.node_name}; "
              f"container CPU time from {cgroups.describe()}")
     watcher = PodWatcher(cluster.api, settings.node_name,
-                         watch_timeout_seconds=k.watch_timeout_seconds)
+                         watch_timeout_seconds=k.watch_timeout_seconds,
+                         backoff_max_seconds=k.backoff_max_seconds)
     tracker = WorkloadTracker(procfs=settings.procfs, cgroups=cgroups,
                               rules=settings.file.models.effective_rules)
     return Kubernetes(pods=watcher, tracker=tracker, grace_seconds=k.grace_period_seconds)

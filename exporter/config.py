@@ -104,6 +104,9 @@ class KubernetesSettings:
     watch_timeout_seconds: float = _num(
         default=300.0, minimum=5.0, maximum=3600.0,
         doc="server-side watch timeout; each watch asks for 1-2x this, as client-go does")
+    backoff_max_seconds: float = _num(
+        default=30.0, minimum=0.1, maximum=600.0,
+        doc="longest wait between retries while the API fails (from 0.5 s, doubling, jittered)")
 
 
 @dataclass(frozen=True)

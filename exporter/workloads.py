@@ -128,6 +128,7 @@ class WorkloadTracker:
         self._cpu: dict[str, float] = {}
         self._busy: float | None = None
         self._reported: set[tuple[str, str]] = set()
+        self._throttle = logs.Throttle(log)
 
     def sample(self, view: PodView) -> WorkloadSample:
         busy_delta = 0.0
@@ -183,7 +184,10 @@ class WorkloadTracker:
             current.add(mark)
             if mark not in self._reported:
                 fresh.append(problem)
-                log.warning(f"{problem.message} ({problem.reason})")
+                # One line per reason and period: pod churn must not flood the log.
+                self._throttle.fault(problem.reason, f"{problem.message} ({problem.reason}; "
+                                                     "further ones are counted in "
+                                                     "footprint_exporter_errors_total)")
         self._reported = current  # bounded by what is wrong now
         return WorkloadSample(containers=tuple(c for c in containers
                                                if c.container_id in seen_ids),

@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -49,9 +49,19 @@ def raw_events(resp: urllib3.BaseHTTPResponse) -> Iterator[dict[str, Any]]:
 
 
 def raw_watch(api: client.CoreV1Api, **kwargs: Any) -> urllib3.BaseHTTPResponse:
-    resp: urllib3.BaseHTTPResponse = api.list_pod_for_all_namespaces(
-        watch=True, _preload_content=False, _request_timeout=TIMEOUT, **kwargs)
-    return resp
+    return cast(urllib3.BaseHTTPResponse, api.list_pod_for_all_namespaces(
+        watch=True, _preload_content=False, _request_timeout=TIMEOUT, **kwargs))
+
+
+def new_watch() -> Any:
+    """A `kubernetes.watch.Watch` (untyped in the client)."""
+    return watch.Watch()  # type: ignore[no-untyped-call]
+
+
+def status_body(exc: ApiException) -> dict[str, Any]:
+    assert exc.body is not None
+    body: dict[str, Any] = json.loads(exc.body)
+    return body
 
 
 def close(resp: urllib3.BaseHTTPResponse) -> None:
@@ -73,7 +83,8 @@ def fake() -> Iterator[FakeKubeAPI]:
 def make_api(server: FakeKubeAPI, tmp_path: Path) -> Iterator[client.CoreV1Api]:
     cfg = client.Configuration()
     kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
-    config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+    config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig), client_configuration=cfg)
     with client.ApiClient(cfg) as api_client:
         yield client.CoreV1Api(api_client)
 
@@ -90,7 +101,8 @@ def test_list_filters_by_node_and_reports_resource_version(
     fake.add_pod(pod("b1", node="node-b"))
     fake.add_pod(pod("pending", node=None))
 
-    mine = api.list_pod_for_all_namespaces(field_selector=SELECTOR, _request_timeout=TIMEOUT)
+    mine: Any = api.list_pod_for_all_namespaces(field_selector=SELECTOR,
+                                                _request_timeout=TIMEOUT)
     assert [(p.metadata.namespace, p.metadata.name) for p in mine.items] == [
         ("default", "a2"), ("ml", "a1")]  # namespace/name order, other nodes filtered
     assert mine.metadata.resource_version == fake.resource_version == "5"
@@ -104,19 +116,20 @@ def test_list_filters_by_node_and_reports_resource_version(
         api.list_pod_for_all_namespaces(field_selector="status.phase=Running",
                                         _request_timeout=TIMEOUT)
     assert bad.value.status == 400
-    assert json.loads(bad.value.body)["reason"] == "BadRequest"
+    assert status_body(bad.value)["reason"] == "BadRequest"
 
 
 def test_watch_stream_replays_then_streams_live_in_order(
         fake: FakeKubeAPI, api: client.CoreV1Api) -> None:
     fake.add_pod(pod("a1"))
     fake.add_pod(pod("b1", node="node-b"))
-    rv = api.list_pod_for_all_namespaces(field_selector=SELECTOR,
-                                         _request_timeout=TIMEOUT).metadata.resource_version
+    listed: Any = api.list_pod_for_all_namespaces(field_selector=SELECTOR,
+                                                  _request_timeout=TIMEOUT)
+    rv = listed.metadata.resource_version
     fake.add_pod(pod("a2"))  # after the list: must be replayed from the event log
     fake.add_pod(pod("b2", node="node-b"))
 
-    w = watch.Watch()
+    w = new_watch()
     seen: list[tuple[str, str, str]] = []
     for event in w.stream(api.list_pod_for_all_namespaces, field_selector=SELECTOR,
                           resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=5,
@@ -232,13 +245,13 @@ def test_compacted_resource_version_is_expired(fake: FakeKubeAPI, api: client.Co
         f"too old resource version: {old} ({fake.resource_version})")
 
     with pytest.raises(ApiException) as expired:  # timeout_seconds given: no retry
-        list(watch.Watch().stream(api.list_pod_for_all_namespaces, field_selector=SELECTOR,
+        list(new_watch().stream(api.list_pod_for_all_namespaces, field_selector=SELECTOR,
                                   resource_version=old, timeout_seconds=3,
                                   _request_timeout=TIMEOUT))
     assert expired.value.status == 410
     before = fake.stats["watch"]
     with pytest.raises(ApiException) as retried:  # no timeout: it retries once, same RV
-        list(watch.Watch().stream(api.list_pod_for_all_namespaces, field_selector=SELECTOR,
+        list(new_watch().stream(api.list_pod_for_all_namespaces, field_selector=SELECTOR,
                                   resource_version=old, _request_timeout=TIMEOUT))
     assert retried.value.status == 410
     assert fake.stats["watch"] - before == 2
@@ -280,7 +293,7 @@ def test_automatic_compaction_keeps_the_newest_half(tmp_path: Path) -> None:
                 close(resp)
             assert expired[0]["object"]["code"] == 410
             assert expired[0]["object"]["message"] == "too old resource version: 2 (3)"
-            w = watch.Watch()
+            w = new_watch()
             names = []
             for event in w.stream(api.list_pod_for_all_namespaces, resource_version="3",
                                   timeout_seconds=2, _request_timeout=TIMEOUT):
@@ -295,11 +308,11 @@ def test_outage_returns_status_errors(fake: FakeKubeAPI, api: client.CoreV1Api) 
     with pytest.raises(ApiException) as listed:
         api.list_pod_for_all_namespaces(field_selector=SELECTOR, _request_timeout=TIMEOUT)
     assert listed.value.status == 500
-    body = json.loads(listed.value.body)
+    body = status_body(listed.value)
     assert (body["kind"], body["status"], body["reason"], body["code"]) == (
         "Status", "Failure", "InternalError", 500)
     with pytest.raises(ApiException) as watched:
-        list(watch.Watch().stream(api.list_pod_for_all_namespaces, field_selector=SELECTOR,
+        list(new_watch().stream(api.list_pod_for_all_namespaces, field_selector=SELECTOR,
                                   resource_version="1", timeout_seconds=1,
                                   _request_timeout=TIMEOUT))
     assert watched.value.status == 500
@@ -308,7 +321,7 @@ def test_outage_returns_status_errors(fake: FakeKubeAPI, api: client.CoreV1Api) 
     with pytest.raises(ApiException) as node:
         api.read_node(NODE, _request_timeout=TIMEOUT)
     assert node.value.status == 503
-    assert json.loads(node.value.body)["reason"] == "ServiceUnavailable"
+    assert status_body(node.value)["reason"] == "ServiceUnavailable"
     assert fake.stats["outage_responses"] == 3
 
     # urllib3's default Retry(total=3) retries a 429 carrying Retry-After, invisibly.
@@ -343,7 +356,7 @@ def test_faults_cut_open_watches_abruptly(fake: FakeKubeAPI, api: client.CoreV1A
 
 
 def test_read_node_labels_and_allocatable(fake: FakeKubeAPI, api: client.CoreV1Api) -> None:
-    node = api.read_node(NODE, _request_timeout=TIMEOUT)
+    node: Any = api.read_node(NODE, _request_timeout=TIMEOUT)
     assert node.metadata.labels == {"pool": "gpu", "zone": "z1"}
     assert node.status.allocatable["cpu"] == "15900m"
     assert "memory" in node.status.capacity
@@ -358,7 +371,7 @@ def test_read_node_labels_and_allocatable(fake: FakeKubeAPI, api: client.CoreV1A
     with pytest.raises(ApiException) as missing:
         api.read_node("node-z", _request_timeout=TIMEOUT)
     assert missing.value.status == 404
-    body = json.loads(missing.value.body)
+    body = status_body(missing.value)
     assert (body["kind"], body["reason"], body["code"]) == ("Status", "NotFound", 404)
 
 

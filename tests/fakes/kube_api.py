@@ -19,6 +19,8 @@ of a real kube-apiserver (watch cache enabled, JSON only):
   synthetic `ADDED` per current pod. An RV older than the compaction horizon gets HTTP 200
   followed by a single in-stream `ERROR` event holding a 410 `Expired` Status ("too old
   resource version: N (oldest)") and the end of the stream, exactly like the watch cache.
+  (Not reproduced: an RV from the future is simply waited for, where the apiserver would
+  answer "Too large resource version" after 3 s.)
 * Field-selector transitions are reported like the watch cache's `cacheWatcher` does: an
   object that starts matching (an unscheduled pod bound to the node) arrives as `ADDED`, one
   that stops matching as `DELETED` (previous content, new RV); `DELETED` of a pod carries
@@ -553,7 +555,10 @@ class FakeKubeAPI:
         except ValueError:
             return _status_response(400, f'resourceVersion: Invalid value: "{rv_param}"')
         watch: _Watch | None = None
-        with self._lock:  # snapshot + registration are atomic w.r.t. mutations
+        with self._lock:  # snapshot + registration are atomic w.r.t. mutations and faults
+            if self._outage is not None:  # switched on since the middleware looked
+                self.stats["outage_responses"] += 1
+                return _status_response(self._outage, retry_after=self._retry_after)
             if since is None:
                 first = [{"type": "ADDED", "object": _with_kind(p)}
                          for _, p in sorted(self._pods.items()) if _matches(p, node)]

@@ -1,0 +1,425 @@
+"""Pods, models and attribution against the fake API server (real `kubernetes` client) and
+fixture cgroups: in-process with a fake clock where exact figures are checked, and as a real
+process for the live invariant."""
+
+from __future__ import annotations
+
+import gc
+import math
+import shutil
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter import cli
+from exporter.sampler import Sampler
+from tests.fakes.kube_api import FakeKubeAPI
+from tests.support import (
+    Exporter,
+    Series,
+    advance,
+    node_tree,
+    parse,
+    total,
+    value,
+    write_atomic,
+)
+
+NODE = "node-a"
+NODE_LABELS = {"topology.kubernetes.io/zone": "europe-west4-a",
+               "topology.kubernetes.io/region": "europe-west4",
+               "node.kubernetes.io/instance-type": "a2-highgpu-1g"}
+CGROUPS = Path(__file__).parent / "fixtures" / "cgroup"
+VARIANT = "v2-cgroupfs-containerd"
+CHURN_CYCLES = 10_000
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cid(digit: str) -> str:
+    return digit * 64
+
+
+def pod(name: str, container_id: str, *, namespace: str = "ml", cpu: str = "1",
+        labels: dict[str, str] | None = None, args: list[str] | None = None,
+        image: str = "busybox:1.36", owner: tuple[str, str] | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels or {}}
+    if owner is not None:
+        metadata["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0],
+                                        "name": owner[1], "uid": "u-" + owner[1],
+                                        "controller": True}]
+    return {
+        "metadata": metadata,
+        "spec": {"nodeName": NODE, "containers": [{
+            "name": "main", "image": image, "args": args or [],
+            "resources": {"requests": {"cpu": cpu}}}]},
+        "status": {"phase": "Running", "containerStatuses": [{
+            "name": "main", "containerID": f"containerd://{container_id}",
+            "state": {"running": {"startedAt": "2026-11-26T10:00:00Z"}}}]},
+    }
+
+
+def four_pods() -> list[dict[str, Any]]:
+    return [
+        pod("llama-7c9f8d6b5-x2x4z", cid("1"), cpu="4", image="vllm/vllm-openai:v0.6.3",
+            args=["vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct", "--port", "8000"],
+            owner=("ReplicaSet", "llama-7c9f8d6b5"),
+            labels={"app": "llama", "pod-template-hash": "7c9f8d6b5"}),
+        pod("sentiment-predictor-00001-deployment-6f7d9c8b4-qwert", cid("2"), cpu="2",
+            labels={"serving.kserve.io/inferenceservice": "sentiment",
+                    "component": "predictor"}),
+        pod("bert-finetune-worker-0", cid("4"), cpu="1",
+            labels={"training.kubeflow.org/job-name": "bert-finetune",
+                    "training.kubeflow.org/replica-type": "worker"}),
+        pod("web-5f8b7c6d9d-abcde", cid("3"), cpu="1",
+            labels={"app": "web", "pod-template-hash": "5f8b7c6d9d"},
+            owner=("ReplicaSet", "web-5f8b7c6d9d")),
+    ]
+
+
+def node_with_cgroups(tmp_path: Path) -> Path:
+    root = node_tree(tmp_path, "intel-2s")
+    shutil.copytree(CGROUPS / VARIANT / "sys" / "fs", root / "sys" / "fs")
+    return root
+
+
+_CPU_STAT: dict[tuple[Path, str], Path] = {}
+
+
+def cpu_stat(root: Path, container_id: str) -> Path:
+    path = _CPU_STAT.get((root, container_id))
+    if path is None or not path.exists():
+        (path,) = [p for p in (root / "sys" / "fs" / "cgroup").rglob("cpu.stat")
+                   if p.parent.name == container_id]
+        _CPU_STAT[(root, container_id)] = path
+    return path
+
+
+def add_cpu(root: Path, container_id: str, seconds: float) -> None:
+    path = cpu_stat(root, container_id)
+    lines = path.read_text().splitlines()
+    out = []
+    for line in lines:
+        key, _, number = line.partition(" ")
+        if key == "usage_usec":
+            line = f"usage_usec {int(number) + round(seconds * 1e6)}"
+        out.append(line)
+    write_atomic(path, "\n".join(out) + "\n")
+
+
+def add_busy(root: Path, seconds: float) -> None:
+    """Add busy time (user jiffies at 100 Hz) to the aggregate line of /proc/stat."""
+    path = root / "proc" / "stat"
+    lines = path.read_text().splitlines()
+    fields = lines[0].split()
+    fields[1] = str(int(fields[1]) + round(seconds * 100))
+    lines[0] = "cpu  " + " ".join(fields[1:])
+    write_atomic(path, "\n".join(lines) + "\n")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def api() -> Iterator[FakeKubeAPI]:
+    with FakeKubeAPI(node_name=NODE, node_labels=NODE_LABELS, allocatable_cpu="16",
+                     bookmark_interval=0.5, max_events=2_000) as fake:
+        yield fake
+
+
+def in_process(tmp_path: Path, api: FakeKubeAPI, monkeypatch: pytest.MonkeyPatch,
+               grace_seconds: float = 120.0) -> tuple[Path, Sampler, FakeClock]:
+    root = node_with_cgroups(tmp_path)
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    path = tmp_path / "footprint.yaml"
+    path.write_text(f"kubernetes:\n  kubeconfig: {kubeconfig}\n  backoff_max_seconds: 1\n"
+                    f"  grace_period_seconds: {grace_seconds}\n"
+                    "attribution:\n  idle_watts: {cpu: 20, dram: 2, platform: 30}\n")
+    monkeypatch.setenv("NODE_NAME", NODE)
+    settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
+                                   str(root / "proc"), "--config.file", str(path)])
+    clock = FakeClock()
+    sampler = cli.build_sampler(settings, process_metrics=False, clock=clock, timer=clock)
+    return root, sampler, clock
+
+
+def pods_seen(sampler: Sampler) -> set[str]:
+    assert sampler._kubernetes is not None
+    view = sampler._kubernetes.pods.view()
+    return {p["metadata"]["name"] for p in view.pods} if view.synced else set()
+
+
+def drive(root: Path, clock: FakeClock, *, cpu_j: float, usage: dict[str, float],
+          busy: float) -> None:
+    """One second: package 0 uses cpu_j joules (dram and psys a fixed amount), containers and
+    the node use CPU time."""
+    advance(root, "intel-rapl:0", round(cpu_j * 1e6))
+    advance(root, "intel-rapl:0:2", 5_000_000)
+    advance(root, "intel-rapl:2", 60_000_000)
+    for container_id, seconds in usage.items():
+        add_cpu(root, container_id, seconds)
+    add_busy(root, busy)
+    clock.now += 1.0
+
+
+def metrics(sampler: Sampler) -> Series:
+    return parse(sampler.tick().text.decode())
+
+
+def test_models_phases_and_shares(tmp_path: Path, api: FakeKubeAPI,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for p in four_pods():
+        api.add_pod(p)
+    api.add_pod({**pod("elsewhere", cid("a")), "spec": {"nodeName": "node-b", "containers": []}})
+    root, sampler, clock = in_process(tmp_path, api, monkeypatch)
+    sampler.start()
+    try:
+        wait_for(lambda: len(pods_seen(sampler)) == 4, "the four pods of node-a")
+        metrics(sampler)  # baselines
+        drive(root, clock, cpu_j=100.0, busy=10.0,
+              usage={cid("1"): 4.0, cid("2"): 2.0, cid("4"): 1.0, cid("3"): 1.0})
+        series = metrics(sampler)
+    finally:
+        sampler.close()
+
+    def info(pod_name: str) -> dict[str, str]:
+        (labels,) = [dict(ls) for (n, ls) in series
+                     if n == "footprint_container_info" and dict(ls)["pod"] == pod_name]
+        return {k: labels[k] for k in ("model", "phase", "model_source", "owner_kind",
+                                       "owner_name")}
+
+    assert info("llama-7c9f8d6b5-x2x4z") == {
+        "model": "meta-llama/Llama-3.1-8B-Instruct", "phase": "inference",
+        "model_source": "vllm", "owner_kind": "Deployment", "owner_name": "llama"}
+    assert info("sentiment-predictor-00001-deployment-6f7d9c8b4-qwert") == {
+        "model": "sentiment", "phase": "inference", "model_source": "kserve",
+        "owner_kind": "", "owner_name": ""}
+    assert info("bert-finetune-worker-0") == {
+        "model": "bert-finetune", "phase": "training", "model_source": "kubeflow-training",
+        "owner_kind": "", "owner_name": ""}
+    assert info("web-5f8b7c6d9d-abcde") == {
+        "model": "web", "phase": "other", "model_source": "owner",
+        "owner_kind": "Deployment", "owner_name": "web"}
+    assert not any(dict(ls).get("pod") == "elsewhere" for _, ls in series)
+
+    # cpu: 100 J, idle baseline 20 W -> 20 J idle, 80 J dynamic; 10 busy CPU-seconds
+    expected = {  # pod: (dynamic by CPU time, idle by requests of 16 allocatable cores)
+        "llama-7c9f8d6b5-x2x4z": (80 * 4 / 10, 20 * 4 / 16),
+        "sentiment-predictor-00001-deployment-6f7d9c8b4-qwert": (80 * 2 / 10, 20 * 2 / 16),
+        "bert-finetune-worker-0": (80 * 1 / 10, 20 * 1 / 16),
+        "web-5f8b7c6d9d-abcde": (80 * 1 / 10, 20 * 1 / 16),
+    }
+    for name, (dynamic, idle) in expected.items():
+        got_dynamic = value(series, "footprint_container_energy_joules_total", pod=name,
+                            component="cpu", mode="dynamic")
+        got_idle = value(series, "footprint_container_energy_joules_total", pod=name,
+                         component="cpu", mode="idle")
+        assert math.isclose(got_dynamic, dynamic, rel_tol=1e-9), name
+        assert math.isclose(got_idle, idle, rel_tol=1e-9), name
+        grams = value(series, "footprint_container_co2e_grams_total", pod=name,
+                      component="cpu", mode="dynamic")
+        assert math.isclose(grams, dynamic / 3.6e6 * 475, rel_tol=1e-9)
+    assert value(series, "footprint_unattributed_energy_joules_total", component="cpu",
+                 mode="dynamic") == pytest.approx(80 * 2 / 10)  # system processes
+    assert value(series, "footprint_unattributed_energy_joules_total", component="cpu",
+                 mode="idle") == pytest.approx(20 * 8 / 16)  # unrequested cores
+    assert value(series, "footprint_container_allocation_ratio",
+                 pod="llama-7c9f8d6b5-x2x4z", resource="cpu") == 0.25
+    assert value(series, "footprint_node_info", zone="europe-west4-a",
+                 region="europe-west4", instance_type="a2-highgpu-1g") == 1.0
+    assert value(series, "footprint_source_up", source="kubernetes") == 1.0
+    per_container = [ls for (n, ls) in series if n.startswith("footprint_container_")
+                     and dict(ls)["pod"] == "llama-7c9f8d6b5-x2x4z"]
+    assert 0 < len(per_container) <= 16
+    assert api.stats["list"] == 1 and api.stats["watch"] == 1
+
+
+ENERGY = ("footprint_node_energy_joules_total", "footprint_container_energy_joules_total",
+          "footprint_unattributed_energy_joules_total")
+
+
+def energy_series(sampler: Sampler) -> dict[tuple[str, tuple[str, ...]], float]:
+    return {(name, labels): joules for name in ENERGY
+            for labels, joules in sampler.ledger.counters.get(name, {}).items()}
+
+
+def tick_increments(before: dict[tuple[str, tuple[str, ...]], float],
+                    after: dict[tuple[str, tuple[str, ...]], float]) -> dict[tuple[str, str], float]:
+    """Per component, the node's increment and its parts' over one tick, as Prometheus sees
+    them: a series that appeared starts from 0; one retired had no increment left."""
+    out: dict[tuple[str, str], float] = {}
+    for (name, labels), joules in after.items():
+        kind = "node" if name == ENERGY[0] else "parts"
+        component = labels[0] if kind == "node" else labels[-2]
+        out[(kind, component)] = out.get((kind, component), 0.0) + joules - before.get(
+            (name, labels), 0.0)
+    return out
+
+
+def assert_conserved(series: Series) -> None:
+    for component in ("cpu", "dram", "platform"):
+        node = value(series, "footprint_node_energy_joules_total", component=component)
+        parts = total(series, "footprint_container_energy_joules_total", component=component)
+        parts += total(series, "footprint_unattributed_energy_joules_total",
+                       component=component)
+        assert math.isclose(parts, node, rel_tol=1e-9, abs_tol=1e-9), component
+
+
+def test_410_gone_and_a_30_second_outage_lose_nothing(
+        tmp_path: Path, api: FakeKubeAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    pods = four_pods()
+    for p in pods[:3]:
+        api.add_pod(p)
+    root, sampler, clock = in_process(tmp_path, api, monkeypatch)
+    sampler.start()
+    usage = {cid("1"): 2.0, cid("2"): 1.0, cid("4"): 1.0, cid("3"): 1.0}
+    driven = 0.0
+    try:
+        wait_for(lambda: len(pods_seen(sampler)) == 3, "three pods")
+        metrics(sampler)
+        # 410 Gone: the watch is expired mid-stream; one re-list brings the map back.
+        api.add_pod(pods[3])
+        api.compact()
+        wait_for(lambda: api.stats["list"] == 2 and len(pods_seen(sampler)) == 4, "re-list")
+        # A 30-second outage: pods change meanwhile and the history is compacted.
+        api.set_outage(True)
+        lists_before = api.stats["list"]
+        outage_started = time.monotonic()
+        wait_for(lambda: not sampler._kubernetes.pods.view().up,  # type: ignore[union-attr]
+                 "the watcher to notice")
+        api.delete_pod("ml", "web-5f8b7c6d9d-abcde")
+        series = {}
+        while time.monotonic() - outage_started < 30.0:
+            drive(root, clock, cpu_j=50.0, busy=6.0, usage=usage)
+            driven += 50.0
+            series = metrics(sampler)
+            assert value(series, "footprint_source_up", source="kubernetes") == 0.0
+            time.sleep(0.5)
+        assert pods_seen(sampler) == {p["metadata"]["name"] for p in pods}  # last known map
+        api.compact()
+        api.set_outage(False)
+        wait_for(lambda: sampler._kubernetes.pods.view().up,  # type: ignore[union-attr]
+                 "recovery")
+        wait_for(lambda: pods_seen(sampler) == {p["metadata"]["name"] for p in pods[:3]},
+                 "the deleted pod to be gone")
+        assert api.stats["list"] == lists_before + 1, "one re-list after the outage"
+        drive(root, clock, cpu_j=50.0, busy=6.0, usage=usage)
+        driven += 50.0
+        series = metrics(sampler)
+    finally:
+        sampler.close()
+    assert value(series, "footprint_node_energy_joules_total", component="cpu") == (
+        pytest.approx(driven, abs=1e-6))
+    assert_conserved(series)
+    assert value(series, "footprint_exporter_errors_total", source="kubernetes",
+                 reason="api") >= 1
+    assert value(series, "footprint_source_up", source="kubernetes") == 1.0
+
+
+def test_churn_returns_to_baseline_with_one_list_and_one_watch(
+        tmp_path: Path, api: FakeKubeAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    for p in four_pods():
+        api.add_pod(p)
+    root, sampler, clock = in_process(tmp_path, api, monkeypatch, grace_seconds=2)
+    # a pool of 50 extra container cgroups the churning pods take turns to use
+    base = cpu_stat(root, cid("4")).parent
+    pool = [f"{i:064x}" for i in range(1, 51)]
+    for container_id in pool:
+        shutil.copytree(base, base.parent / container_id)
+    sampler.start()
+    try:
+        wait_for(lambda: len(pods_seen(sampler)) == 4, "the steady pods")
+        usage = {cid("1"): 0.5, cid("2"): 0.5, cid("4"): 0.5, cid("3"): 0.5}
+        for _ in range(3):
+            drive(root, clock, cpu_j=10.0, busy=3.0, usage=usage)
+            metrics(sampler)
+        baseline_series = sampler.ledger.series_count()
+        peak_series: list[int] = []
+
+        def conserved_tick(sampler: Sampler) -> None:
+            """Each tick's increments add up, though retired series leave the totals."""
+            before = energy_series(sampler)
+            sampler.tick()
+            increments = tick_increments(before, energy_series(sampler))
+            peak_series.append(sampler.ledger.series_count())
+            for component in ("cpu", "dram", "platform"):
+                assert math.isclose(increments[("parts", component)],
+                                    increments[("node", component)],
+                                    rel_tol=1e-9, abs_tol=1e-9), component
+
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        cycles, batch = CHURN_CYCLES, 50
+        for start in range(0, cycles, batch):
+            names = [f"churn-{i}" for i in range(start, start + batch)]
+            for name, container_id in zip(names, pool, strict=True):
+                api.add_pod(pod(name, container_id, namespace="churn",
+                                labels={"footprint.dev/model": f"m{int(name[6:]) % 7}"}))
+            wait_for(lambda: len(pods_seen(sampler)) == 4 + batch, "churn pods added")
+            for _ in range(2):  # the first tick is each new container's CPU baseline
+                drive(root, clock, cpu_j=50.0, busy=3.0,
+                      usage={**usage, **dict.fromkeys(pool, 0.01)})
+                conserved_tick(sampler)
+            for name in names:
+                api.delete_pod("churn", name)
+            wait_for(lambda: len(pods_seen(sampler)) == 4, "churn pods deleted")
+            drive(root, clock, cpu_j=10.0, busy=3.0, usage=usage)
+            conserved_tick(sampler)
+        peak = max(peak_series)
+        clock.now += 10.0  # past the grace period
+        series = metrics(sampler)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+    finally:
+        sampler.close()
+    # each churning container had energy and CO2e for 3 components x 2 modes, info, ratio
+    assert peak >= baseline_series + 50 * 14, "the churning containers did get series"
+    assert sampler.ledger.series_count() == baseline_series
+    assert not any(dict(ls).get("namespace") == "churn" for _, ls in series)
+    exporter_code = [tracemalloc.Filter(True, "*/exporter/*")]
+    grown = sum(stat.size_diff for stat in after.filter_traces(exporter_code).compare_to(
+        before.filter_traces(exporter_code), "filename"))
+    assert grown < 256 * 1024, f"exporter memory grew by {grown} bytes over the churn"
+    assert api.stats["list"] == 1 and api.stats["watch"] == 1
+
+
+def test_live_process_conserves_energy_per_component(tmp_path: Path,
+                                                     api: FakeKubeAPI) -> None:
+    for p in four_pods():
+        api.add_pod(p)
+    root = node_with_cgroups(tmp_path)
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    with Exporter(["--path.sysfs", str(root / "sys"), "--path.procfs", str(root / "proc"),
+                   "--collector.interval", "0.1"],
+                  env={"KUBECONFIG": str(kubeconfig), "NODE_NAME": NODE}) as exp:
+        exp.wait_ticks(2)
+        for _ in range(6):
+            advance(root, "intel-rapl:0", 30_000_000)
+            advance(root, "intel-rapl:0:2", 3_000_000)
+            advance(root, "intel-rapl:2", 40_000_000)
+            for digit, seconds in (("1", 0.4), ("2", 0.2), ("4", 0.1), ("3", 0.1)):
+                add_cpu(root, cid(digit), seconds)
+            add_busy(root, 1.0)
+            series = exp.wait_ticks(2)
+        assert exp.stop() == 0
+    assert_conserved(series)
+    assert total(series, "footprint_container_energy_joules_total", component="cpu") > 0
+    models = {dict(ls)["model"] for (n, ls) in series if n == "footprint_container_info"}
+    assert models == {"meta-llama/Llama-3.1-8B-Instruct", "sentiment", "bert-finetune", "web"}
+    assert any("source kubernetes: on" in line for line in exp.lines)
