@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import ProcessCollector
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    Metric,
-    SummaryMetricFamily,
-)
+from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest as render_text
 from prometheus_client.openmetrics.exposition import generate_latest as render_openmetrics
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from exporter.ledger import Ledger
 
@@ -91,32 +87,6 @@ class TickStats:
     seconds: float = 0.0
 
 
-class _LedgerCollector(Collector):
-    def __init__(self, ledger: Ledger, node: str) -> None:
-        self._ledger = ledger
-        self._node = node
-        self.stats = TickStats()
-
-    def collect(self) -> Iterator[Metric]:
-        for name, spec in SPECS.items():
-            source = self._ledger.counters if spec.kind == "counter" else self._ledger.gauges
-            series = source.get(name)
-            if not series:
-                continue
-            family: CounterMetricFamily | GaugeMetricFamily
-            if spec.kind == "counter":
-                family = CounterMetricFamily(name, spec.help, labels=(NODE, *spec.labels))
-            else:
-                family = GaugeMetricFamily(name, spec.help, labels=(NODE, *spec.labels))
-            for labels, value in series.items():
-                family.add_metric((self._node, *labels), value)
-            yield family
-        summary = SummaryMetricFamily(TICK_DURATION, TICK_DURATION_HELP, labels=(NODE,))
-        summary.add_metric((self._node,), count_value=self.stats.count,
-                           sum_value=self.stats.seconds)
-        yield summary
-
-
 class _NodeLabelled(Collector):
     """Another collector's families with the `node` label added (every series carries it)."""
 
@@ -152,17 +122,82 @@ class Snapshot:
         return cached
 
 
+def _number(value: float) -> str:
+    """Go's float formatting, as Prometheus' own clients write sample values."""
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
+
+
+def _escape_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str, *, openmetrics: bool) -> str:
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    return text.replace('"', '\\"') if openmetrics else text
+
+
 class Renderer:
-    """Renders the ledger (and optionally this process's own metrics) to a Snapshot."""
+    """Renders the ledger (and optionally this process's own metrics) to a Snapshot.
+
+    The ledger's families are formatted here directly, byte for byte as prometheus_client
+    would (tests/test_exposition.py holds it to that), because building its Metric objects for
+    every series each tick costs more than the rest of the tick. Each series' name-and-labels
+    prefix is formatted once and kept while the series lives.
+    """
 
     def __init__(self, ledger: Ledger, *, node: str, process_metrics: bool) -> None:
-        self._ledger_collector = _LedgerCollector(ledger, node)
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(self._ledger_collector)
+        self._ledger = ledger
+        self._node = node
+        self._prefixes: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._process: CollectorRegistry | None = None
         if process_metrics:
-            self._registry.register(_NodeLabelled(ProcessCollector(registry=None), node))
+            self._process = CollectorRegistry(auto_describe=False)
+            self._process.register(_NodeLabelled(ProcessCollector(registry=None), node))
+
+    def _prefix(self, name: str, names: tuple[str, ...], values: tuple[str, ...]) -> str:
+        pairs = sorted(zip(names, values, strict=True))
+        return name + "{" + ",".join(f'{k}="{_escape_value(v)}"' for k, v in pairs) + "}"
 
     def render(self, stats: TickStats) -> Snapshot:
-        self._ledger_collector.stats = stats
-        openmetrics: bytes = render_openmetrics(self._registry)  # type: ignore[no-untyped-call]
-        return Snapshot(text=render_text(self._registry), openmetrics=openmetrics)
+        text: list[str] = []
+        om: list[str] = []
+        old, new = self._prefixes, {}
+        node = self._node
+        for name, spec in SPECS.items():
+            store = self._ledger.counters if spec.kind == "counter" else self._ledger.gauges
+            series = store.get(name)
+            if not series:
+                continue
+            names = (NODE, *spec.labels)
+            base = name.removesuffix("_total") if spec.kind == "counter" else name
+            text.append(f"# HELP {name} {_escape_help(spec.help, openmetrics=False)}\n"
+                        f"# TYPE {name} {spec.kind}\n")
+            om.append(f"# HELP {base} {_escape_help(spec.help, openmetrics=True)}\n"
+                      f"# TYPE {base} {spec.kind}\n")
+            lines = []
+            for labels, value in series.items():
+                key = (name, labels)
+                prefix = old.get(key) or self._prefix(name, names, (node, *labels))
+                new[key] = prefix
+                lines.append(f"{prefix} {_number(value)}\n")
+            body = "".join(lines)
+            text.append(body)
+            om.append(body)  # a counter's samples keep `_total` in OpenMetrics too
+        summary_labels = f'{{node="{_escape_value(node)}"}}'
+        for out, is_om in ((text, False), (om, True)):
+            out.append(f"# HELP {TICK_DURATION} "
+                       f"{_escape_help(TICK_DURATION_HELP, openmetrics=is_om)}\n"
+                       f"# TYPE {TICK_DURATION} summary\n"
+                       f"{TICK_DURATION}_count{summary_labels} {_number(stats.count)}\n"
+                       f"{TICK_DURATION}_sum{summary_labels} {_number(stats.seconds)}\n")
+        self._prefixes = new
+        text_bytes = "".join(text).encode()
+        om_bytes = "".join(om).encode()
+        if self._process is not None:
+            text_bytes += render_text(self._process)
+            process_om: bytes = render_openmetrics(self._process)  # type: ignore[no-untyped-call]
+            om_bytes += process_om
+        else:
+            om_bytes += b"# EOF\n"
+        return Snapshot(text=text_bytes, openmetrics=om_bytes)

@@ -252,13 +252,15 @@ ENERGY = ("footprint_node_energy_joules_total", "footprint_container_energy_joul
           "footprint_unattributed_energy_joules_total")
 
 
-def energy_series(sampler: Sampler) -> dict[tuple[str, tuple[str, ...]], float]:
+EnergySeries = dict[tuple[str, tuple[str, ...]], float]
+
+
+def energy_series(sampler: Sampler) -> EnergySeries:
     return {(name, labels): joules for name in ENERGY
             for labels, joules in sampler.ledger.counters.get(name, {}).items()}
 
 
-def tick_increments(before: dict[tuple[str, tuple[str, ...]], float],
-                    after: dict[tuple[str, tuple[str, ...]], float]) -> dict[tuple[str, str], float]:
+def tick_increments(before: EnergySeries, after: EnergySeries) -> dict[tuple[str, str], float]:
     """Per component, the node's increment and its parts' over one tick, as Prometheus sees
     them: a series that appeared starts from 0; one retired had no increment left."""
     out: dict[tuple[str, str], float] = {}
@@ -345,7 +347,7 @@ def test_churn_returns_to_baseline_with_one_list_and_one_watch(
         wait_for(lambda: len(pods_seen(sampler)) == 4, "the steady pods")
         usage = {cid("1"): 0.5, cid("2"): 0.5, cid("4"): 0.5, cid("3"): 0.5}
         for _ in range(3):
-            drive(root, clock, cpu_j=10.0, busy=3.0, usage=usage)
+            drive(root, clock, cpu_j=50.0, busy=3.0, usage=usage)
             metrics(sampler)
         baseline_series = sampler.ledger.series_count()
         peak_series: list[int] = []
@@ -378,7 +380,7 @@ def test_churn_returns_to_baseline_with_one_list_and_one_watch(
             for name in names:
                 api.delete_pod("churn", name)
             wait_for(lambda: len(pods_seen(sampler)) == 4, "churn pods deleted")
-            drive(root, clock, cpu_j=10.0, busy=3.0, usage=usage)
+            drive(root, clock, cpu_j=50.0, busy=3.0, usage=usage)
             conserved_tick(sampler)
         peak = max(peak_series)
         clock.now += 10.0  # past the grace period
