@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import math
 import shutil
+import subprocess
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from tests.support import (
     advance,
     node_tree,
     parse,
+    require_binary,
     total,
     value,
     write_atomic,
@@ -425,3 +427,43 @@ def test_live_process_conserves_energy_per_component(tmp_path: Path,
     models = {dict(ls)["model"] for (n, ls) in series if n == "footprint_container_info"}
     assert models == {"meta-llama/Llama-3.1-8B-Instruct", "sentiment", "bert-finetune", "web"}
     assert any("source kubernetes: on" in line for line in exp.lines)
+
+
+def test_bad_pods_are_counted_once_and_never_crash(tmp_path: Path, api: FakeKubeAPI,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    hostile = 'evil"model\nwith\\newline' + "x" * 10_000
+    api.add_pod(pod("hostile", cid("1"), labels={"footprint.dev/model": hostile}))
+    pending = pod("pending", cid("2"))
+    pending["status"] = {"phase": "Pending"}
+    api.add_pod(pending)
+    api.add_pod(pod("no-cgroup", cid("9")))
+    rkt = pod("rkt", cid("3"))
+    rkt["status"]["containerStatuses"][0]["containerID"] = "rkt://" + cid("3")
+    api.add_pod(rkt)
+    broken = pod("broken", cid("4"))
+    broken["status"]["containerStatuses"] = ["not-a-status"]
+    api.add_pod(broken)
+    root, sampler, clock = in_process(tmp_path, api, monkeypatch)
+    sampler.start()
+    try:
+        wait_for(lambda: len(pods_seen(sampler)) == 5, "the bad pods")
+        for _ in range(4):
+            drive(root, clock, cpu_j=50.0, busy=4.0, usage={cid(d): 1.0 for d in "1234"})
+            snapshot = sampler.tick()
+    finally:
+        sampler.close()
+    series = parse(snapshot.text.decode())
+    for source, reason in (("cgroups", "no_cgroup"), ("kubernetes", "unknown_runtime"),
+                           ("kubernetes", "malformed_pod")):
+        assert value(series, "footprint_exporter_errors_total", source=source,
+                     reason=reason) == 1.0, reason  # once, not once per tick
+    (model,) = {dict(ls)["model"] for (n, ls) in series if n == "footprint_container_info"}
+    assert model == hostile[:256].strip() and len(model) == 256
+    # only the hostile pod's container is attributed; the rest stays with unattributed
+    assert {dict(ls)["pod"] for (n, ls) in series
+            if n == "footprint_container_energy_joules_total"} == {"hostile"}
+    assert_conserved(series)
+    promtool = require_binary("promtool")
+    check = subprocess.run([promtool, "check", "metrics"], input=snapshot.text,
+                           capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
