@@ -1,10 +1,13 @@
 """Attribution: node energy deltas and usage deltas in, per-container shares out. No I/O.
 
 Per component and tick: the energy up to the idle baseline is `idle`, the rest `dynamic`.
-Dynamic energy is split by each container's share of the node's busy CPU time; idle energy by
-each container's share of the node's allocatable CPU in requests (policy `requests`) or kept
-back (policy `none`). Whatever no container is charged for, including what system processes
-used and every rounding remainder, is unattributed, so the parts always add up to the node.
+cpu and dram: dynamic energy is split by each container's share of the node's busy CPU time;
+idle energy by each container's share of the node's allocatable CPU in requests (policy
+`requests`) or kept back (policy `none`). gpu: per GPU, by who holds it (whole, shared by
+utilisation, or MIG slices by size). platform (psys) covers cpu and dram, which are already
+charged, so it is never charged to containers. Whatever no container is charged for, including
+what system processes used and every rounding remainder, is unattributed, so the parts always
+add up to the node.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 
 MODES = ("dynamic", "idle")
 IDLE_POLICIES = ("requests", "none")
+BY_CPU = frozenset({"cpu", "dram"})
+"""Components split by CPU time and requests; the others are handled apart (gpu) or kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +32,28 @@ class Workload:
     cpu_seconds: float
     """CPU time the container used during the tick."""
     cpu_request_cores: float
+
+
+@dataclass(frozen=True, slots=True)
+class GpuHolder:
+    """A container using one GPU during the tick."""
+
+    key: Hashable
+    slice_fraction: float | None = None
+    """MIG: the fraction of the board its slice is; None for a whole or shared GPU."""
+    sm_util: float | None = None
+    """SM utilisation of its processes on this GPU over the tick (sum of means, percent)."""
+    memory_bytes: float | None = None
+    """GPU memory its processes use, where utilisation is unavailable."""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuUse:
+    """One physical GPU's energy this tick and who held it."""
+
+    joules: float
+    idle_joules: float
+    holders: Sequence[GpuHolder] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,33 +75,78 @@ def _shares(weights: Sequence[float], whole: float) -> list[float]:
     return [w / denominator for w in clean]
 
 
+def _split(*, joules: float, idle_joules: float, component: str, keys: Sequence[Hashable],
+           idle_shares: Sequence[float], dynamic_shares: Sequence[float],
+           containers: dict[tuple[Hashable, str, str], float],
+           unattributed: dict[tuple[str, str], float]) -> None:
+    """Hand out one component's idle and dynamic parts by shares; the rest is unattributed."""
+    joules = joules if joules > 0.0 and math.isfinite(joules) else 0.0
+    idle = min(max(idle_joules if math.isfinite(idle_joules) else 0.0, 0.0), joules)
+    for mode, part, shares in (("idle", idle, idle_shares),
+                               ("dynamic", joules - idle, dynamic_shares)):
+        given = []
+        for key, share in zip(keys, shares, strict=True):
+            if share > 0.0 and part > 0.0:
+                amount = part * share
+                containers[(key, component, mode)] = containers.get(
+                    (key, component, mode), 0.0) + amount
+                given.append(amount)
+        # The remainder absorbs rounding; it can only dip below 0 by an ulp.
+        unattributed[(component, mode)] = unattributed.get((component, mode), 0.0) + max(
+            part - math.fsum(given), 0.0)
+
+
+def gpu_shares(holders: Sequence[GpuHolder]) -> tuple[list[float], list[float]]:
+    """(idle shares, dynamic shares) of one GPU's holders.
+
+    MIG: each slice's fraction of the board, for both. One holder: all of it. Several
+    (time-slicing, MPS): idle equally, dynamic by SM utilisation, else by memory, else equally.
+    """
+    n = len(holders)
+    if any(h.slice_fraction for h in holders):
+        fractions = _shares([h.slice_fraction or 0.0 for h in holders], 1.0)
+        return fractions, fractions
+    if n <= 1:
+        return [1.0] * n, [1.0] * n
+    equal = [1.0 / n] * n
+    for weights in ([h.sm_util or 0.0 for h in holders],
+                    [h.memory_bytes or 0.0 for h in holders]):
+        if math.fsum(w for w in weights if math.isfinite(w) and w > 0) > 0.0:
+            return equal, _shares(weights, 0.0)
+    return equal, equal
+
+
 def attribute_energy(*, energy_joules: Mapping[str, float], idle_joules: Mapping[str, float],
                      workloads: Sequence[Workload] = (), node_busy_cpu_seconds: float = 0.0,
-                     allocatable_cores: float = 0.0,
-                     idle_policy: str = "requests") -> Attribution:
-    """Split each component's energy among `workloads`; the rest is unattributed.
+                     allocatable_cores: float = 0.0, idle_policy: str = "requests",
+                     gpus: Sequence[GpuUse] = ()) -> Attribution:
+    """Split each component's energy among containers; the rest is unattributed.
 
+    `energy_joules` holds the node's components; gpu energy given there is unattributed unless
+    `gpus` details it GPU by GPU (then leave "gpu" out of `energy_joules`).
     Invariant: for every component, the container parts plus the unattributed parts add up to
     its energy, to float precision, for any input.
     """
+    keys = [w.key for w in workloads]
     dynamic_shares = _shares([w.cpu_seconds for w in workloads], node_busy_cpu_seconds)
     idle_shares = (_shares([w.cpu_request_cores for w in workloads], allocatable_cores)
                    if idle_policy == "requests" else [0.0] * len(workloads))
+    nobody: list[float] = []
     containers: dict[tuple[Hashable, str, str], float] = {}
     unattributed: dict[tuple[str, str], float] = {}
     for component, joules in energy_joules.items():
-        joules = joules if joules > 0.0 and math.isfinite(joules) else 0.0
-        idle = min(max(idle_joules.get(component, 0.0), 0.0), joules)
-        for mode, part, shares in (("idle", idle, idle_shares),
-                                   ("dynamic", joules - idle, dynamic_shares)):
-            given = []
-            for workload, share in zip(workloads, shares, strict=True):
-                if share > 0.0 and part > 0.0:
-                    amount = part * share
-                    containers[(workload.key, component, mode)] = amount
-                    given.append(amount)
-            # The remainder absorbs rounding; it can only dip below 0 by an ulp.
-            unattributed[(component, mode)] = max(part - math.fsum(given), 0.0)
+        by_cpu = component in BY_CPU
+        _split(joules=joules, idle_joules=idle_joules.get(component, 0.0), component=component,
+               keys=keys if by_cpu else [], idle_shares=idle_shares if by_cpu else nobody,
+               dynamic_shares=dynamic_shares if by_cpu else nobody, containers=containers,
+               unattributed=unattributed)
+    for gpu in gpus:
+        gpu_idle, gpu_dynamic = gpu_shares(gpu.holders)
+        if idle_policy != "requests":
+            gpu_idle = [0.0] * len(gpu.holders)
+        _split(joules=gpu.joules, idle_joules=gpu.idle_joules, component="gpu",
+               keys=[h.key for h in gpu.holders], idle_shares=gpu_idle,
+               dynamic_shares=gpu_dynamic, containers=containers, unattributed=unattributed)
     return Attribution(containers=containers, unattributed=unattributed)
 
 

@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.attribution import IdleBaseline, Workload, attribute_energy
+from exporter.attribution import GpuHolder, GpuUse, IdleBaseline, Workload, attribute_energy
 
 joules = st.floats(min_value=0.0, max_value=1e9, allow_nan=False, allow_infinity=False)
 components = st.sampled_from(["cpu", "dram", "gpu", "platform"])
@@ -39,6 +39,72 @@ def test_parts_add_up_to_node_energy(energy: dict[str, float], idle: dict[str, f
         assert idle_given <= min(max(idle.get(component, 0.0), 0.0), node) * (1 + 1e-12)
         if policy == "none":
             assert idle_given == 0.0
+
+
+optional = st.none() | amounts
+holders = st.builds(GpuHolder, key=st.integers(0, 50),
+                    slice_fraction=st.none() | st.floats(0.0, 1.0), sm_util=optional,
+                    memory_bytes=optional)
+gpu_uses = st.builds(GpuUse, joules=joules, idle_joules=joules,
+                     holders=st.lists(holders, max_size=5, unique_by=lambda h: h.key))
+
+
+@given(gpus=st.lists(gpu_uses, max_size=8), energy=st.dictionaries(components, joules),
+       workloads=workload_lists, policy=st.sampled_from(["requests", "none"]))
+def test_gpus_conserve_too(gpus: list[GpuUse], energy: dict[str, float],
+                           workloads: list[Workload], policy: str) -> None:
+    energy.pop("gpu", None)
+    result = attribute_energy(energy_joules=energy, idle_joules={}, workloads=workloads,
+                              node_busy_cpu_seconds=1.0, allocatable_cores=1.0,
+                              idle_policy=policy, gpus=gpus)
+    parts = [j for (_, c, _), j in result.containers.items() if c == "gpu"]
+    parts += [j for (c, _), j in result.unattributed.items() if c == "gpu"]
+    assert all(p >= 0.0 for p in parts)
+    assert math.isclose(math.fsum(parts), math.fsum(g.joules for g in gpus), rel_tol=1e-12,
+                        abs_tol=1e-300)
+    assert not any(c == "platform" for (_, c, _) in result.containers)
+
+
+def gpu_split(use: GpuUse) -> dict[tuple[object, str], float]:
+    result = attribute_energy(energy_joules={}, idle_joules={}, gpus=[use])
+    return {(key, mode): round(j, 9) for (key, _, mode), j in result.containers.items()} | {
+        ("nobody", mode): round(j, 9) for (_, mode), j in result.unattributed.items()}
+
+
+def test_whole_gpu_is_all_its_holders() -> None:
+    assert gpu_split(GpuUse(joules=700.0, idle_joules=100.0, holders=[GpuHolder("a")])) == {
+        ("a", "idle"): 100.0, ("a", "dynamic"): 600.0,
+        ("nobody", "idle"): 0.0, ("nobody", "dynamic"): 0.0}
+
+
+def test_time_sliced_gpu_splits_dynamic_by_sm_utilisation_and_idle_equally() -> None:
+    use = GpuUse(joules=300.0, idle_joules=100.0,
+                 holders=[GpuHolder("a", sm_util=70.0), GpuHolder("b", sm_util=30.0)])
+    assert gpu_split(use) == {("a", "idle"): 50.0, ("b", "idle"): 50.0,
+                              ("a", "dynamic"): 140.0, ("b", "dynamic"): 60.0,
+                              ("nobody", "idle"): 0.0, ("nobody", "dynamic"): 0.0}
+
+
+def test_shared_gpu_falls_back_to_memory_then_equal() -> None:
+    by_memory = GpuUse(joules=40.0, idle_joules=0.0, holders=[
+        GpuHolder("a", memory_bytes=3e9), GpuHolder("b", memory_bytes=1e9)])
+    assert gpu_split(by_memory)[("a", "dynamic")] == 30.0
+    equal = GpuUse(joules=40.0, idle_joules=0.0, holders=[GpuHolder("a"), GpuHolder("b")])
+    assert gpu_split(equal)[("b", "dynamic")] == 20.0
+
+
+def test_mig_splits_the_board_by_slice_size() -> None:
+    """3g + 2g + 2g on a 7-slice board; one 2g slice unheld -> its share is unattributed."""
+    use = GpuUse(joules=350.0, idle_joules=70.0, holders=[
+        GpuHolder("a", slice_fraction=3 / 7), GpuHolder("b", slice_fraction=2 / 7)])
+    assert gpu_split(use) == {("a", "idle"): 30.0, ("a", "dynamic"): 120.0,
+                              ("b", "idle"): 20.0, ("b", "dynamic"): 80.0,
+                              ("nobody", "idle"): 20.0, ("nobody", "dynamic"): 80.0}
+
+
+def test_unheld_gpu_is_unattributed() -> None:
+    assert gpu_split(GpuUse(joules=90.0, idle_joules=60.0)) == {
+        ("nobody", "idle"): 60.0, ("nobody", "dynamic"): 30.0}
 
 
 def test_idle_is_capped_at_the_baseline() -> None:

@@ -392,8 +392,8 @@ def test_churn_returns_to_baseline_with_one_list_and_one_watch(
         tracemalloc.stop()
     finally:
         sampler.close()
-    # each churning container had energy and CO2e for 3 components x 2 modes, info, ratio
-    assert peak >= baseline_series + 50 * 14, "the churning containers did get series"
+    # each churning container had energy and CO2e for cpu and dram x 2 modes, info, ratio
+    assert peak >= baseline_series + 50 * 10, "the churning containers did get series"
     assert sampler.ledger.series_count() == baseline_series
     assert not any(dict(ls).get("namespace") == "churn" for _, ls in series)
     exporter_code = [tracemalloc.Filter(True, "*/exporter/*")]
