@@ -1,0 +1,185 @@
+"""Who holds which GPU: the kubelet's pod-resources API v1 (`List`), over its unix socket.
+
+The kubelet assigns device-plugin devices to containers and is the only one that knows the
+assignment; the Kubernetes API only has the requested counts. The socket is normally
+/var/lib/kubelet/pod-resources/kubelet.sock; the exporter mounts that directory (not the socket
+file), since a kubelet restart removes the socket and creates a new one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+
+from exporter import logs
+from exporter.kube import podresources_pb2 as pb
+from exporter.kube import podresources_pb2_grpc as pb_grpc
+
+log = logs.get("podresources")
+
+DEFAULT_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+DEFAULT_PREFIXES = ("nvidia.com/gpu", "nvidia.com/mig-")
+
+_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""What the kubelet's own pod-resources client accepts; gRPC's 4 MiB default is small for a
+node with many pods holding many CPU ids."""
+
+if TYPE_CHECKING:  # grpc's classes are generic only in the stubs
+    _List = grpc.UnaryUnaryMultiCallable[pb.ListPodResourcesRequest, pb.ListPodResourcesResponse]
+
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    # A private subchannel: a channel made after a failure must not inherit a shared
+    # subchannel that is still waiting out gRPC's reconnect backoff (up to 2 minutes).
+    ("grpc.use_local_subchannel_pool", 1),
+    # Not min_reconnect_backoff_ms: it is also the connect timeout, and a busy kubelet may
+    # take a while to answer the handshake; each call's deadline bounds the wait anyway.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceHolder:
+    """One device the kubelet has assigned to one container."""
+
+    namespace: str
+    pod: str
+    container: str
+    resource: str
+    """The extended resource, e.g. "nvidia.com/gpu", "nvidia.com/mig-3g.40gb"."""
+    device_id: str
+    """As the kubelet reports it: "GPU-8f0c...", "MIG-1a2b...", "GPU-8f0c...::2" (shared)."""
+
+    @property
+    def device(self) -> str:
+        """The device id without a "::N" sharing suffix: what NVML calls the UUID."""
+        return device_of(self.device_id)
+
+
+def device_of(device_id: str) -> str:
+    """Strips the "::N" replica suffix that GPU sharing (time-slicing, MPS) appends to an id."""
+    base, sep, replica = device_id.rpartition("::")
+    return base if sep and base and replica.isdigit() else device_id
+
+
+def matches(resource: str, prefixes: Sequence[str]) -> bool:
+    """The resource is one of ours: equal to a prefix, or starting with one."""
+    return any(resource.startswith(prefix) for prefix in prefixes)
+
+
+def holders_of(response: pb.ListPodResourcesResponse,
+               prefixes: Sequence[str]) -> list[DeviceHolder]:
+    """Every device of a matching resource in a List response, in the kubelet's order."""
+    found: list[DeviceHolder] = []
+    for pod in response.pod_resources:
+        for container in pod.containers:
+            for devices in container.devices:
+                if not matches(devices.resource_name, prefixes):
+                    continue
+                found.extend(DeviceHolder(namespace=pod.namespace, pod=pod.name,
+                                          container=container.name,
+                                          resource=devices.resource_name, device_id=device_id)
+                             for device_id in devices.device_ids if device_id)
+    return found
+
+
+class PodResourcesClient:
+    """The kubelet's pod-resources List, over a unix socket; one channel, reconnecting."""
+
+    def __init__(self, socket_path: Path, *,
+                 resource_prefixes: Sequence[str] = DEFAULT_PREFIXES,
+                 timeout_seconds: float = 2.0) -> None:
+        self._path = Path(socket_path)
+        self._prefixes = tuple(resource_prefixes)
+        self._timeout = timeout_seconds
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._list: _List | None = None
+        self._up = False
+        self._last_error = "not called yet"
+        self._last_count = 0
+        self._throttle = logs.Throttle(log)
+
+    def holders(self) -> list[DeviceHolder] | None:
+        """The devices held now; None when the kubelet could not be asked (logged, throttled)."""
+        with self._lock:
+            try:
+                call = self._connect()
+                response = call(pb.ListPodResourcesRequest(), timeout=self._timeout)
+                found = holders_of(response, self._prefixes)
+            except Exception as exc:  # never raise into the sampler's tick
+                self._fail(exc)
+                return None
+            self._up = True
+            self._last_count = len(found)
+            self._throttle.recovered("list", f"kubelet pod-resources at {self._path} answers "
+                                             f"again: {len(found)} devices held")
+            return found
+
+    def up(self) -> bool:
+        """The last call succeeded."""
+        return self._up
+
+    def describe(self) -> str:
+        """One line for logs and the startup banner."""
+        state = (f"up, {self._last_count} devices held" if self._up
+                 else f"down: {self._last_error}")
+        wanted = ", ".join(f"{prefix}*" for prefix in self._prefixes)
+        return f"kubelet pod-resources v1 at {self._path} ({state}; resources {wanted})"
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _connect(self) -> _List:
+        if self._list is None:
+            self._channel = grpc.insecure_channel(f"unix://{self._path}",
+                                                  options=_CHANNEL_OPTIONS)
+            stub = pb_grpc.PodResourcesListerStub(self._channel)  # type: ignore[no-untyped-call]
+            self._list = stub.List
+        return self._list
+
+    def _drop(self) -> None:
+        channel, self._channel, self._list = self._channel, None, None
+        if channel is not None:
+            channel.close()
+
+    def _fail(self, exc: Exception) -> None:
+        # A fresh channel on the next call connects at once to a socket the kubelet has just
+        # recreated, instead of waiting out the old channel's backoff.
+        self._drop()
+        self._up = False
+        self._last_error = self._explain(exc)
+        self._throttle.fault("list", f"kubelet pod-resources at {self._path}: "
+                                     f"{self._last_error}; GPU holders unknown meanwhile")
+
+    def _explain(self, exc: Exception) -> str:
+        if not self._path.exists():
+            return ("the socket does not exist: mount the kubelet's pod-resources directory "
+                    f"({self._path.parent}, hostPath type Directory) rather than the socket file, "
+                    "so that the socket a restarted kubelet creates is seen")
+        if not isinstance(exc, grpc.Call):
+            return _first_line(exc)
+        code, details = exc.code(), _first_line(exc.details() or "")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"no answer within {self._timeout:g} s"
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return (f"the kubelet does not serve pod-resources v1 List ({details}): the API is "
+                    "on by default since Kubernetes 1.15 and GA since 1.28")
+        if code == grpc.StatusCode.UNAVAILABLE and "ermission denied" in details:
+            return (f"{details}: the socket is root's; run the exporter as root or give it "
+                    "access to the socket")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return f"the kubelet is not answering (restarting?): {details}"
+        return f"{code.name}: {details}"
+
+
+def _first_line(value: object) -> str:
+    text = str(value) or type(value).__name__
+    return text.splitlines()[0][:300]
