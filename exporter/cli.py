@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import NoReturn
 
 from exporter import __version__, carbon, logs
@@ -19,6 +20,7 @@ from exporter.sampler import Kubernetes, Sampler, read_cpu_model
 from exporter.server import ExporterState, parse_listen_address, serve
 from exporter.sources.base import EnergySource, Status
 from exporter.sources.estimate import ESTIMABLE, EstimateSource
+from exporter.sources.nvml import NvmlSource
 from exporter.sources.rapl import RaplSource
 
 DEFAULT_LISTEN_ADDRESS = ":9835"
@@ -27,6 +29,7 @@ DEFAULT_LISTEN_ADDRESS = ":9835"
 COLLECTORS = {
     "rapl": "RAPL energy counters from <path.sysfs>/class/powercap",
     "estimate": "utilisation-based estimate for cpu/dram where no sensor covers them",
+    "nvml": "NVIDIA GPU energy, power and processes through NVML",
     "kubernetes": "pods of this node from the Kubernetes API, CPU time from cgroups",
 }
 
@@ -114,7 +117,8 @@ def _log_status(name: str, status: Status) -> None:
 
 def build_sampler(settings: Settings, *, process_metrics: bool = True,
                   clock: Callable[[], float] = time.monotonic,
-                  timer: Callable[[], float] = time.perf_counter) -> Sampler:
+                  timer: Callable[[], float] = time.perf_counter,
+                  nvml_module: ModuleType | None = None) -> Sampler:
     """Probe each source once, in order, so the estimate covers only what no sensor does."""
     sources: list[EnergySource] = []
     statuses: list[Status] = []
@@ -129,6 +133,12 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
     else:
         statuses.append(Status(False, "disabled by --no-collector.rapl", present=False))
         sources.append(RaplSource(settings.sysfs))
+    nvml = NvmlSource(nvml=nvml_module)  # tests hand in a fake NVML module
+    if settings.collectors["nvml"]:
+        statuses.append(nvml.probe())
+    else:
+        statuses.append(Status(False, "disabled by --no-collector.nvml", present=False))
+    sources.append(nvml)
     estimate = EstimateSource(settings.procfs, settings.file.estimate, ESTIMABLE - sensed)
     if settings.collectors["estimate"]:
         statuses.append(estimate.probe())
@@ -140,7 +150,9 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
     covered = frozenset().union(*(s.components for s in statuses if s.enabled))
     if not covered:
         log.warning("no energy source is on: node energy stays 0 until one is enabled")
-    kubernetes = connect_kubernetes(settings) if settings.collectors["kubernetes"] else None
+    gpus_on = any(s.enabled and "gpu" in s.components for s in statuses)
+    kubernetes = (connect_kubernetes(settings, gpus=gpus_on)
+                  if settings.collectors["kubernetes"] else None)
     intensity = carbon.StaticIntensity(settings.file.carbon)
     current = intensity.current()
     log.info(f"grid intensity {current.grams_per_kwh:g} gCO2e/kWh for zone {current.zone} "
@@ -151,8 +163,9 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
                    process_metrics=process_metrics, clock=clock, timer=timer)
 
 
-def connect_kubernetes(settings: Settings) -> Kubernetes | None:
-    """The pod watch for this node, or None (logged once) when no cluster is configured."""
+def connect_kubernetes(settings: Settings, *, gpus: bool) -> Kubernetes | None:
+    """The pod watch for this node (and, with GPUs, the kubelet's device allocations), or None
+    (logged once) when no cluster is configured."""
     from exporter.kube.client import connect
     from exporter.kube.pods import PodWatcher
     from exporter.usage.cgroups import CgroupReader
@@ -174,7 +187,15 @@ def connect_kubernetes(settings: Settings) -> Kubernetes | None:
                          backoff_max_seconds=k.backoff_max_seconds)
     tracker = WorkloadTracker(procfs=settings.procfs, cgroups=cgroups,
                               rules=settings.file.models.effective_rules)
-    return Kubernetes(pods=watcher, tracker=tracker, grace_seconds=k.grace_period_seconds)
+    podresources = None
+    if gpus:
+        from exporter.kube.podresources import PodResourcesClient
+
+        podresources = PodResourcesClient(Path(k.pod_resources_socket),
+                                          resource_prefixes=k.gpu_resources)
+        log.info(f"source podresources: on, {podresources.describe()}")
+    return Kubernetes(pods=watcher, tracker=tracker, grace_seconds=k.grace_period_seconds,
+                      podresources=podresources)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

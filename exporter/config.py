@@ -85,6 +85,12 @@ class AttributionSettings:
                   "doc": "requests: idle energy shared by CPU requests; none: kept unattributed"})
 
 
+def _strings(value: object, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{key}: expected a list of non-empty strings, got {_describe(value)}")
+    return tuple(value)
+
+
 def _parse_rules(value: object, key: str) -> Any:
     from exporter.models import parse_rules  # models imports ConfigError from here
 
@@ -104,6 +110,13 @@ class KubernetesSettings:
     watch_timeout_seconds: float = _num(
         default=300.0, minimum=5.0, maximum=3600.0,
         doc="server-side watch timeout; each watch asks for 1-2x this, as client-go does")
+    pod_resources_socket: str = field(
+        default="/var/lib/kubelet/pod-resources/kubelet.sock",
+        metadata={"doc": "the kubelet's pod-resources socket (mount its directory)"})
+    gpu_resources: tuple[str, ...] = field(
+        default=("nvidia.com/gpu", "nvidia.com/mig-"),
+        metadata={"parse": lambda v, k: _strings(v, k),
+                  "doc": "resource names (or prefixes) whose devices are GPUs or MIG slices"})
     backoff_max_seconds: float = _num(
         default=30.0, minimum=0.1, maximum=600.0,
         doc="longest wait between retries while the API fails (from 0.5 s, doubling, jittered)")

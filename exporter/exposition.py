@@ -37,6 +37,11 @@ SPECS: dict[str, Spec] = {
         ("component", "source")),
     "footprint_rapl_energy_joules_total": Spec(
         "counter", "Energy of each RAPL zone as read, wraparound corrected.", ("zone", "domain")),
+    "footprint_gpu_energy_joules_total": Spec(
+        "counter", "Energy of each physical GPU (NVML's counter, or integrated power).",
+        ("gpu", "uuid", "product")),
+    "footprint_gpu_power_watts": Spec(
+        "gauge", "NVML power reading of each GPU at the last tick.", ("gpu", "uuid", "product")),
     "footprint_node_co2e_grams_total": Spec(
         "counter", "Operational emissions of the node's energy at the intensity in force.",
         ("component", "source")),

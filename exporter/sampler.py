@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Protocol, cast
 
 from exporter import __version__, carbon, logs
-from exporter.attribution import MODES, IdleBaseline, attribute_energy
+from exporter.attribution import MODES, GpuUse, IdleBaseline, attribute_energy
 from exporter.config import AttributionSettings
 from exporter.exposition import CONTAINER_SERIES, Renderer, Snapshot, TickStats
+from exporter.gpus import Allocation, plan_gpus
 from exporter.kube.pods import PodView
 from exporter.ledger import Labels, Ledger
 from exporter.sources.base import EnergySource, Status
+from exporter.sources.gpu import GpuReading
 from exporter.workloads import Container, WorkloadSample, WorkloadTracker
 
 log = logs.get("sampler")
@@ -45,6 +47,30 @@ def read_cpu_model(procfs: Path) -> str:
     return ""
 
 
+class DeviceHolder(Protocol):
+    """A device the kubelet gave a container (exporter.kube.podresources.DeviceHolder)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def pod(self) -> str: ...
+
+    @property
+    def container(self) -> str: ...
+
+    @property
+    def device(self) -> str: ...
+
+
+class PodResources(Protocol):
+    """The kubelet's device allocations (exporter.kube.podresources.PodResourcesClient)."""
+
+    def holders(self) -> Sequence[DeviceHolder] | None: ...
+
+    def close(self) -> None: ...
+
+
 class Pods(Protocol):
     """The pods of this node as last known (exporter.kube.pods.PodWatcher)."""
 
@@ -62,6 +88,7 @@ class Kubernetes:
     pods: Pods
     tracker: WorkloadTracker
     grace_seconds: float
+    podresources: PodResources | None = None
 
 
 def _first(labels: dict[str, str], keys: Sequence[str]) -> str:
@@ -91,8 +118,11 @@ class Sampler:
         self._last_now: float | None = None
         self._stats = TickStats()
         self._cpu_model = cpu_model
+        self._node_labels: dict[str, str] = {}
         self._last_seen: dict[tuple[str, str, str], float] = {}
         self._gauge_labels: dict[tuple[str, str, str], tuple[Labels, Labels]] = {}
+        self._gpu_ratio_labels: set[Labels] = set()
+        self._gpu_info: tuple[str, str] = ("", "0")
         self._api_errors = 0
         self._malformed = 0
         self.ledger = Ledger()
@@ -127,11 +157,18 @@ class Sampler:
     def close(self) -> None:
         if self._kubernetes is not None:
             self._kubernetes.pods.stop()
+            if self._kubernetes.podresources is not None:
+                self._kubernetes.podresources.close()
+        for source, _ in self._sources:
+            closer = getattr(source, "close", None)
+            if closer is not None:
+                closer()
 
     def _set_node_info(self, labels: dict[str, str]) -> None:
+        self._node_labels = labels
         self.ledger.gauges["footprint_node_info"] = {(
             _first(labels, ZONE_LABELS), _first(labels, REGION_LABELS),
-            _first(labels, INSTANCE_TYPE_LABELS), self._cpu_model, "", "0"): 1.0}
+            _first(labels, INSTANCE_TYPE_LABELS), self._cpu_model, *self._gpu_info): 1.0}
 
     def tick(self) -> Snapshot:
         started = self._timer()
@@ -144,8 +181,10 @@ class Sampler:
             (intensity.zone, intensity.provider): intensity.grams_per_kwh}
 
         energy: dict[str, float] = {}
+        gpu_readings: tuple[GpuReading, ...] = ()
         for source, status in self._sources:
             reading = source.read(now)
+            gpu_readings = getattr(source, "gpus", gpu_readings)
             ledger.set("footprint_source_up", (source.name,), 1.0 if reading.up else 0.0)
             if not reading.up:
                 ledger.add("footprint_exporter_errors_total", (source.name, "read"), 1.0)
@@ -168,11 +207,17 @@ class Sampler:
                 idle[component] = self._baseline.watts(component) * seconds
 
         sample, allocatable = self._sample_workloads(now)
+        gpus: tuple[GpuUse, ...] = ()
+        if gpu_readings:
+            self._publish_gpus(gpu_readings)
+            energy.pop("gpu", None)  # attributed GPU by GPU instead
+            gpus = self._plan_gpus(gpu_readings, sample, now=now, seconds=seconds)
         shares = attribute_energy(
             energy_joules=energy, idle_joules=idle,
             workloads=sample.workloads if sample else (),
             node_busy_cpu_seconds=sample.node_busy_cpu_seconds if sample else 0.0,
-            allocatable_cores=allocatable, idle_policy=self._attribution.idle_policy)
+            allocatable_cores=allocatable, idle_policy=self._attribution.idle_policy,
+            gpus=gpus)
         for (key, component, mode), joules in shares.containers.items():
             c = cast(Container, key)
             series = (c.namespace, c.pod, c.container, c.model, c.phase, component, mode)
@@ -228,6 +273,58 @@ class Sampler:
             ledger.set("footprint_container_allocation_ratio", ratio,
                        min(c.cpu_request_cores / allocatable, 1.0) if allocatable > 0 else 0.0)
         return sample, allocatable
+
+    def _publish_gpus(self, readings: Sequence[GpuReading]) -> None:
+        ledger = self.ledger
+        for g in readings:
+            labels = (str(g.index), g.uuid, g.product)
+            ledger.set_total("footprint_gpu_energy_joules_total", labels, g.joules_total)
+            if g.power_watts is not None:
+                ledger.set("footprint_gpu_power_watts", labels, g.power_watts)
+        products = sorted({g.product for g in readings})
+        info = (", ".join(products), str(len(readings)))
+        if info != self._gpu_info:
+            self._gpu_info = info
+            self._set_node_info(self._node_labels)
+
+    def _plan_gpus(self, readings: Sequence[GpuReading], sample: WorkloadSample | None, *,
+                   now: float, seconds: float) -> tuple[GpuUse, ...]:
+        """Each GPU's energy, idle baseline and holders; sets the gpu allocation ratios."""
+        fixed = self._attribution.idle_watts.get("gpu")
+        idle: dict[str, float] = {}
+        for g in readings:
+            if seconds > 0 and g.up:
+                key = f"gpu:{g.uuid}"
+                self._baseline.observe(key, watts=g.joules / seconds, now=now)
+                watts = fixed if fixed is not None else self._baseline.watts(key)
+                idle[g.uuid] = watts * seconds
+        allocations: list[Allocation] = []
+        of_pid: dict[int, Container] = {}
+        k = self._kubernetes
+        if sample is not None and k is not None:
+            by_key = {c.key: c for c in sample.containers}
+            if k.podresources is not None:
+                held = k.podresources.holders()
+                self.ledger.set("footprint_source_up", ("podresources",),
+                                0.0 if held is None else 1.0)
+                for h in held or ():
+                    container = by_key.get((h.namespace, h.pod, h.container))
+                    if container is not None:
+                        allocations.append(Allocation(container, h.device))
+            pids = {p.pid for g in readings for p in g.processes}
+            of_pid = k.tracker.containers_of_pids(pids, sample.containers)
+        plan = plan_gpus(gpus=readings, idle_joules=idle, allocations=allocations,
+                         container_of_pid=of_pid)
+        ratios: set[Labels] = set()
+        for holder, ratio in plan.allocation_ratio.items():
+            c = cast(Container, holder)
+            labels = (*c.key, c.model, c.phase, "gpu")
+            self.ledger.set("footprint_container_allocation_ratio", labels, ratio)
+            ratios.add(labels)
+        for stale in self._gpu_ratio_labels - ratios:
+            self.ledger.gauges["footprint_container_allocation_ratio"].pop(stale, None)
+        self._gpu_ratio_labels = ratios
+        return plan.uses
 
     def _expire(self, now: float) -> None:
         """Drop the series of containers unseen for longer than the grace period."""

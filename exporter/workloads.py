@@ -17,7 +17,12 @@ from exporter import logs
 from exporter.attribution import Workload
 from exporter.kube.pods import Pod, PodView, parse_cpu_quantity
 from exporter.models import ModelMatch, ModelRule, match_pod
-from exporter.usage.cgroups import CgroupReader, UnknownRuntime, parse_container_id
+from exporter.usage.cgroups import (
+    CgroupReader,
+    UnknownRuntime,
+    container_id_of_pid,
+    parse_container_id,
+)
 from exporter.usage.procstat import ProcError, read_cpu_times
 
 log = logs.get("workloads")
@@ -129,6 +134,19 @@ class WorkloadTracker:
         self._busy: float | None = None
         self._reported: set[tuple[str, str]] = set()
         self._throttle = logs.Throttle(log)
+        self._pid_ids: dict[int, str | None] = {}
+
+    def containers_of_pids(self, pids: set[int],
+                           containers: Sequence[Container]) -> dict[int, Container]:
+        """Which container each GPU process belongs to (host PIDs, via <procfs>/<pid>/cgroup).
+
+        A pid's cgroup never changes, so each is read once while it lives.
+        """
+        by_id = {c.container_id: c for c in containers}
+        known = {pid: self._pid_ids[pid] if pid in self._pid_ids
+                 else container_id_of_pid(self._procfs, pid) for pid in pids}
+        self._pid_ids = known  # forget pids that are gone
+        return {pid: by_id[cid] for pid, cid in known.items() if cid in by_id}
 
     def sample(self, view: PodView) -> WorkloadSample:
         busy_delta = 0.0

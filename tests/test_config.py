@@ -78,7 +78,7 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     (["--collector.interval", "fast"], "argument --collector.interval: expected seconds > 0"),
     (["--web.listen-address", "9835"], "argument --web.listen-address: expected host:port"),
     (["--log.level", "loud"], "argument --log.level: invalid choice: 'loud'"),
-    (["--collector.nvml"], "unrecognized arguments: --collector.nvml"),
+    (["--collector.dcgm"], "unrecognized arguments: --collector.dcgm"),
     (["--web.telemetry-path", "metrics"], "--web.telemetry-path: expected a path starting"),
 ])
 def test_bad_flags_exit_2_with_one_line(argv: list[str], message: str) -> None:
@@ -104,5 +104,6 @@ def test_bad_config_file_in_a_real_process(tmp_path: Path) -> None:
 
 def test_collector_flags_switch_sources() -> None:
     settings = cli.parse_settings(["--no-collector.rapl", "--collector.interval", "0.5"])
-    assert settings.collectors == {"rapl": False, "estimate": True, "kubernetes": True}
+    assert settings.collectors == {"rapl": False, "estimate": True, "nvml": True,
+                                   "kubernetes": True}
     assert settings.interval_seconds == 0.5

@@ -153,7 +153,8 @@ def in_process(tmp_path: Path, api: FakeKubeAPI, monkeypatch: pytest.MonkeyPatch
                     "attribution:\n  idle_watts: {cpu: 20, dram: 2, platform: 30}\n")
     monkeypatch.setenv("NODE_NAME", NODE)
     settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
-                                   str(root / "proc"), "--config.file", str(path)])
+                                   str(root / "proc"), "--config.file", str(path),
+                                   "--no-collector.nvml"])
     clock = FakeClock()
     sampler = cli.build_sampler(settings, process_metrics=False, clock=clock, timer=clock)
     return root, sampler, clock

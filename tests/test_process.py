@@ -42,6 +42,8 @@ def test_without_rapl_the_estimate_rises_and_the_log_says_why(tmp_path: Path) ->
         assert exp.stop() == 0
     why = list(log_lines(exp.lines, "source rapl: off"))
     assert len(why) == 1 and "no RAPL driver" in why[0]
+    (nvml,) = log_lines(exp.lines, "source nvml: off")  # no NVIDIA library: still runs
+    assert "no NVIDIA driver here" in nvml or "nvidia-ml-py" in nvml
     assert any("source estimated: on" in line for line in exp.lines)
 
 

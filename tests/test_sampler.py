@@ -28,7 +28,7 @@ class FakeClock:
 def make_sampler(root: Path, *flags: str, clock: FakeClock | None = None) -> Sampler:
     settings = cli.parse_settings(["--path.sysfs", str(root / "sys"),
                                    "--path.procfs", str(root / "proc"),
-                                   "--no-collector.kubernetes", *flags])
+                                   "--no-collector.kubernetes", "--no-collector.nvml", *flags])
     clock = clock or FakeClock()
     return cli.build_sampler(settings, process_metrics=False, clock=clock, timer=clock)
 

@@ -45,7 +45,7 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient]:  # type: ignore[t
     root = node_tree(tmp_path, "intel-2s")
     settings = cli.parse_settings(["--path.sysfs", str(root / "sys"),
                                    "--path.procfs", str(root / "proc"),
-                                   "--no-collector.kubernetes"])
+                                   "--no-collector.kubernetes", "--no-collector.nvml"])
     state = ExporterState(sampler=cli.build_sampler(settings), telemetry_path="/metrics")
     async with TestClient(TestServer(make_app(state))) as client:
         yield client
