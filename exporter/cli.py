@@ -160,6 +160,7 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
     return Sampler(sources=sources, statuses=statuses, intensity=intensity,
                    attribution=settings.file.attribution, node=settings.node_name,
                    cpu_model=read_cpu_model(settings.procfs), kubernetes=kubernetes,
+                   embodied=settings.file.embodied, pue=settings.file.pue,
                    process_metrics=process_metrics, clock=clock, timer=timer)
 
 

@@ -138,6 +138,80 @@ class ModelSettings:
         return self.rules + (DEFAULT_RULES if self.default_rules else ())
 
 
+def _overrides(value: object, key: str) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of overrides, got {_describe(value)}")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {_describe(item)}")
+        for k in item:
+            if k not in ("node_labels", "server_grams", "gpu_grams"):
+                raise ConfigError(f"{where}.{k}: unknown key (expected one of: node_labels, "
+                                  "server_grams, gpu_grams)")
+        labels = item.get("node_labels")
+        if not isinstance(labels, Mapping) or not labels or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise ConfigError(f"{where}.node_labels: expected a mapping of label to value")
+        out.append({"node_labels": dict(labels), **{
+            k: _number(item[k], f"{where}.{k}", {"min": 0.0, "max": 1e9})
+            for k in ("server_grams", "gpu_grams") if k in item}})
+    return tuple(out)
+
+
+def _grams_by_product(value: object, key: str) -> Mapping[str, float]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of GPU product to grams, "
+                          f"got {_describe(value)}")
+    return types.MappingProxyType({str(k): _number(v, f"{key}.{k}", {"min": 0.0, "max": 1e9})
+                                   for k, v in value.items()})
+
+
+@dataclass(frozen=True)
+class EmbodiedSettings:
+    """Manufacturing emissions of the node's hardware (docs/lifecycle.md)."""
+
+    server_grams: float = _num(
+        default=2_500_000.0, minimum=0.0, maximum=1e9,
+        doc="one server without GPUs: BLOOM's ~2,500 kgCO2eq")
+    gpu_grams: float = _num(
+        default=150_000.0, minimum=0.0, maximum=1e9,
+        doc="one GPU whose product has no entry below: BLOOM and CCF's 150 kgCO2eq")
+    gpu_grams_by_product: Mapping[str, float] = field(
+        default_factory=lambda: types.MappingProxyType({"A100": 318_000.0}),
+        metadata={"parse": _grams_by_product,
+                  "doc": "grams per GPU by a substring of its product name"})
+    lifetime_years: float = _num(default=6.0, minimum=0.1, maximum=50.0,
+                                 doc="service life (BLOOM: 6 years)")
+    usage_ratio: float = _num(default=0.85, minimum=0.01, maximum=1.0,
+                              doc="share of that life in use (BLOOM: 85%)")
+    overrides: tuple[Mapping[str, Any], ...] = field(
+        default=(), metadata={"parse": _overrides,
+                              "doc": "server_grams / gpu_grams for nodes with these labels"})
+
+
+@dataclass(frozen=True)
+class PueSettings:
+    """Power usage effectiveness of the data centre around the node."""
+
+    value: float | None = field(
+        default=None, metadata={"min": 1.0, "max": 5.0,
+                                "doc": "this data centre's PUE; unset: by cloud, else default"})
+    by_zone: Mapping[str, float] = field(
+        default_factory=dict, metadata={"parse": lambda v, k: _pue_map(v, k),
+                                        "doc": "PUE per grid zone"})
+    default: float = _num(default=1.58, minimum=1.0, maximum=5.0,
+                          doc="unknown data centre: Uptime Institute's 2023 global average")
+
+
+def _pue_map(value: object, key: str) -> Mapping[str, float]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of zone to PUE, got {_describe(value)}")
+    return types.MappingProxyType({str(k): _number(v, f"{key}.{k}", {"min": 1.0, "max": 5.0})
+                                   for k, v in value.items()})
+
+
 @dataclass(frozen=True)
 class FileConfig:
     """Everything `--config.file` may set."""
@@ -147,6 +221,8 @@ class FileConfig:
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
+    embodied: EmbodiedSettings = field(default_factory=EmbodiedSettings)
+    pue: PueSettings = field(default_factory=PueSettings)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,13 @@ SPECS: dict[str, Spec] = {
     "footprint_grid_intensity_grams_per_kwh": Spec(
         "gauge", "Grid carbon intensity in force for this node, gCO2e per kWh.",
         ("zone", "provider")),
+    "footprint_embodied_grams": Spec(
+        "gauge", "Manufacturing emissions of this node's hardware, grams CO2e.",
+        ("component", "gpu")),
+    "footprint_embodied_lifetime_seconds": Spec(
+        "gauge", "Seconds of use the embodied emissions are spread over (life x usage)."),
+    "footprint_pue": Spec(
+        "gauge", "Power usage effectiveness of the data centre the node is in."),
     "footprint_node_info": Spec(
         "gauge", "Facts about the node.",
         ("zone", "region", "instance_type", "cpu_model", "gpu_product", "gpu_count")),

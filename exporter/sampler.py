@@ -11,8 +11,9 @@ from typing import Protocol, cast
 
 from exporter import __version__, carbon, logs
 from exporter.attribution import MODES, GpuUse, IdleBaseline, attribute_energy
-from exporter.config import AttributionSettings
+from exporter.config import AttributionSettings, EmbodiedSettings, PueSettings
 from exporter.exposition import CONTAINER_SERIES, Renderer, Snapshot, TickStats
+from exporter.facts import node_facts
 from exporter.gpus import Allocation, plan_gpus
 from exporter.kube.pods import PodView
 from exporter.ledger import Labels, Ledger
@@ -101,6 +102,7 @@ class Sampler:
     def __init__(self, *, sources: Sequence[EnergySource], statuses: Sequence[Status],
                  intensity: carbon.StaticIntensity, attribution: AttributionSettings,
                  node: str, cpu_model: str, kubernetes: Kubernetes | None = None,
+                 embodied: EmbodiedSettings | None = None, pue: PueSettings | None = None,
                  process_metrics: bool = True,
                  clock: Callable[[], float] = time.monotonic,
                  timer: Callable[[], float] = time.perf_counter) -> None:
@@ -119,6 +121,11 @@ class Sampler:
         self._stats = TickStats()
         self._cpu_model = cpu_model
         self._node_labels: dict[str, str] = {}
+        self._provider_id = ""
+        self._embodied = embodied or EmbodiedSettings()
+        self._pue = pue or PueSettings()
+        self._facts_key: object = None
+        self._gpu_products: tuple[tuple[str, str], ...] = ()
         self._last_seen: dict[tuple[str, str, str], float] = {}
         self._gauge_labels: dict[tuple[str, str, str], tuple[Labels, Labels]] = {}
         self._gpu_ratio_labels: set[Labels] = set()
@@ -229,6 +236,7 @@ class Sampler:
             ledger.add("footprint_unattributed_co2e_grams_total", (component, mode),
                        carbon.grams(joules, intensity))
         self._expire(now)
+        self._publish_facts(intensity.zone)
 
         snapshot = self._renderer.render(self._stats)
         self._stats = TickStats(self._stats.count + 1,
@@ -252,6 +260,7 @@ class Sampler:
                        view.malformed - self._malformed)
             self._malformed = view.malformed
         if view.node is not None:
+            self._provider_id = view.node.provider_id
             self._set_node_info(dict(view.node.labels))
         if not view.synced:
             return None, 0.0
@@ -274,7 +283,25 @@ class Sampler:
                        min(c.cpu_request_cores / allocatable, 1.0) if allocatable > 0 else 0.0)
         return sample, allocatable
 
+    def _publish_facts(self, zone: str) -> None:
+        """Embodied grams, their lifetime and the PUE, recomputed when their inputs change."""
+        key = (tuple(sorted(self._node_labels.items())), self._provider_id, zone,
+               self._gpu_products)
+        if key == self._facts_key:
+            return
+        self._facts_key = key
+        facts = node_facts(embodied=self._embodied, pue=self._pue, labels=self._node_labels,
+                           provider_id=self._provider_id, zone=zone, gpus=self._gpu_products)
+        self.ledger.gauges["footprint_embodied_grams"] = {
+            ("server", ""): facts.server_grams,
+            **{("gpu", index): grams for index, grams in facts.gpu_grams}}
+        self.ledger.set("footprint_embodied_lifetime_seconds", (), facts.lifetime_seconds)
+        self.ledger.set("footprint_pue", (), facts.pue)
+        log.info(f"PUE {facts.pue:g} ({facts.pue_source}); embodied {facts.server_grams:g} g "
+                 f"server + {len(facts.gpu_grams)} GPU(s) over {facts.lifetime_seconds:.0f} s")
+
     def _publish_gpus(self, readings: Sequence[GpuReading]) -> None:
+        self._gpu_products = tuple((str(g.index), g.product) for g in readings)
         ledger = self.ledger
         for g in readings:
             labels = (str(g.index), g.uuid, g.product)

@@ -35,7 +35,7 @@ def test_a_full_valid_file() -> None:
 
 @pytest.mark.parametrize(("data", "message"), [
     ({"carbn": {}}, "carbn: unknown key (expected one of: carbon, estimate, attribution, "
-                    "kubernetes, models)"),
+                    "kubernetes, models, embodied, pue)"),
     ({"carbon": {"intensity": 5}},
      "carbon.intensity: unknown key (expected one of: zone, intensity_grams_per_kwh)"),
     ({"carbon": {"intensity_grams_per_kwh": "high"}},

@@ -35,6 +35,8 @@ class NodeFacts:
 
     labels: Mapping[str, str]
     allocatable_cores: float
+    provider_id: str = ""
+    """spec.providerID, e.g. aws:///us-east-1a/i-0abc, gce://project/zone/name, azure:///..."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,9 @@ def node_facts(node: Mapping[str, Any]) -> NodeFacts:
         cores = parse_cpu_quantity(allocatable.get("cpu", "0"))
     except ValueError:
         cores = 0.0
-    return NodeFacts(labels={str(k): str(v) for k, v in labels.items()}, allocatable_cores=cores)
+    provider_id = (node.get("spec") or {}).get("providerID") or ""
+    return NodeFacts(labels={str(k): str(v) for k, v in labels.items()}, allocatable_cores=cores,
+                     provider_id=str(provider_id))
 
 
 class PodWatcher:

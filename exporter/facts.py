@@ -1,0 +1,69 @@
+"""Facts the rule pack needs: the node's embodied emissions, their lifetime, and its PUE.
+
+Pure: settings, the node's labels and cloud, and its GPUs' products in; numbers out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from exporter.config import EmbodiedSettings, PueSettings
+
+SECONDS_PER_YEAR = 365.25 * 86400.0
+
+CLOUD_PUE = {"aws": 1.135, "gcp": 1.1, "azure": 1.185}
+"""Cloud Carbon Footprint's PUE coefficients per cloud (docs/lifecycle.md)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """The numbers published as footprint_embodied_*, footprint_pue."""
+
+    server_grams: float
+    gpu_grams: tuple[tuple[str, float], ...]
+    """(GPU index, grams) per GPU."""
+    lifetime_seconds: float
+    pue: float
+    pue_source: str
+
+
+def cloud_of(provider_id: str, labels: Mapping[str, str]) -> str:
+    """aws, gcp, azure or "" from spec.providerID (or, failing that, well-known labels)."""
+    scheme = provider_id.split(":", 1)[0].lower()
+    if scheme in ("aws", "gce", "azure"):
+        return "gcp" if scheme == "gce" else scheme
+    keys = " ".join(labels)
+    for marker, cloud in (("eks.amazonaws.com", "aws"), ("cloud.google.com", "gcp"),
+                          ("kubernetes.azure.com", "azure")):
+        if marker in keys:
+            return cloud
+    return ""
+
+
+def node_facts(*, embodied: EmbodiedSettings, pue: PueSettings, labels: Mapping[str, str],
+               provider_id: str, zone: str, gpus: Sequence[tuple[str, str]]) -> NodeFacts:
+    """`gpus` is (index, product) per GPU. An override whose node_labels all match wins."""
+    server, per_gpu = embodied.server_grams, None
+    for override in embodied.overrides:
+        if all(labels.get(k) == v for k, v in override["node_labels"].items()):
+            server = override.get("server_grams", server)
+            per_gpu = override.get("gpu_grams", per_gpu)
+            break
+    grams = []
+    for index, product in gpus:
+        by_product = next((g for name, g in embodied.gpu_grams_by_product.items()
+                           if name and name in product), embodied.gpu_grams)
+        grams.append((index, per_gpu if per_gpu is not None else by_product))
+    cloud = cloud_of(provider_id, labels)
+    if pue.value is not None:
+        value, source = pue.value, "configured"
+    elif zone in pue.by_zone:
+        value, source = pue.by_zone[zone], f"zone {zone}"
+    elif cloud:
+        value, source = CLOUD_PUE[cloud], f"{cloud} (Cloud Carbon Footprint)"
+    else:
+        value, source = pue.default, "default"
+    return NodeFacts(server_grams=server, gpu_grams=tuple(grams),
+                     lifetime_seconds=embodied.lifetime_years * embodied.usage_ratio
+                     * SECONDS_PER_YEAR, pue=value, pue_source=source)
