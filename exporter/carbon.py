@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporter.config import CarbonSettings
-
 JOULES_PER_KWH = 3_600_000.0
 
 
@@ -21,14 +19,3 @@ class Intensity:
 def grams(joules: float, intensity: Intensity) -> float:
     """Operational emissions of `joules` at `intensity`: kWh x g/kWh."""
     return joules / JOULES_PER_KWH * intensity.grams_per_kwh
-
-
-class StaticIntensity:
-    """A fixed intensity from the config file, or the world average when none is set."""
-
-    def __init__(self, settings: CarbonSettings) -> None:
-        self._intensity = Intensity(settings.effective_intensity_grams_per_kwh,
-                                    settings.zone or "unknown", settings.provider)
-
-    def current(self) -> Intensity:
-        return self._intensity

@@ -9,13 +9,13 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
-from exporter import __version__, carbon, logs
-from exporter.config import ConfigError, Settings, load_file_config
+from exporter import __version__, carbon, intensity, logs
+from exporter.config import CarbonSettings, ConfigError, Settings, load_file_config
 from exporter.sampler import Kubernetes, Sampler, read_cpu_model
 from exporter.server import ExporterState, parse_listen_address, serve
 from exporter.sources.base import EnergySource, Status
@@ -153,15 +153,59 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
     gpus_on = any(s.enabled and "gpu" in s.components for s in statuses)
     kubernetes = (connect_kubernetes(settings, gpus=gpus_on)
                   if settings.collectors["kubernetes"] else None)
-    intensity = carbon.StaticIntensity(settings.file.carbon)
-    current = intensity.current()
+    chain = build_intensity(settings.file.carbon)
+    current = chain.current()
+    live = f", live from {chain.live.name} for {chain.live.zone}" if chain.live else ""
     log.info(f"grid intensity {current.grams_per_kwh:g} gCO2e/kWh for zone {current.zone} "
-             f"({current.provider})")
-    return Sampler(sources=sources, statuses=statuses, intensity=intensity,
+             f"({current.provider}){live}")
+    return Sampler(sources=sources, statuses=statuses, intensity=chain,
+                   on_node=lambda labels, provider_id: zone_from_node(
+                       chain, settings.file.carbon, labels, provider_id),
                    attribution=settings.file.attribution, node=settings.node_name,
                    cpu_model=read_cpu_model(settings.procfs), kubernetes=kubernetes,
                    embodied=settings.file.embodied, pue=settings.file.pue,
                    process_metrics=process_metrics, clock=clock, timer=timer)
+
+
+def build_intensity(settings: CarbonSettings) -> intensity.FallbackChain:
+    """Live provider (if configured) -> static -> world average; ConfigError for a bad secret."""
+    zone = settings.zone or "unknown"
+    static = (carbon.Intensity(settings.intensity_grams_per_kwh, zone, "static")
+              if settings.intensity_grams_per_kwh is not None else None)
+    live: intensity.LiveSource | None = None
+    if settings.provider == "electricitymaps":
+        em = settings.electricitymaps
+        live = intensity.ElectricityMaps(
+            zone=settings.zone, base_url=em.base_url, timeout_seconds=em.timeout_seconds,
+            refresh_seconds=em.refresh_seconds,
+            token=intensity.Secret.load(file=em.token_file, env=em.token_env,
+                                        key="carbon.electricitymaps.token_file"))
+    elif settings.provider == "watttime":
+        wt = settings.watttime
+        live = intensity.WattTime(
+            region=wt.region, username=wt.username, base_url=wt.base_url,
+            timeout_seconds=wt.timeout_seconds, refresh_seconds=wt.refresh_seconds,
+            password=intensity.Secret.load(file=wt.password_file, env=wt.password_env,
+                                           key="carbon.watttime.password_file"))
+    return intensity.FallbackChain(live, static, intensity.world_average(zone),
+                                   max_age_seconds=settings.max_age_seconds)
+
+
+def zone_from_node(chain: intensity.FallbackChain, settings: CarbonSettings,
+                   labels: Mapping[str, str], provider_id: str) -> None:
+    """Once the Node is read: its cloud region's zone and static intensity, where the config
+    does not name them (docs/carbon.md)."""
+    if settings.zone and settings.intensity_grams_per_kwh is not None:
+        return
+    found = intensity.zone_for(labels, provider_id)
+    if found is None:
+        return
+    zone = settings.zone or found.zone
+    if settings.intensity_grams_per_kwh is None:
+        chain.static = carbon.Intensity(found.grams_per_kwh, zone, "static")
+        log.info(f"grid intensity for {found.cloud} {found.region}: zone {zone}, "
+                 f"{found.grams_per_kwh:g} gCO2e/kWh static ({found.source})")
+    chain.default = intensity.world_average(zone)
 
 
 def connect_kubernetes(settings: Settings, *, gpus: bool) -> Kubernetes | None:
@@ -200,15 +244,24 @@ def connect_kubernetes(settings: Settings, *, gpus: bool) -> Kubernetes | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["report"]:
+        from exporter import report  # a life-cycle table from Prometheus (docs/report.md)
+
+        return report.main(args[1:])
     try:
-        settings = parse_settings(argv)
+        settings = parse_settings(args)
     except ConfigError as exc:
         print(f"footprint-exporter: error: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
     log.info(f"starting footprint-exporter {__version__} on node {settings.node_name}, "
              f"tick every {settings.interval_seconds:g} s")
-    sampler = build_sampler(settings)
+    try:
+        sampler = build_sampler(settings)
+    except ConfigError as exc:
+        print(f"footprint-exporter: error: {exc}", file=sys.stderr)
+        return 2
     state = ExporterState(sampler=sampler, telemetry_path=settings.telemetry_path)
     sampler.start()
     try:

@@ -29,25 +29,52 @@ def _num(*, default: float, minimum: float | None = None, maximum: float | None 
 
 
 @dataclass(frozen=True)
-class CarbonSettings:
-    """Grid carbon intensity in force for this node."""
+class ElectricityMapsSettings:
+    """Electricity Maps' latest carbon intensity (lifecycle, average) for `carbon.zone`."""
 
-    zone: str = field(default="", metadata={"doc": "grid zone name published as the zone label"})
+    base_url: str = field(default="https://api.electricitymap.org",
+                          metadata={"doc": "API base URL"})
+    token_file: str = field(default="", metadata={"doc": "file holding the auth-token "
+                                                          "(a mounted Secret)"})
+    token_env: str = field(default="", metadata={"doc": "or: environment variable holding it"})
+    refresh_seconds: float = _num(default=900.0, minimum=10.0, maximum=86400.0,
+                                  doc="how often to fetch")
+    timeout_seconds: float = _num(default=10.0, minimum=0.5, maximum=120.0,
+                                  doc="per request")
+
+
+@dataclass(frozen=True)
+class WattTimeSettings:
+    """WattTime v3's marginal (MOER) intensity for a region."""
+
+    base_url: str = field(default="https://api.watttime.org", metadata={"doc": "API base URL"})
+    region: str = field(default="", metadata={"doc": "WattTime region, e.g. CAISO_NORTH"})
+    username: str = field(default="", metadata={"doc": "WattTime user name"})
+    password_file: str = field(default="", metadata={"doc": "file holding the password"})
+    password_env: str = field(default="", metadata={"doc": "or: environment variable"})
+    refresh_seconds: float = _num(default=300.0, minimum=10.0, maximum=86400.0,
+                                  doc="how often to fetch")
+    timeout_seconds: float = _num(default=10.0, minimum=0.5, maximum=120.0,
+                                  doc="per request")
+
+
+@dataclass(frozen=True)
+class CarbonSettings:
+    """Grid carbon intensity in force for this node (docs/carbon.md)."""
+
+    provider: str = field(default="static", metadata={
+        "choices": ("static", "electricitymaps", "watttime"),
+        "doc": "live provider, or static only"})
+    zone: str = field(default="", metadata={"doc": "grid zone; default: from the node's region"})
     intensity_grams_per_kwh: float | None = field(
         default=None,
         metadata={"min": 0.0, "max": 5000.0,
-                  "doc": "static intensity in gCO2e/kWh; unset means the world average 475"},
-    )
-
-    @property
-    def effective_intensity_grams_per_kwh(self) -> float:
-        if self.intensity_grams_per_kwh is None:
-            return WORLD_AVERAGE_GRAMS_PER_KWH
-        return self.intensity_grams_per_kwh
-
-    @property
-    def provider(self) -> str:
-        return "default" if self.intensity_grams_per_kwh is None else "static"
+                  "doc": "static intensity in gCO2e/kWh; unset: the node's region's default, "
+                         "else the world average 475"})
+    max_age_seconds: float = _num(default=7200.0, minimum=60.0, maximum=7 * 86400.0,
+                                  doc="a live value older than this falls back to static")
+    electricitymaps: ElectricityMapsSettings = field(default_factory=ElectricityMapsSettings)
+    watttime: WattTimeSettings = field(default_factory=WattTimeSettings)
 
 
 @dataclass(frozen=True)
@@ -320,6 +347,20 @@ def _section(cls: Any, data: object, prefix: str) -> Any:
 def parse_file_config(data: object) -> FileConfig:
     """Validate a parsed YAML document; raise ConfigError naming the first bad key."""
     config: FileConfig = _section(FileConfig, data, "")
+    carbon = config.carbon
+    if carbon.provider == "electricitymaps" and not (
+            carbon.electricitymaps.token_file or carbon.electricitymaps.token_env):
+        raise ConfigError("carbon.electricitymaps.token_file: expected the path of the "
+                          "auth-token (or carbon.electricitymaps.token_env) with provider "
+                          "electricitymaps")
+    if carbon.provider == "electricitymaps" and not carbon.zone:
+        raise ConfigError("carbon.zone: expected an Electricity Maps zone (e.g. FR, "
+                          "US-CAL-CISO) with provider electricitymaps")
+    wt = carbon.watttime
+    if carbon.provider == "watttime" and not (wt.region and wt.username and (
+            wt.password_file or wt.password_env)):
+        raise ConfigError("carbon.watttime: expected region, username and password_file (or "
+                          "password_env) with provider watttime")
     est = config.estimate
     if est.cpu_max_watts_per_vcpu < est.cpu_idle_watts_per_vcpu:
         raise ConfigError(

@@ -52,6 +52,9 @@ SPECS: dict[str, Spec] = {
     "footprint_grid_intensity_grams_per_kwh": Spec(
         "gauge", "Grid carbon intensity in force for this node, gCO2e per kWh.",
         ("zone", "provider")),
+    "footprint_grid_intensity_last_update_timestamp_seconds": Spec(
+        "gauge", "Unix time the live intensity value in force is for (its age: time() - this).",
+        ("provider",)),
     "footprint_embodied_grams": Spec(
         "gauge", "Manufacturing emissions of this node's hardware, grams CO2e.",
         ("component", "gpu")),

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from exporter.config import EmbodiedSettings, PueSettings
+from exporter.intensity.zones import cloud_of
 
 SECONDS_PER_YEAR = 365.25 * 86400.0
 
@@ -28,19 +29,6 @@ class NodeFacts:
     pue_source: str
 
 
-def cloud_of(provider_id: str, labels: Mapping[str, str]) -> str:
-    """aws, gcp, azure or "" from spec.providerID (or, failing that, well-known labels)."""
-    scheme = provider_id.split(":", 1)[0].lower()
-    if scheme in ("aws", "gce", "azure"):
-        return "gcp" if scheme == "gce" else scheme
-    keys = " ".join(labels)
-    for marker, cloud in (("eks.amazonaws.com", "aws"), ("cloud.google.com", "gcp"),
-                          ("kubernetes.azure.com", "azure")):
-        if marker in keys:
-            return cloud
-    return ""
-
-
 def node_facts(*, embodied: EmbodiedSettings, pue: PueSettings, labels: Mapping[str, str],
                provider_id: str, zone: str, gpus: Sequence[tuple[str, str]]) -> NodeFacts:
     """`gpus` is (index, product) per GPU. An override whose node_labels all match wins."""
@@ -55,7 +43,7 @@ def node_facts(*, embodied: EmbodiedSettings, pue: PueSettings, labels: Mapping[
         by_product = next((g for name, g in embodied.gpu_grams_by_product.items()
                            if name and name in product), embodied.gpu_grams)
         grams.append((index, per_gpu if per_gpu is not None else by_product))
-    cloud = cloud_of(provider_id, labels)
+    cloud = cloud_of(labels, provider_id) or ""
     if pue.value is not None:
         value, source = pue.value, "configured"
     elif zone in pue.by_zone:

@@ -15,6 +15,7 @@ from exporter.config import AttributionSettings, EmbodiedSettings, PueSettings
 from exporter.exposition import CONTAINER_SERIES, Renderer, Snapshot, TickStats
 from exporter.facts import node_facts
 from exporter.gpus import Allocation, plan_gpus
+from exporter.intensity.chain import FallbackChain
 from exporter.kube.pods import PodView
 from exporter.ledger import Labels, Ledger
 from exporter.sources.base import EnergySource, Status
@@ -100,9 +101,10 @@ class Sampler:
     """Owns the sources, the ledger and the renderer; `tick()` runs in a worker thread."""
 
     def __init__(self, *, sources: Sequence[EnergySource], statuses: Sequence[Status],
-                 intensity: carbon.StaticIntensity, attribution: AttributionSettings,
+                 intensity: FallbackChain, attribution: AttributionSettings,
                  node: str, cpu_model: str, kubernetes: Kubernetes | None = None,
                  embodied: EmbodiedSettings | None = None, pue: PueSettings | None = None,
+                 on_node: Callable[[dict[str, str], str], None] | None = None,
                  process_metrics: bool = True,
                  clock: Callable[[], float] = time.monotonic,
                  timer: Callable[[], float] = time.perf_counter) -> None:
@@ -125,6 +127,8 @@ class Sampler:
         self._embodied = embodied or EmbodiedSettings()
         self._pue = pue or PueSettings()
         self._facts_key: object = None
+        self._on_node = on_node
+        self._node_seen: object = None
         self._gpu_products: tuple[tuple[str, str], ...] = ()
         self._last_seen: dict[tuple[str, str, str], float] = {}
         self._gauge_labels: dict[tuple[str, str, str], tuple[Labels, Labels]] = {}
@@ -157,11 +161,13 @@ class Sampler:
             ledger.ensure("footprint_exporter_errors_total", ("kubernetes", "api"))
 
     def start(self) -> None:
-        """Start what runs beside the ticks (the pod watch)."""
+        """Start what runs beside the ticks (the pod watch, a live intensity provider)."""
+        self._intensity.start()
         if self._kubernetes is not None:
             self._kubernetes.pods.start()
 
     def close(self) -> None:
+        self._intensity.stop()
         if self._kubernetes is not None:
             self._kubernetes.pods.stop()
             if self._kubernetes.podresources is not None:
@@ -186,6 +192,13 @@ class Sampler:
         intensity = self._intensity.current()
         ledger.gauges["footprint_grid_intensity_grams_per_kwh"] = {
             (intensity.zone, intensity.provider): intensity.grams_per_kwh}
+        live = self._intensity.live
+        if live is not None:
+            ledger.set("footprint_source_up", ("intensity",), 1.0 if self._intensity.up else 0.0)
+            updated = self._intensity.last_update_unix
+            if updated is not None:
+                ledger.set("footprint_grid_intensity_last_update_timestamp_seconds",
+                           (live.name,), updated)
 
         energy: dict[str, float] = {}
         gpu_readings: tuple[GpuReading, ...] = ()
@@ -262,6 +275,10 @@ class Sampler:
         if view.node is not None:
             self._provider_id = view.node.provider_id
             self._set_node_info(dict(view.node.labels))
+            seen = (tuple(sorted(view.node.labels.items())), view.node.provider_id)
+            if seen != self._node_seen and self._on_node is not None:
+                self._node_seen = seen
+                self._on_node(dict(view.node.labels), view.node.provider_id)
         if not view.synced:
             return None, 0.0
         sample = k.tracker.sample(view)

@@ -15,8 +15,9 @@ from tests.support import REPO
 
 def test_defaults() -> None:
     config = parse_file_config(None)
-    assert config.carbon.effective_intensity_grams_per_kwh == WORLD_AVERAGE_GRAMS_PER_KWH
-    assert config.carbon.provider == "default"
+    assert config.carbon.intensity_grams_per_kwh is None  # the node's region, else 475
+    assert config.carbon.provider == "static"
+    assert WORLD_AVERAGE_GRAMS_PER_KWH == 475.0
     assert config.estimate.cpu_idle_watts_per_vcpu == 0.74
 
 
@@ -28,8 +29,7 @@ def test_a_full_valid_file() -> None:
         "attribution": {"idle_watts": {"cpu": 40, "dram": 5.5}, "idle_percentile": 10,
                         "idle_window_seconds": 600},
     })
-    assert config.carbon.provider == "static"
-    assert config.carbon.effective_intensity_grams_per_kwh == 57.0
+    assert config.carbon.intensity_grams_per_kwh == 57.0
     assert dict(config.attribution.idle_watts) == {"cpu": 40.0, "dram": 5.5}
 
 
@@ -37,7 +37,8 @@ def test_a_full_valid_file() -> None:
     ({"carbn": {}}, "carbn: unknown key (expected one of: carbon, estimate, attribution, "
                     "kubernetes, models, embodied, pue)"),
     ({"carbon": {"intensity": 5}},
-     "carbon.intensity: unknown key (expected one of: zone, intensity_grams_per_kwh)"),
+     "carbon.intensity: unknown key (expected one of: provider, zone, intensity_grams_per_kwh, "
+     "max_age_seconds, electricitymaps, watttime)"),
     ({"carbon": {"intensity_grams_per_kwh": "high"}},
      "carbon.intensity_grams_per_kwh: expected a number >= 0 and <= 5000, got 'high'"),
     ({"carbon": {"intensity_grams_per_kwh": -1}},
@@ -49,6 +50,14 @@ def test_a_full_valid_file() -> None:
     (["carbon"], "the top level: expected a mapping, got list"),
     ({"attribution": {"idle_watts": {"gpu0": 3}}},
      "attribution.idle_watts.gpu0: unknown key (expected one of: cpu, dram, gpu, platform)"),
+    ({"carbon": {"provider": "electricitymaps", "zone": "FR"}},
+     "carbon.electricitymaps.token_file: expected the path of the auth-token (or "
+     "carbon.electricitymaps.token_env) with provider electricitymaps"),
+    ({"carbon": {"provider": "watttime"}},
+     "carbon.watttime: expected region, username and password_file (or password_env) with "
+     "provider watttime"),
+    ({"carbon": {"provider": "co2signal"}},
+     "carbon.provider: expected one of static, electricitymaps, watttime, got 'co2signal'"),
     ({"estimate": {"cpu_idle_watts_per_vcpu": 5, "cpu_max_watts_per_vcpu": 4}},
      "estimate.cpu_max_watts_per_vcpu: expected a number >= "
      "estimate.cpu_idle_watts_per_vcpu (5), got 4"),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from exporter.config import ConfigError, parse_file_config
-from exporter.facts import SECONDS_PER_YEAR, cloud_of, node_facts
+from exporter.facts import SECONDS_PER_YEAR, node_facts
+from exporter.intensity.zones import cloud_of
 
 
 def facts(config: object = None, *, labels: dict[str, str] | None = None,
@@ -33,7 +34,7 @@ def test_defaults_follow_bloom() -> None:
 ])
 def test_pue_by_cloud(provider_id: str, labels: dict[str, str], pue: float) -> None:
     assert facts(provider_id=provider_id, labels=labels).pue == pue
-    assert cloud_of(provider_id, labels) in ("aws", "gcp", "azure", "")
+    assert cloud_of(labels, provider_id) in ("aws", "gcp", "azure", None)
 
 
 def test_configured_and_per_zone_pue_win() -> None:

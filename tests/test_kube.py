@@ -220,6 +220,12 @@ def test_models_phases_and_shares(tmp_path: Path, api: FakeKubeAPI,
     assert not any(dict(ls).get("pod") == "elsewhere" for _, ls in series)
 
     # cpu: 100 J, idle baseline 20 W -> 20 J idle, 80 J dynamic; 10 busy CPU-seconds
+    # the node is in GCP europe-west4: its zone and static intensity come from the zone map
+    (grid_labels,) = [dict(ls) for (n, ls) in series
+                      if n == "footprint_grid_intensity_grams_per_kwh"]
+    assert (grid_labels["zone"], grid_labels["provider"]) == ("NL", "static")
+    grid = value(series, "footprint_grid_intensity_grams_per_kwh")
+    assert grid != 475.0
     expected = {  # pod: (dynamic by CPU time, idle by requests of 16 allocatable cores)
         "llama-7c9f8d6b5-x2x4z": (80 * 4 / 10, 20 * 4 / 16),
         "sentiment-predictor-00001-deployment-6f7d9c8b4-qwert": (80 * 2 / 10, 20 * 2 / 16),
@@ -235,7 +241,7 @@ def test_models_phases_and_shares(tmp_path: Path, api: FakeKubeAPI,
         assert math.isclose(got_idle, idle, rel_tol=1e-9), name
         grams = value(series, "footprint_container_co2e_grams_total", pod=name,
                       component="cpu", mode="dynamic")
-        assert math.isclose(grams, dynamic / 3.6e6 * 475, rel_tol=1e-9)
+        assert math.isclose(grams, dynamic / 3.6e6 * grid, rel_tol=1e-9)
     assert value(series, "footprint_unattributed_energy_joules_total", component="cpu",
                  mode="dynamic") == pytest.approx(80 * 2 / 10)  # system processes
     assert value(series, "footprint_unattributed_energy_joules_total", component="cpu",

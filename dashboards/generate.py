@@ -1,0 +1,766 @@
+"""Writes Footprint's Grafana dashboards as JSON: `python dashboards/generate.py [--out DIR]`.
+
+Plain dicts, no dependency: the output is deterministic, so the committed JSON files must equal
+what this script writes (tests/test_dashboards.py regenerates them and compares). Edit this
+file, run it, and commit both. docs/dashboards.md says what each dashboard shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 39
+TAGS = ["footprint"]
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+CAR_GRAMS_PER_KM = 248.5
+"""A typical passenger car's tailpipe CO2 per km: EPA, "Greenhouse Gas Emissions from a Typical
+Passenger Vehicle" (EPA-420-F-23-014, June 2023): about 400 g CO2 per mile = 248.5 g per km."""
+CAR_SOURCE = (
+    "The factor is 248.5 g CO2 per km: a typical passenger car's tailpipe emissions, about "
+    "400 g per mile, from the US EPA's \"Greenhouse Gas Emissions from a Typical Passenger "
+    "Vehicle\" (EPA-420-F-23-014, June 2023). An illustration, not an offset: tailpipe CO2 only, "
+    "no fuel production, no car manufacture.")
+
+Panel = dict[str, Any]
+Target = dict[str, Any]
+
+# Selectors shared by many panels. Recorded series (rules/footprint.rules.yaml) have no `node`.
+MODEL_SEL = 'model=~"$model", phase=~"$phase"'
+NODE_SEL = 'node=~"$node"'
+JOB_NODE_SEL = 'job=~"$job", node=~"$node"'
+# Platform (psys) overlaps cpu + dram: every sum over components leaves it out.
+NOT_PLATFORM = 'component!="platform"'
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def target(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False,
+           table: bool = False) -> Target:
+    """One Prometheus query."""
+    out: Target = {
+        "datasource": DATASOURCE,
+        "editorMode": "code",
+        "expr": expr,
+        "legendFormat": legend or "__auto",
+        "range": not instant,
+        "instant": instant,
+        "refId": ref,
+    }
+    if table:
+        out["format"] = "table"
+    return out
+
+
+def thresholds(*steps: tuple[float, str]) -> dict[str, Any]:
+    base: list[dict[str, Any]] = [{"color": "green", "value": None}]
+    return {"mode": "absolute",
+            "steps": base + [{"color": color, "value": value} for value, color in steps]}
+
+
+def field_config(unit: str, *, decimals: int | None = None, custom: dict[str, Any] | None = None,
+                 minimum: float | None = None, maximum: float | None = None,
+                 steps: tuple[tuple[float, str], ...] = (),
+                 mappings: list[dict[str, Any]] | None = None,
+                 overrides: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": unit, "color": {"mode": "palette-classic"},
+                                "thresholds": thresholds(*steps), "mappings": mappings or []}
+    if steps or mappings:
+        defaults["color"] = {"mode": "thresholds"}
+    if decimals is not None:
+        defaults["decimals"] = decimals
+    if minimum is not None:
+        defaults["min"] = minimum
+    if maximum is not None:
+        defaults["max"] = maximum
+    if custom is not None:
+        defaults["custom"] = custom
+    return {"defaults": defaults, "overrides": overrides or []}
+
+
+def override(name: str, *properties: tuple[str, Any], regex: bool = False) -> dict[str, Any]:
+    matcher = {"id": "byRegexp" if regex else "byName", "options": name}
+    return {"matcher": matcher,
+            "properties": [{"id": key, "value": value} for key, value in properties]}
+
+
+def timeseries(title: str, description: str, targets: list[Target], unit: str, *,
+               stack: bool = False, bars: bool = False, interval: str | None = None,
+               decimals: int | None = None, overrides: list[dict[str, Any]] | None = None,
+               minimum: float | None = None, maximum: float | None = None,
+               steps: tuple[tuple[float, str], ...] = ()) -> Panel:
+    custom = {
+        "drawStyle": "bars" if bars else "line",
+        "fillOpacity": 80 if bars else (25 if stack else 10),
+        "lineWidth": 1,
+        "showPoints": "never",
+        "spanNulls": False,
+        "stacking": {"group": "A", "mode": "normal" if stack else "none"},
+        "axisSoftMin": 0,
+    }
+    if steps:
+        custom["thresholdsStyle"] = {"mode": "dashed"}
+    fc = field_config(unit, decimals=decimals, custom=custom, minimum=minimum, maximum=maximum,
+                      steps=steps, overrides=overrides)
+    if steps:
+        fc["defaults"]["color"] = {"mode": "palette-classic"}
+    panel: Panel = {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": targets,
+        "fieldConfig": fc,
+        "options": {
+            "legend": {"calcs": ["mean", "lastNotNull"], "displayMode": "table",
+                       "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+    }
+    if interval is not None:
+        panel["interval"] = interval
+    return panel
+
+
+def stat(title: str, description: str, targets: list[Target], unit: str, *,
+         decimals: int | None = None, steps: tuple[tuple[float, str], ...] = (),
+         mappings: list[dict[str, Any]] | None = None, graph: bool = True) -> Panel:
+    return {
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": targets,
+        "fieldConfig": field_config(unit, decimals=decimals, steps=steps, mappings=mappings),
+        "options": {
+            "colorMode": "value",
+            "graphMode": "area" if graph else "none",
+            "justifyMode": "auto",
+            "orientation": "auto",
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "textMode": "auto",
+        },
+    }
+
+
+def bargauge(title: str, description: str, targets: list[Target], unit: str, *,
+             minimum: float | None = 0, maximum: float | None = None,
+             decimals: int | None = None,
+             steps: tuple[tuple[float, str], ...] = ()) -> Panel:
+    return {
+        "type": "bargauge",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": targets,
+        "fieldConfig": field_config(unit, decimals=decimals, minimum=minimum, maximum=maximum,
+                                    steps=steps),
+        "options": {
+            "displayMode": "gradient",
+            "orientation": "horizontal",
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "showUnfilled": True,
+            "valueMode": "color",
+        },
+    }
+
+
+def table(title: str, description: str, targets: list[Target], unit: str, *,
+          transformations: list[dict[str, Any]] | None = None,
+          overrides: list[dict[str, Any]] | None = None,
+          decimals: int | None = None) -> Panel:
+    return {
+        "type": "table",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": targets,
+        "fieldConfig": field_config(unit, decimals=decimals, overrides=overrides),
+        "options": {"cellHeight": "sm", "showHeader": True,
+                    "footer": {"show": False, "reducer": ["sum"], "fields": ""}},
+        "transformations": transformations or [],
+    }
+
+
+UP_DOWN = [{"type": "value", "options": {
+    "0": {"color": "red", "index": 0, "text": "down"},
+    "1": {"color": "green", "index": 1, "text": "up"},
+}}]
+
+
+def state_timeline(title: str, description: str, targets: list[Target]) -> Panel:
+    fc = field_config("none", mappings=UP_DOWN, steps=((1, "green"),))
+    fc["defaults"]["thresholds"]["steps"][0]["color"] = "red"
+    fc["defaults"]["custom"] = {"fillOpacity": 80, "lineWidth": 0}
+    return {
+        "type": "state-timeline",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": targets,
+        "fieldConfig": fc,
+        "options": {"alignValue": "left", "mergeValues": True, "rowHeight": 0.9,
+                    "showValue": "never",
+                    "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                    "tooltip": {"mode": "single", "sort": "none"}},
+    }
+
+
+def merge_table(names: dict[str, str], order: list[str]) -> list[dict[str, Any]]:
+    """Instant table queries merged into one row per label set, value columns renamed, only
+    the columns in `order` kept (not the scrape's job, instance, ...), in that order."""
+    return [
+        {"id": "merge", "options": {}},
+        {"id": "organize", "options": {
+            "excludeByName": {"Time": True},
+            "renameByName": names,
+            "indexByName": {name: i for i, name in enumerate(order)},
+        }},
+        {"id": "filterFieldsByName", "options": {"include": {"names": order}}},
+    ]
+
+
+def layout(rows: list[tuple[str, list[tuple[Panel, int, int]]]]) -> list[Panel]:
+    """Rows of (panel, width, height), placed left to right on Grafana's 24-column grid."""
+    panels: list[Panel] = []
+    y = 0
+    next_id = 1
+    for title, items in rows:
+        panels.append({"type": "row", "title": title, "collapsed": False, "panels": [],
+                       "id": next_id, "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})
+        next_id += 1
+        y += 1
+        x = 0
+        line_height = 0
+        for panel, width, height in items:
+            if x + width > 24:
+                y += line_height
+                x, line_height = 0, 0
+            panel = {"id": next_id, "gridPos": {"h": height, "w": width, "x": x, "y": y}, **panel}
+            next_id += 1
+            panels.append(panel)
+            x += width
+            line_height = max(line_height, height)
+        y += line_height
+    return panels
+
+
+def datasource_variable() -> dict[str, Any]:
+    return {"name": "datasource", "label": "Data source", "type": "datasource",
+            "query": "prometheus", "current": {}, "hide": 0, "includeAll": False, "multi": False,
+            "options": [], "refresh": 1, "regex": "", "skipUrlSync": False}
+
+
+def query_variable(name: str, label: str, query: str, *, multi: bool = True) -> dict[str, Any]:
+    """A variable from `label_values(selector, label)`; "All" is the regex `.*`."""
+    return {"name": name, "label": label, "type": "query", "datasource": DATASOURCE,
+            "query": query, "definition": query, "current": {}, "hide": 0,
+            "includeAll": multi, "allValue": ".*" if multi else None, "multi": multi,
+            "options": [], "refresh": 2, "regex": "", "skipUrlSync": False, "sort": 1}
+
+
+def dashboard(uid: str, title: str, description: str, variables: list[dict[str, Any]],
+              panels: list[Panel], *, time_from: str = "now-24h") -> dict[str, Any]:
+    return {
+        "annotations": {"list": [{
+            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+            "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
+            "name": "Annotations & Alerts", "type": "dashboard",
+        }]},
+        "description": description,
+        "editable": True,
+        "fiscalYearStartMonth": 0,
+        "graphTooltip": 1,
+        "id": None,
+        "links": [{"asDropdown": True, "icon": "external link", "includeVars": False,
+                   "keepTime": True, "tags": TAGS, "targetBlank": False,
+                   "title": "Footprint", "type": "dashboards"}],
+        "panels": panels,
+        "refresh": "1m",
+        "schemaVersion": SCHEMA_VERSION,
+        "tags": TAGS,
+        "templating": {"list": [datasource_variable(), *variables]},
+        "time": {"from": time_from, "to": "now"},
+        "timepicker": {},
+        "timezone": "browser",
+        "title": title,
+        "uid": uid,
+        "version": 1,
+        "weekStart": "",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Footprint / Models
+
+
+def models() -> dict[str, Any]:
+    def inc1d(scope: str, by: str = "model") -> str:
+        return (f'sum by ({by}) (model:footprint_co2e_grams:increase1d'
+                f'{{{MODEL_SEL}, scope="{scope}"}})')
+
+    total_1d = inc1d("total")
+    energy_1d = f"sum by (model) (model:footprint_energy_joules:increase1d{{{MODEL_SEL}}})"
+    budget = (f'{inc1d("total")} / on (model) '
+              f'sum by (model) (model:footprint_co2e_daily_budget_grams{{model=~"$model"}})')
+    rows: list[tuple[str, list[tuple[Panel, int, int]]]] = [
+        ("Last 24 hours", [
+            (stat("CO2e, last 24 h",
+                  "Emissions of the selected models over the 24 hours ending now, every scope "
+                  "(operational + infrastructure + embodied): "
+                  "model:footprint_co2e_grams:increase1d{scope=\"total\"} from the rule pack.",
+                  [target(f'sum(model:footprint_co2e_grams:increase1d'
+                          f'{{{MODEL_SEL}, scope="total"}})', "CO2e")], "g", decimals=1), 6, 5),
+            (stat("Energy, last 24 h",
+                  "Energy attributed to the selected models' containers over the last 24 hours "
+                  "(cpu, dram and gpu; idle and dynamic), before PUE.",
+                  [target(f"sum(model:footprint_energy_joules:increase1d{{{MODEL_SEL}}})",
+                          "energy")], "joule", decimals=1), 6, 5),
+            (stat("Emission rate now",
+                  "Current emission rate of the selected models, every scope, in grams per "
+                  "hour (the 5-minute rate of the rule pack, x 3600).",
+                  [target(f'sum(model:footprint_co2e_grams:rate5m'
+                          f'{{{MODEL_SEL}, scope="total"}}) * 3600', "g/h")], "g/h",
+                  decimals=2), 6, 5),
+            (stat("Equivalent: km driven by car, last 24 h",
+                  "The last 24 hours' CO2e of the selected models as the distance a typical "
+                  "petrol passenger car would drive for the same CO2. " + CAR_SOURCE,
+                  [target(f'sum(model:footprint_co2e_grams:increase1d'
+                          f'{{{MODEL_SEL}, scope="total"}}) / {CAR_GRAMS_PER_KM}', "km")],
+                  "lengthkm", decimals=2), 6, 5),
+        ]),
+        ("Emissions by model", [
+            (timeseries("Daily CO2e by model and scope",
+                        "Rolling 24-hour emissions per model, stacked by scope: operational "
+                        "(grid intensity x attributed energy), infrastructure (the PUE overhead) "
+                        "and embodied (the hardware's manufacture, amortised over its "
+                        "lifetime). Each bar is the 24 hours ending at that time.",
+                        [target(f'sum by (model, scope) (model:footprint_co2e_grams:increase1d'
+                                f'{{{MODEL_SEL}, scope!="total"}})', "{{model}} {{scope}}")],
+                        "g", stack=True, bars=True, interval="1h"), 24, 9),
+            (timeseries("Emission rate by model",
+                        "Each model's current emissions, every scope, in grams per hour.",
+                        [target(f'sum by (model) (model:footprint_co2e_grams:rate5m'
+                                f'{{{MODEL_SEL}, scope="total"}}) * 3600', "{{model}}")],
+                        "g/h", stack=True), 12, 8),
+            (timeseries("Power by model",
+                        "Power drawn by each model's containers: the rate of attributed energy "
+                        "(joules per second = watts), cpu + dram + gpu, before PUE.",
+                        [target(f"sum by (model) (model:footprint_energy_joules:rate5m"
+                                f"{{{MODEL_SEL}}})", "{{model}}")], "watt", stack=True), 12, 8),
+            (bargauge("Energy by model, last 24 h",
+                      "Energy attributed to each model over the 24 hours ending now.",
+                      [target(energy_1d, "{{model}}", instant=True)], "joule"), 12, 8),
+            (bargauge("Operational CO2e by model over the selected range",
+                      "Operational emissions only (no PUE overhead, no embodied share) over the "
+                      "dashboard's time range, straight from the exporter's counters "
+                      "(footprint_container_co2e_grams_total), so it works without the rule "
+                      "pack.",
+                      [target(f"sum by (model) (increase(footprint_container_co2e_grams_total"
+                              f"{{{MODEL_SEL}}}[$__range]))", "{{model}}", instant=True)],
+                      "g"), 12, 8),
+        ]),
+        ("Efficiency", [
+            (timeseries("CO2e per 1,000 tokens",
+                        "Grams CO2e (every scope) per 1,000 tokens served, over 5 minutes: the "
+                        "model's emission rate divided by its token rate from the serving "
+                        "framework's metrics (vLLM, TGI). Empty for models whose server "
+                        "publishes no token counts.",
+                        [target(f"model:footprint_co2e_grams_per_1k_tokens:rate5m{{{MODEL_SEL}}}",
+                                "{{model}} {{phase}}")], "g", decimals=3), 12, 8),
+            (timeseries("CO2e per request",
+                        "Grams CO2e (every scope) per request completed, over 5 minutes: the "
+                        "model's emission rate divided by its request rate from the serving "
+                        "framework's metrics.",
+                        [target(f"model:footprint_co2e_grams_per_request:rate5m{{{MODEL_SEL}}}",
+                                "{{model}} {{phase}}")], "g", decimals=3), 12, 8),
+            (timeseries("Tokens generated per second",
+                        "Tokens each model's inference servers generate per second, from their "
+                        "own counters (vLLM's vllm:generation_tokens_total, else TGI's "
+                        "tgi_request_generated_tokens), joined to the model by pod: the "
+                        "denominator of the per-1,000-tokens figure.",
+                        [target(f"model:footprint_generated_tokens:rate5m{{{MODEL_SEL}}}",
+                                "{{model}} {{phase}}")], "short"), 12, 7),
+            (timeseries("Requests completed per second",
+                        "Requests each model's inference servers complete per second (vLLM's "
+                        "vllm:request_success_total, else TGI's tgi_request_success): the "
+                        "denominator of the per-request figure.",
+                        [target(f"model:footprint_successful_requests:rate5m{{{MODEL_SEL}}}",
+                                "{{model}} {{phase}}")], "reqps"), 12, 7),
+        ]),
+        ("Budget", [
+            (bargauge("Daily budget used",
+                      "Each model's last 24 hours of CO2e (every scope) as a share of its daily "
+                      "budget (model:footprint_co2e_daily_budget_grams, from the rule pack). "
+                      "Over 100% fires FootprintModelDailyEmissionsOverBudget. Models without "
+                      "a budget are not shown.",
+                      [target(budget, "{{model}}", instant=True)], "percentunit", maximum=1.5,
+                      steps=((0.8, "orange"), (1, "red"))), 12, 9),
+            (timeseries("Daily CO2e against budget",
+                        "Rolling 24-hour CO2e (solid) and the daily budget (dashed) per model.",
+                        [target(total_1d, "{{model}} actual"),
+                         target('sum by (model) (model:footprint_co2e_daily_budget_grams'
+                                '{model=~"$model"})', "{{model}} budget", "B")], "g",
+                        overrides=[override("/ budget$/", ("custom.lineStyle",
+                                                           {"fill": "dash", "dash": [10, 10]}),
+                                            regex=True)]), 12, 9),
+        ]),
+        ("By namespace", [
+            (timeseries("Daily CO2e by namespace and scope",
+                        "Rolling 24-hour emissions per Kubernetes namespace, stacked by scope "
+                        "(namespace:footprint_co2e_grams:increase1d from the rule pack).",
+                        [target('sum by (namespace, scope) (namespace:footprint_co2e_grams:'
+                                'increase1d{namespace=~"$namespace", scope!="total"})',
+                                "{{namespace}} {{scope}}")], "g", stack=True), 24, 8),
+        ]),
+        ("Models", [
+            (table("Models, last 24 h",
+                   "One row per model: the last 24 hours' CO2e by scope, the total, the energy, "
+                   "and the total as km driven by a typical petrol car. " + CAR_SOURCE,
+                   [target(inc1d("operational"), ref="A", instant=True, table=True),
+                    target(inc1d("infrastructure"), ref="B", instant=True, table=True),
+                    target(inc1d("embodied"), ref="C", instant=True, table=True),
+                    target(total_1d, ref="D", instant=True, table=True),
+                    target(energy_1d, ref="E", instant=True, table=True),
+                    target(f"{total_1d} / {CAR_GRAMS_PER_KM}", ref="F", instant=True,
+                           table=True)],
+                   "g", decimals=1,
+                   transformations=merge_table(
+                       {"model": "Model", "Value #A": "Operational", "Value #B": "Infrastructure",
+                        "Value #C": "Embodied", "Value #D": "Total", "Value #E": "Energy",
+                        "Value #F": "Car km"},
+                       ["Model", "Operational", "Infrastructure", "Embodied", "Total", "Energy",
+                        "Car km"]),
+                   overrides=[override("Energy", ("unit", "joule")),
+                              override("Car km", ("unit", "lengthkm"), ("decimals", 2))]),
+             24, 10),
+        ]),
+    ]
+    return dashboard(
+        "footprint-models", "Footprint / Models",
+        "Energy and CO2e per ML model: daily emissions by scope, efficiency per token and "
+        "request, budgets, equivalents. Needs the rule pack (rules/footprint.rules.yaml).",
+        [query_variable("model", "Model",
+                        "label_values(model:footprint_co2e_grams:increase1d, model)"),
+         query_variable("phase", "Phase",
+                        'label_values(model:footprint_co2e_grams:increase1d{model=~"$model"}, '
+                        'phase)'),
+         query_variable("namespace", "Namespace",
+                        "label_values(namespace:footprint_co2e_grams:increase1d, namespace)")],
+        layout(rows), time_from="now-7d")
+
+
+# ---------------------------------------------------------------------------------------------
+# Footprint / Nodes and GPUs
+
+
+def nodes() -> dict[str, Any]:
+    gpu_sel = f'{NODE_SEL}, gpu=~"$gpu"'
+    node_power = (f"sum by (node) (rate(footprint_node_energy_joules_total"
+                  f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__rate_interval]))")
+    rows: list[tuple[str, list[tuple[Panel, int, int]]]] = [
+        ("Power", [
+            (stat("Power now",
+                  "Power drawn by the selected nodes: cpu + dram + gpu (platform left out: it "
+                  "overlaps cpu and dram).",
+                  [target(f"sum(rate(footprint_node_energy_joules_total"
+                          f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__rate_interval]))", "power")],
+                  "watt", decimals=0), 6, 5),
+            (stat("Energy over the selected range",
+                  "Energy the selected nodes used (cpu + dram + gpu) over the dashboard's time "
+                  "range.",
+                  [target(f"sum(increase(footprint_node_energy_joules_total"
+                          f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__range]))", "energy",
+                          instant=True)], "joule", decimals=1, graph=False), 6, 5),
+            (stat("Operational CO2e over the selected range",
+                  "The selected nodes' operational emissions (energy x the grid intensity in "
+                  "force) over the dashboard's time range; no PUE, no embodied share.",
+                  [target(f"sum(increase(footprint_node_co2e_grams_total"
+                          f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__range]))", "CO2e",
+                          instant=True)], "g", decimals=1, graph=False), 6, 5),
+            (stat("Unattributed share now",
+                  "Share of the selected nodes' energy (cpu + dram + gpu) that no container was "
+                  "charged for: system processes, idle capacity nobody requested, unheld GPUs.",
+                  [target(f"sum(rate(footprint_unattributed_energy_joules_total"
+                          f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__rate_interval])) / "
+                          f"sum(rate(footprint_node_energy_joules_total"
+                          f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__rate_interval]))", "share")],
+                  "percentunit", decimals=1, steps=((0.5, "orange"), (0.8, "red"))), 6, 5),
+            (timeseries("Power by component and source",
+                        "Each node's power per component (cpu, dram, gpu, platform) and the "
+                        "source that measured it (rapl, nvml, or the estimate). platform "
+                        "(RAPL psys) overlaps cpu and dram, so the lines are not stacked.",
+                        [target("sum by (node, component, source) (rate("
+                                f"footprint_node_energy_joules_total{{{NODE_SEL}}}"
+                                "[$__rate_interval]))",
+                                "{{node}} {{component}} ({{source}})")], "watt"), 12, 9),
+            (timeseries("Power by RAPL domain",
+                        "Each RAPL zone as read (package, core, uncore, dram, psys). core and "
+                        "uncore are inside package.",
+                        [target("sum by (node, zone, domain) (rate("
+                                f"footprint_rapl_energy_joules_total{{{NODE_SEL}}}"
+                                "[$__rate_interval]))", "{{node}} {{zone}} {{domain}}")],
+                        "watt"), 12, 9),
+        ]),
+        ("GPUs", [
+            (timeseries("GPU power (NVML reading)",
+                        "Each GPU's power at the exporter's last tick, as NVML reports it (a "
+                        "1 s average on Hopper).",
+                        [target(f"footprint_gpu_power_watts{{{gpu_sel}}}",
+                                "{{node}} GPU {{gpu}} {{product}}")], "watt"), 12, 8),
+            (timeseries("GPU power from its energy counter",
+                        "Each GPU's average power over the rate window, from its energy counter "
+                        "(NVML's total energy, or integrated power where the GPU has none).",
+                        [target("rate(footprint_gpu_energy_joules_total"
+                                f"{{{gpu_sel}}}[$__rate_interval])",
+                                "{{node}} GPU {{gpu}} {{product}}")], "watt"), 12, 8),
+            (bargauge("GPU energy over the selected range",
+                      "Energy each GPU used over the dashboard's time range.",
+                      [target("sum by (node, gpu, product) (increase("
+                              f"footprint_gpu_energy_joules_total{{{gpu_sel}}}[$__range]))",
+                              "{{node}} GPU {{gpu}} {{product}}", instant=True)], "joule"),
+             24, 7),
+        ]),
+        ("Attribution", [
+            (timeseries("Unattributed share of node energy",
+                        "Per node, the share of energy (cpu + dram + gpu) charged to no "
+                        "container. High under light load: idle power nobody requested stays "
+                        "unattributed (docs/attribution.md).",
+                        [target("sum by (node) (rate(footprint_unattributed_energy_joules_total"
+                                f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__rate_interval])) / "
+                                f"{node_power}", "{{node}}")], "percentunit", minimum=0,
+                        maximum=1), 12, 8),
+            (timeseries("Unattributed power by component and mode",
+                        "Power charged to no container, by component and mode (dynamic: "
+                        "system processes; idle: capacity nobody requested). platform is "
+                        "always unattributed and overlaps cpu and dram.",
+                        [target("sum by (component, mode) (rate("
+                                "footprint_unattributed_energy_joules_total"
+                                f"{{{NODE_SEL}}}[$__rate_interval]))",
+                                "{{component}} {{mode}}")], "watt"), 12, 8),
+            (timeseries("Attributed power by namespace",
+                        "Power charged to containers on the selected nodes, per namespace.",
+                        [target("sum by (namespace) (rate("
+                                "footprint_container_energy_joules_total"
+                                f'{{{NODE_SEL}, namespace=~"$namespace"}}[$__rate_interval]))',
+                                "{{namespace}}")], "watt", stack=True), 24, 8),
+        ]),
+        ("Carbon intensity and PUE", [
+            (timeseries("Grid carbon intensity",
+                        "The grid intensity in force on each node, gCO2e per kWh, with its zone "
+                        "and provider. provider=\"default\" means no intensity is configured and "
+                        "the world average (475) is in force.",
+                        [target(f"footprint_grid_intensity_grams_per_kwh{{{NODE_SEL}}}",
+                                "{{node}} {{zone}} ({{provider}})")], "g/kWh"), 12, 8),
+            (table("Intensity provider",
+                   "Per node, the zone and provider of the intensity in force now, and its "
+                   "value.",
+                   [target("max by (node, zone, provider) (footprint_grid_intensity_grams_per_kwh"
+                           f"{{{NODE_SEL}}})", instant=True, table=True)], "g/kWh",
+                   transformations=merge_table({"Value": "gCO2e/kWh"},
+                                               ["node", "zone", "provider", "gCO2e/kWh"])),
+             6, 8),
+            (stat("Intensity data age",
+                  "Time since a live intensity provider (electricitymaps, watttime) last gave a "
+                  "value, the oldest node per provider; empty with a static intensity. Over "
+                  "2 h fires FootprintGridIntensityStale: an old intensity is still in force.",
+                  [target("time() - min by (provider) ("
+                          "footprint_grid_intensity_last_update_timestamp_seconds"
+                          f'{{{NODE_SEL}, provider=~"electricitymaps|watttime"}})',
+                          "{{provider}}")], "s",
+                  steps=((3600, "orange"), (7200, "red"))), 6, 4),
+            (stat("PUE",
+                  "Power usage effectiveness the rule pack applies for the infrastructure "
+                  "scope: facility energy / IT energy (1.0 = no overhead).",
+                  [target(f"max by (node) (footprint_pue{{{NODE_SEL}}})", "{{node}}")],
+                  "none", decimals=2, graph=False), 6, 4),
+        ]),
+        ("Embodied emissions", [
+            (table("Embodied emissions per component",
+                   "The manufacture emissions the exporter is configured with, per node, "
+                   "component and GPU (footprint_embodied_grams); the rule pack amortises them "
+                   "over the lifetime.",
+                   [target(f"footprint_embodied_grams{{{NODE_SEL}}}", instant=True, table=True)],
+                   "g", decimals=0,
+                   transformations=merge_table({"Value": "Embodied"},
+                                               ["node", "component", "gpu", "Embodied"])),
+             10, 8),
+            (stat("Hardware lifetime",
+                  "The lifetime over which embodied emissions are amortised "
+                  "(footprint_embodied_lifetime_seconds).",
+                  [target(f"max by (node) (footprint_embodied_lifetime_seconds{{{NODE_SEL}}})",
+                          "{{node}}")], "s", graph=False), 4, 8),
+            (timeseries("Embodied emissions accrued per hour",
+                        "Per node, the embodied emissions divided by the lifetime: the grams "
+                        "per hour of the hardware's existence, whatever its load.",
+                        [target(f"sum by (node) (footprint_embodied_grams{{{NODE_SEL}}}) / on "
+                                "(node) max by (node) (footprint_embodied_lifetime_seconds"
+                                f"{{{NODE_SEL}}}) * 3600", "{{node}}")], "g/h"), 10, 8),
+        ]),
+        ("Node facts", [
+            (table("Nodes",
+                   "footprint_node_info: each node's zone, region, instance type, CPU model and "
+                   "GPUs.",
+                   [target(f"footprint_node_info{{{NODE_SEL}}}", instant=True, table=True)],
+                   "none",
+                   transformations=merge_table({}, ["node", "zone", "region", "instance_type",
+                                                    "cpu_model", "gpu_product", "gpu_count"])),
+             24, 7),
+        ]),
+    ]
+    return dashboard(
+        "footprint-nodes", "Footprint / Nodes and GPUs",
+        "Power and energy per node, component, source and GPU; what is left unattributed; grid "
+        "intensity, PUE and embodied emissions.",
+        [query_variable("node", "Node", "label_values(footprint_node_info, node)"),
+         query_variable("gpu", "GPU",
+                        'label_values(footprint_gpu_power_watts{node=~"$node"}, gpu)'),
+         query_variable("namespace", "Namespace",
+                        'label_values(footprint_container_info{node=~"$node"}, namespace)')],
+        layout(rows), time_from="now-6h")
+
+
+# ---------------------------------------------------------------------------------------------
+# Footprint / Exporter health
+
+
+def exporter() -> dict[str, Any]:
+    tick = "footprint_exporter_tick_duration_seconds"
+    rows: list[tuple[str, list[tuple[Panel, int, int]]]] = [
+        ("Status", [
+            (stat("Targets up",
+                  "Exporter targets Prometheus scraped successfully at its last scrape, of "
+                  "all targets in the selected jobs.",
+                  [target('sum(up{job=~"$job"})', "up"),
+                   target('count(up{job=~"$job"})', "targets", "B")], "none", decimals=0,
+                  graph=False), 6, 5),
+            (stat("Sources down",
+                  "Inputs whose last read failed (footprint_source_up == 0) on the selected "
+                  "nodes. A missing source (no RAPL on the host) is not counted.",
+                  [target(f"count(footprint_source_up{{{JOB_NODE_SEL}}} == 0) or vector(0)",
+                          "down")], "none", decimals=0, steps=((1, "red"),), graph=False), 6, 5),
+            (stat("Footprint alerts firing",
+                  "Alerts of the Footprint rule pack firing now (ALERTS{alertname=~\"Footprint.*"
+                  "\"}).",
+                  [target('count(ALERTS{alertname=~"Footprint.*", alertstate="firing"}) '
+                          "or vector(0)", "firing")], "none", decimals=0,
+                  steps=((1, "red"),), graph=False), 6, 5),
+            (table("Versions",
+                   "Exporter versions running, with the number of exporters on each.",
+                   [target("count by (version, python_version) (footprint_exporter_build_info"
+                           f"{{{JOB_NODE_SEL}}})", instant=True, table=True)], "none",
+                   transformations=merge_table({"Value": "exporters"},
+                                               ["version", "python_version", "exporters"])),
+             6, 5),
+            (state_timeline("Sources up",
+                            "Per node and source (rapl, estimated, nvml, kubernetes, "
+                            "podresources, intensity), whether the last read worked in full.",
+                            [target(f"min by (node, source) (footprint_source_up"
+                                    f"{{{JOB_NODE_SEL}}})", "{{node}} {{source}}")]), 24, 9),
+        ]),
+        ("Errors", [
+            (timeseries("Errors by source and reason",
+                        "Faults per second: failed reads, failed Kubernetes requests, malformed "
+                        "pods, containers without an id or cgroup (docs/metrics.md).",
+                        [target("sum by (source, reason) (rate(footprint_exporter_errors_total"
+                                f"{{{JOB_NODE_SEL}}}[$__rate_interval]))",
+                                "{{source}} {{reason}}")], "cps", stack=True), 16, 8),
+            (table("Errors over the selected range",
+                   "Faults counted over the dashboard's time range, per node, source and "
+                   "reason.",
+                   [target("sum by (node, source, reason) (increase("
+                           f"footprint_exporter_errors_total{{{JOB_NODE_SEL}}}[$__range])) > 0",
+                           instant=True, table=True)], "none", decimals=0,
+                   transformations=merge_table({"Value": "errors"},
+                                               ["node", "source", "reason", "errors"])), 8, 8),
+        ]),
+        ("Performance", [
+            (timeseries("Mean tick duration",
+                        "Time one tick takes (read sources, attribute, render): rate of "
+                        f"{tick}_sum / rate of {tick}_count.",
+                        [target(f"rate({tick}_sum{{{JOB_NODE_SEL}}}[$__rate_interval]) / "
+                                f"rate({tick}_count{{{JOB_NODE_SEL}}}[$__rate_interval])",
+                                "{{node}}")], "s"), 12, 8),
+            (timeseries("Ticks per second",
+                        "How often each exporter ticks; a drop means ticks are late.",
+                        [target(f"rate({tick}_count{{{JOB_NODE_SEL}}}[$__rate_interval])",
+                                "{{node}}")], "hertz"), 12, 8),
+            (timeseries("Scrape duration",
+                        "How long Prometheus takes to scrape each exporter target "
+                        "(scrape_duration_seconds; the scrape serves the last tick's bytes).",
+                        [target('scrape_duration_seconds{job=~"$job"}', "{{instance}}")], "s"),
+             12, 8),
+            (timeseries("Resident memory",
+                        "The exporter process's resident memory "
+                        "(process_resident_memory_bytes).",
+                        [target(f"process_resident_memory_bytes{{{JOB_NODE_SEL}}}",
+                                "{{node}}")], "bytes"), 6, 8),
+            (timeseries("CPU",
+                        "The exporter process's CPU use, as a share of one core "
+                        "(rate of process_cpu_seconds_total).",
+                        [target(f"rate(process_cpu_seconds_total{{{JOB_NODE_SEL}}}"
+                                "[$__rate_interval])", "{{node}}")], "percentunit"), 6, 8),
+        ]),
+        ("Alerts", [
+            (table("Footprint alerts",
+                   "Alerts of the Footprint rule pack, pending or firing now, with their "
+                   "labels.",
+                   [target('ALERTS{alertname=~"Footprint.*"}', instant=True, table=True)],
+                   "none",
+                   transformations=[{"id": "organize", "options": {
+                       "excludeByName": {"Time": True, "Value": True, "__name__": True}}}]),
+             12, 8),
+            (timeseries("Footprint alerts over time",
+                        "How many Footprint alerts were pending or firing, by alert name.",
+                        [target('count by (alertname, alertstate) '
+                                '(ALERTS{alertname=~"Footprint.*"})',
+                                "{{alertname}} {{alertstate}}")], "none", decimals=0), 12, 8),
+        ]),
+    ]
+    return dashboard(
+        "footprint-exporter", "Footprint / Exporter health",
+        "Whether the Footprint exporters run well: targets and sources up, errors, tick and "
+        "scrape times, memory and CPU, Footprint alerts.",
+        [query_variable("job", "Job", "label_values(footprint_exporter_build_info, job)"),
+         query_variable("node", "Node",
+                        'label_values(footprint_exporter_build_info{job=~"$job"}, node)')],
+        layout(rows), time_from="now-6h")
+
+
+DASHBOARDS = {
+    "footprint-models.json": models,
+    "footprint-nodes.json": nodes,
+    "footprint-exporter.json": exporter,
+}
+
+
+def render(board: dict[str, Any]) -> str:
+    return json.dumps(board, indent=2, ensure_ascii=False) + "\n"
+
+
+def write(out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, build in DASHBOARDS.items():
+        path = out / name
+        path.write_text(render(build()), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
+                        help="folder to write the JSON files to (default: this script's)")
+    args = parser.parse_args(argv)
+    for path in write(args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Grid carbon intensity from live APIs (Electricity Maps, WattTime), with fallbacks.
+
+`FallbackChain.current()` is what the tick calls: the live value while fresh, else the static
+per-zone value, else the world average; it reads a cache and never blocks. The live providers
+refresh that cache from a daemon thread (`start()` / `stop()`). See docs/carbon.md.
+"""
+
+from __future__ import annotations
+
+from exporter.intensity.chain import (
+    DEFAULT_MAX_AGE_SECONDS,
+    FallbackChain,
+    IntensitySource,
+    LiveSource,
+    world_average,
+)
+from exporter.intensity.credentials import Secret
+from exporter.intensity.electricitymaps import ElectricityMaps
+from exporter.intensity.live import LiveProvider, Reading
+from exporter.intensity.watttime import WattTime
+from exporter.intensity.zones import REGIONS, ZoneDefault, cloud_of, zone_for
+
+__all__ = [
+    "DEFAULT_MAX_AGE_SECONDS",
+    "REGIONS",
+    "ElectricityMaps",
+    "FallbackChain",
+    "IntensitySource",
+    "LiveProvider",
+    "LiveSource",
+    "Reading",
+    "Secret",
+    "WattTime",
+    "ZoneDefault",
+    "cloud_of",
+    "world_average",
+    "zone_for",
+]

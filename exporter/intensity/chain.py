@@ -1,0 +1,120 @@
+"""The intensity in force: a live value while fresh, else the static one, else the default."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from exporter import logs
+from exporter.carbon import Intensity
+from exporter.config import WORLD_AVERAGE_GRAMS_PER_KWH
+from exporter.intensity.live import Reading
+
+DEFAULT_MAX_AGE_SECONDS = 7200.0
+"""A live value older than 2 hours is no longer used (Electricity Maps data is hourly)."""
+
+
+class IntensitySource(Protocol):
+    """What the tick calls: the value in force now. Never blocks, never raises."""
+
+    def current(self) -> Intensity: ...
+
+
+class LiveSource(Protocol):
+    """What the chain needs of a live provider (ElectricityMaps, WattTime)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def zone(self) -> str: ...
+
+    @property
+    def up(self) -> bool: ...
+
+    def reading(self) -> Reading | None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def world_average(zone: str = "unknown") -> Intensity:
+    """The last resort: CodeCarbon's world average, published as provider `default`."""
+    return Intensity(WORLD_AVERAGE_GRAMS_PER_KWH, zone, "default")
+
+
+class FallbackChain:
+    """Live while fresh, else static, else default; the `provider` field says which."""
+
+    def __init__(self, live: LiveSource | None, static: Intensity | None,
+                 default: Intensity | None = None, *,
+                 max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
+                 clock: Callable[[], float] = time.time,
+                 log: logging.Logger | None = None) -> None:
+        if not max_age_seconds > 0:
+            raise ValueError("max_age_seconds must be positive")
+        self.live = live
+        self.static = static
+        self.default = default if default is not None else world_average()
+        self.max_age_seconds = float(max_age_seconds)
+        self._clock = clock
+        self._log = log or logs.get("intensity")
+        self._lock = threading.Lock()
+        self._in_force: str | None = None
+
+    def current(self) -> Intensity:
+        """The live value if it is younger than the max age, else static, else default."""
+        reading = self.live.reading() if self.live is not None else None
+        if reading is not None and self._clock() - reading.observed_unix <= self.max_age_seconds:
+            chosen = reading.intensity
+        elif self.static is not None:
+            chosen = self.static
+        else:
+            chosen = self.default
+        self._note(chosen, reading)
+        return chosen
+
+    @property
+    def last_update_unix(self) -> float | None:
+        """The time the latest live value is for (the API's own timestamp), whether or not it
+        is still in force: `time() - this` is its age, for a staleness alert. None without a
+        live provider or before its first good answer."""
+        reading = self.live.reading() if self.live is not None else None
+        return None if reading is None else reading.observed_unix
+
+    @property
+    def up(self) -> bool:
+        """The live provider's last fetch worked; always True without one."""
+        return True if self.live is None else self.live.up
+
+    def start(self) -> None:
+        if self.live is not None:
+            self.live.start()
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def _note(self, chosen: Intensity, reading: Reading | None) -> None:
+        """Log each change of the provider in force, once."""
+        with self._lock:
+            if chosen.provider == self._in_force:
+                return
+            previous, self._in_force = self._in_force, chosen.provider
+        if self.live is None or chosen.provider == self.live.name:
+            if previous is not None:
+                self._log.info(f"grid intensity: using {chosen.provider} for zone "
+                               f"{chosen.zone} ({chosen.grams_per_kwh:g} gCO2e/kWh)")
+            return
+        if reading is None:  # at start-up, until the first answer
+            self._log.info(f"grid intensity: {self.live.name} has not answered yet; using "
+                           f"{chosen.provider} {chosen.grams_per_kwh:g} gCO2e/kWh for zone "
+                           f"{chosen.zone}")
+            return
+        self._log.warning(f"grid intensity: the last {self.live.name} value is older than "
+                          f"{self.max_age_seconds:g} s; using {chosen.provider} "
+                          f"{chosen.grams_per_kwh:g} gCO2e/kWh for zone {chosen.zone}")

@@ -1,0 +1,405 @@
+"""The Grafana dashboards (dashboards/*.json) stay true: they are what dashboards/generate.py
+writes, every query parses as PromQL (promtool), and every metric they query is one the
+exporter publishes, the rule pack records, or a known external name."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.exposition import SPECS, TICK_DURATION
+from tests.support import REPO, require_binary
+
+DASHBOARDS = REPO / "dashboards"
+NAMES = ("footprint-models.json", "footprint-nodes.json", "footprint-exporter.json")
+RULES = REPO / "rules" / "footprint.rules.yaml"
+
+NEW_FACTS = frozenset({
+    "footprint_embodied_grams",
+    "footprint_embodied_lifetime_seconds",
+    "footprint_pue",
+    "footprint_grid_intensity_last_update_timestamp_seconds",
+})
+"""Exporter facts being added; they count as published whether or not SPECS has them yet."""
+
+FALLBACK_RECORDED = frozenset({
+    "container:footprint_co2e_grams:rate5m",
+    "container:footprint_energy_joules:rate5m",
+    "model:footprint_co2e_grams:rate5m",
+    "namespace:footprint_co2e_grams:rate5m",
+    "model:footprint_energy_joules:rate5m",
+    "model:footprint_co2e_grams:increase1d",
+    "model:footprint_energy_joules:increase1d",
+    "namespace:footprint_co2e_grams:increase1d",
+    "model:footprint_co2e_grams_per_1k_tokens:rate5m",
+    "model:footprint_co2e_grams_per_request:rate5m",
+    "model:footprint_co2e_daily_budget_grams",
+})
+"""The rule pack's recorded names as designed; used only while rules/footprint.rules.yaml is
+absent. Once the file exists, its `record:` names are the truth."""
+
+EXTERNAL = frozenset({
+    # Prometheus itself
+    "up", "ALERTS", "scrape_duration_seconds",
+    # prometheus_client's process collector (the exporter adds `node`)
+    "process_resident_memory_bytes", "process_cpu_seconds_total",
+    # vLLM (docs.vllm.ai, "Production Metrics")
+    "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:request_success_total",
+    "vllm:num_requests_running", "vllm:num_requests_waiting",
+    "vllm:e2e_request_latency_seconds_count", "vllm:e2e_request_latency_seconds_sum",
+    "vllm:e2e_request_latency_seconds_bucket",
+    # Hugging Face TGI (text-generation-inference, "Metrics")
+    "tgi_request_count", "tgi_request_success", "tgi_request_input_length_sum",
+    "tgi_request_input_length_count", "tgi_request_generated_tokens_sum",
+    "tgi_request_generated_tokens_count", "tgi_request_duration_sum",
+    "tgi_request_duration_count", "tgi_request_duration_bucket",
+})
+
+KEYWORDS = frozenset({
+    "and", "or", "unless", "atan2", "bool", "offset", "by", "without", "on", "ignoring",
+    "group_left", "group_right", "inf", "nan",
+})
+FUNCTIONS = frozenset({
+    # aggregation operators
+    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk",
+    "topk", "quantile", "limitk", "limit_ratio",
+    # functions
+    "abs", "absent", "absent_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min",
+    "day_of_month", "day_of_week", "day_of_year", "days_in_month", "delta", "deriv", "exp",
+    "floor", "histogram_avg", "histogram_count", "histogram_sum", "histogram_fraction",
+    "histogram_quantile", "histogram_stddev", "histogram_stdvar", "holt_winters",
+    "double_exponential_smoothing", "hour", "idelta", "increase", "irate", "label_replace",
+    "label_join", "ln", "log2", "log10", "minute", "month", "predict_linear", "rate", "resets",
+    "round", "scalar", "sgn", "sort", "sort_desc", "sort_by_label", "sort_by_label_desc", "sqrt",
+    "time", "timestamp", "vector", "year", "avg_over_time", "min_over_time", "max_over_time",
+    "sum_over_time", "count_over_time", "quantile_over_time", "stddev_over_time",
+    "stdvar_over_time", "last_over_time", "present_over_time", "mad_over_time", "acos", "acosh",
+    "asin", "asinh", "atan", "atanh", "cos", "cosh", "sin", "sinh", "tan", "tanh", "deg", "rad",
+    "pi", "start", "end",
+})
+
+GRAFANA_BUILTINS = {
+    "__rate_interval": "5m",
+    "__interval": "1m",
+    "__range": "1d",
+}
+"""Concrete values for Grafana's interval variables (all used where PromQL wants a duration)."""
+
+VARIABLE_REF = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
+LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$", re.S)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the dashboards hold
+
+
+def load(name: str) -> dict[str, Any]:
+    board: dict[str, Any] = json.loads((DASHBOARDS / name).read_text(encoding="utf-8"))
+    return board
+
+
+def all_panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in board.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])  # a collapsed row holds its panels
+
+
+def queries(board: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, PromQL) for every panel target and every query variable's selector, with
+    Grafana's variables replaced by concrete values."""
+    variables = {v["name"] for v in board.get("templating", {}).get("list", [])}
+    for panel in all_panels(board):
+        for t in panel.get("targets", []):
+            where = f"{board.get('uid')}: panel {panel.get('title')!r} target {t.get('refId')}"
+            yield where, concrete(t["expr"], variables, where)
+    for var in board.get("templating", {}).get("list", []):
+        if var.get("type") != "query":
+            continue
+        where = f"{board.get('uid')}: variable {var['name']!r}"
+        query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+        match = LABEL_VALUES.match(query.strip())
+        assert match, f"{where}: only label_values(selector, label) is supported: {query!r}"
+        if match.group(1):
+            yield where, concrete(match.group(1), variables, where)
+
+
+def concrete(expr: str, variables: set[str], where: str) -> str:
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if name in GRAFANA_BUILTINS:
+            return GRAFANA_BUILTINS[name]
+        assert name in variables, f"{where}: ${name} is not a variable of the dashboard"
+        return "value-of-" + name
+
+    return VARIABLE_REF.sub(value, expr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric names in PromQL
+
+STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+MATCHERS = re.compile(r"\{[^{}]*\}")
+MODIFIER_LIST = re.compile(
+    r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
+RANGE = re.compile(r"\[[^\[\]]*\]")
+NUMBER = re.compile(r"(?<![\w:.])(?:0[xX][0-9a-fA-F]+|\d[\w.]*(?:[eE][+-]\d+)?|\.\d[\w.]*)")
+OFFSET = re.compile(r"\b(offset)\s+-?[\w.]+|@\s*-?[\w.]+")
+IDENTIFIER = re.compile(r"(?<![\w:])([A-Za-z_:][\w:]*)(\s*\()?")
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects: identifiers that are not function calls,
+    keywords, label names (inside {...} or a by/without/on/ignoring/group_x list), numbers,
+    durations or strings."""
+    text = "\n".join(line.split("#", 1)[0] for line in STRING.sub('""', expr).splitlines())
+    names: set[str] = set()
+    for selector in MATCHERS.findall(text):
+        name_matchers = re.findall(r"__name__\s*(=~|!=|!~|=)", selector)
+        assert not name_matchers, f"select by a literal name, not {{__name__...}}: {expr}"
+    text = MATCHERS.sub(" ", text)
+    text = MODIFIER_LIST.sub(" ", text)
+    text = RANGE.sub(" ", text)
+    text = OFFSET.sub(" ", text)
+    text = NUMBER.sub(" ", text)
+    for name, call in IDENTIFIER.findall(text):
+        if call or name.lower() in KEYWORDS or name in FUNCTIONS:
+            continue
+        names.add(name)
+    return names
+
+
+def records(path: Path) -> set[str]:
+    pack = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {rule["record"] for group in pack.get("groups") or []
+            for rule in group.get("rules") or [] if "record" in rule}
+
+
+def recorded_names(pack: Path = RULES) -> frozenset[str]:
+    """The rule pack's recorded names once rules/footprint.rules.yaml exists: its `record:`s and
+    those of the other rule files beside it (the budgets group the chart generates, whose
+    example is rules/budgets.example.yaml). The designed list only while the pack is absent."""
+    if not pack.exists():
+        return FALLBACK_RECORDED
+    names = records(pack)
+    assert names, f"{pack} records nothing"
+    for other in sorted(pack.parent.glob("*.yaml")):
+        if other != pack:
+            names |= records(other)
+    return frozenset(names)
+
+
+def known_names() -> frozenset[str]:
+    published = set(SPECS) | {f"{TICK_DURATION}_sum", f"{TICK_DURATION}_count"}
+    return frozenset(published | NEW_FACTS | recorded_names() | EXTERNAL)
+
+
+def unknown_names(board: dict[str, Any]) -> list[str]:
+    known = known_names()
+    return [f"{where}: {name}" for where, expr in queries(board)
+            for name in sorted(metric_names(expr) - known)]
+
+
+def promtool_errors(exprs: list[tuple[str, str]], tmp_path: Path) -> str:
+    """promtool's complaint about the expressions written as recording rules; '' if none."""
+    promtool = require_binary("promtool")
+    rules = [{"record": f"footprint_dashboard:check_{i}", "expr": expr}
+             for i, (_, expr) in enumerate(exprs)]
+    path = tmp_path / "dashboard-queries.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]},
+                                   sort_keys=False), encoding="utf-8")
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
+                            text=True, check=False)
+    if result.returncode == 0:
+        return ""
+    listing = "\n".join(f"check_{i}: {where}: {expr}" for i, (where, expr) in enumerate(exprs))
+    return f"{result.stdout}{result.stderr}\n{listing}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The tests
+
+
+def test_committed_json_is_what_the_generator_writes(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(DASHBOARDS / "generate.py"), "--out",
+                             str(tmp_path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(NAMES)
+    for name in NAMES:
+        fresh = (tmp_path / name).read_text(encoding="utf-8")
+        committed = (DASHBOARDS / name).read_text(encoding="utf-8")
+        assert committed == fresh, f"dashboards/{name} is stale: run python dashboards/generate.py"
+
+
+def test_generator_is_deterministic(tmp_path: Path) -> None:
+    for out in ("a", "b"):
+        subprocess.run([sys.executable, str(DASHBOARDS / "generate.py"), "--out",
+                        str(tmp_path / out)], capture_output=True, check=True)
+    for name in NAMES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dashboard_shape(name: str) -> None:
+    board = load(name)
+    assert board["uid"] == name.removesuffix(".json")
+    assert board["title"].startswith("Footprint / ")
+    assert board["tags"] == ["footprint"]
+    assert 36 <= board["schemaVersion"] <= 41
+    assert board["id"] is None
+    variables = board["templating"]["list"]
+    assert variables[0]["name"] == "datasource"
+    assert variables[0]["type"] == "datasource" and variables[0]["query"] == "prometheus"
+    ids = [p["id"] for p in all_panels(board)]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    cells: set[tuple[int, int]] = set()
+    for panel in all_panels(board):
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        mine = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
+                for y in range(grid["y"], grid["y"] + grid["h"])}
+        assert not mine & cells, f"{panel['title']!r} overlaps another panel"
+        cells |= mine
+        if panel["type"] == "row":
+            continue
+        assert panel.get("description", "").strip(), f"{panel['title']!r} has no description"
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{panel['title']!r} has no unit"
+        assert panel["targets"], f"{panel['title']!r} has no query"
+        for t in panel["targets"]:
+            assert t["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(refs) == len(set(refs)), f"{panel['title']!r} repeats a refId"
+
+
+def test_uids_are_distinct() -> None:
+    uids = [load(name)["uid"] for name in NAMES]
+    assert len(set(uids)) == len(uids)
+
+
+def test_every_query_parses_as_promql(tmp_path: Path) -> None:
+    exprs = [q for name in NAMES for q in queries(load(name))]
+    assert len(exprs) > 30
+    errors = promtool_errors(exprs, tmp_path)
+    assert not errors, errors
+
+
+def test_promtool_check_catches_a_broken_query(tmp_path: Path) -> None:
+    assert promtool_errors([("synthetic", "sum by (node) (rate(up[5m])")], tmp_path)
+    assert promtool_errors([("synthetic", "rate(up)")], tmp_path)
+    assert not promtool_errors([("synthetic", "sum by (node) (rate(up[5m]))")], tmp_path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_metric_queried_exists(name: str) -> None:
+    board = load(name)
+    assert any(metric_names(expr) for _, expr in queries(board))
+    missing = unknown_names(board)
+    assert not missing, "metrics nobody publishes:\n" + "\n".join(missing)
+
+
+def test_recorded_names_come_from_the_rule_pack_once_it_exists(tmp_path: Path) -> None:
+    assert recorded_names(tmp_path / "absent.yaml") == FALLBACK_RECORDED
+    pack = tmp_path / "footprint.rules.yaml"
+    pack.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [
+        {"record": "model:footprint_co2e_grams:increase1d", "expr": "vector(1)"},
+        {"alert": "FootprintSomething", "expr": "vector(1)"}]}]}), encoding="utf-8")
+    assert recorded_names(pack) == {"model:footprint_co2e_grams:increase1d"}
+    (tmp_path / "budgets.example.yaml").write_text(yaml.safe_dump({"groups": [{
+        "name": "b", "rules": [{"record": "model:footprint_co2e_daily_budget_grams",
+                                "expr": "vector(1)"}]}]}), encoding="utf-8")
+    assert recorded_names(pack) == {"model:footprint_co2e_grams:increase1d",
+                                    "model:footprint_co2e_daily_budget_grams"}
+
+
+def test_equivalents_cite_their_factor() -> None:
+    cited = 0
+    for name in NAMES:
+        for panel in all_panels(load(name)):
+            if any("/ 248.5" in t["expr"] for t in panel.get("targets", [])):
+                assert "EPA-420-F-23-014" in panel["description"], panel["title"]
+                cited += 1
+    assert cited >= 2
+
+
+@pytest.mark.parametrize(("expr", "names"), [
+    ("up", {"up"}),
+    ('sum by (model, scope) (model:footprint_co2e_grams:increase1d{model=~"a|b", scope!="x"})',
+     {"model:footprint_co2e_grams:increase1d"}),
+    ('sum(rate(footprint_node_energy_joules_total{node=~".*"}[5m])) without (component)',
+     {"footprint_node_energy_joules_total"}),
+    ("a / on (node) group_left (zone, region) b * ignoring (mode) c",
+     {"a", "b", "c"}),
+    ("x * on (node) group_right y", {"x", "y"}),
+    ("rate(x[5m] offset 1h) > bool 0 and y @ 1609746000 unless z", {"x", "y", "z"}),
+    ("topk(5, x) * 1e3 + 0x1F - 2.5e-3 + Inf + NaN", {"x"}),
+    ('label_replace(x, "dst", "$1 rate(fake)", "src", "(.*)")', {"x"}),
+    ("max_over_time(rate(vllm:generation_tokens_total[5m])[1d:5m])",
+     {"vllm:generation_tokens_total"}),
+    ("count_values without (a) (\"v\", x)", {"x"}),
+    ("time() - min by (provider) (ts)", {"ts"}),
+    ("scalar(x)  # a comment naming not_a_metric\n+ y", {"x", "y"}),
+])
+def test_metric_names_extracts_only_metric_names(expr: str, names: set[str]) -> None:
+    assert metric_names(expr) == names
+
+
+def test_metric_names_refuses_name_matchers() -> None:
+    with pytest.raises(AssertionError):
+        metric_names('{__name__=~"footprint_.*"}')
+
+
+def synthetic(expr: str) -> dict[str, Any]:
+    return {"uid": "synthetic", "templating": {"list": [
+        {"name": "datasource", "type": "datasource", "query": "prometheus"},
+        {"name": "node", "type": "query", "query": "label_values(footprint_node_info, node)"}]},
+        "panels": [{"type": "timeseries", "title": "synthetic", "targets": [
+            {"refId": "A", "expr": expr}]}]}
+
+
+def test_a_wrong_metric_name_is_caught() -> None:
+    good = synthetic('sum by (node) (rate(footprint_node_energy_joules_total{node=~"$node"}'
+                     "[$__rate_interval]))")
+    assert unknown_names(good) == []
+    typo = synthetic('sum by (node) (rate(footprint_node_energy_joule_total{node=~"$node"}'
+                     "[$__rate_interval]))")
+    assert unknown_names(typo) == [
+        "synthetic: panel 'synthetic' target A: footprint_node_energy_joule_total"]
+    recorded = synthetic('model:footprint_co2e_grams:increase7d{scope="total"}')
+    assert unknown_names(recorded) == [
+        "synthetic: panel 'synthetic' target A: model:footprint_co2e_grams:increase7d"]
+    # a counter is published with its `_total`: the bare family name is not a series
+    bare = synthetic("rate(footprint_exporter_errors[5m])")
+    assert unknown_names(bare) != []
+    # a label name is not a metric name, wherever it stands
+    labels = synthetic("sum by (footprint_bogus) (up{footprint_bogus=\"1\"})")
+    assert unknown_names(labels) == []
+
+
+def test_a_wrong_variable_query_is_caught() -> None:
+    board = synthetic("up")
+    board["templating"]["list"][1]["query"] = "label_values(footprint_nodes_info, node)"
+    assert unknown_names(board) == ["synthetic: variable 'node': footprint_nodes_info"]
+
+
+def test_an_undefined_variable_is_caught() -> None:
+    with pytest.raises(AssertionError, match=r"\$model is not a variable"):
+        list(queries(synthetic('up{model=~"$model"}')))
+
+
+def test_docs_describe_every_dashboard() -> None:
+    docs = (REPO / "docs" / "dashboards.md").read_text(encoding="utf-8")
+    for name in NAMES:
+        board = load(name)
+        assert board["title"] in docs, board["title"]
+        assert f"dashboards/{name}" in docs, name
+    assert 'grafana_dashboard: "1"' in docs
+    assert "python dashboards/generate.py" in docs
+    assert "EPA-420-F-23-014" in docs
