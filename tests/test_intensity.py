@@ -589,3 +589,42 @@ def test_every_zone_default_is_in_the_docs_table() -> None:
     for row in REGIONS.values():
         line = f"| {row.cloud} | `{row.region}` | `{row.zone}` | {row.grams_per_kwh:g} |"
         assert line in docs, line
+
+
+def test_live_intensity_in_the_exporter_never_shows_the_token(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The whole path: config -> chain -> sampler -> /metrics bytes, with a live provider."""
+    from exporter import cli
+    from tests.support import node_tree, parse, value
+
+    caplog.set_level(logging.DEBUG, logger="footprint")
+    with FakeElectricityMaps() as api:
+        token = tmp_path / "token"
+        token.write_text(api.token + "\n")
+        config = tmp_path / "footprint.yaml"
+        config.write_text(f"carbon:\n  provider: electricitymaps\n  zone: FR\n"
+                          f"  electricitymaps:\n    base_url: {api.url}\n"
+                          f"    token_file: {token}\n")
+        root = node_tree(tmp_path, "amd-epyc-2s")
+        settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
+                                       str(root / "proc"), "--config.file", str(config),
+                                       "--no-collector.kubernetes", "--no-collector.nvml"])
+        sampler = cli.build_sampler(settings, process_metrics=False)
+        sampler.start()
+        try:
+            deadline = time.monotonic() + 10
+            while api.count("/v3/carbon-intensity/latest") == 0 or \
+                    sampler._intensity.last_update_unix is None:
+                assert time.monotonic() < deadline, "no fetch"
+                time.sleep(0.02)
+            text = sampler.tick().text.decode()
+        finally:
+            sampler.close()
+    series = parse(text)
+    assert value(series, "footprint_source_up", source="intensity") == 1.0
+    assert value(series, "footprint_grid_intensity_grams_per_kwh",
+                 provider="electricitymaps", zone="FR") > 0
+    assert value(series, "footprint_grid_intensity_last_update_timestamp_seconds",
+                 provider="electricitymaps") > 0
+    assert api.token not in text
+    assert not any(api.token in r.getMessage() for r in caplog.records)
