@@ -22,30 +22,6 @@ DASHBOARDS = REPO / "dashboards"
 NAMES = ("footprint-models.json", "footprint-nodes.json", "footprint-exporter.json")
 RULES = REPO / "rules" / "footprint.rules.yaml"
 
-NEW_FACTS = frozenset({
-    "footprint_embodied_grams",
-    "footprint_embodied_lifetime_seconds",
-    "footprint_pue",
-    "footprint_grid_intensity_last_update_timestamp_seconds",
-})
-"""Exporter facts being added; they count as published whether or not SPECS has them yet."""
-
-FALLBACK_RECORDED = frozenset({
-    "container:footprint_co2e_grams:rate5m",
-    "container:footprint_energy_joules:rate5m",
-    "model:footprint_co2e_grams:rate5m",
-    "namespace:footprint_co2e_grams:rate5m",
-    "model:footprint_energy_joules:rate5m",
-    "model:footprint_co2e_grams:increase1d",
-    "model:footprint_energy_joules:increase1d",
-    "namespace:footprint_co2e_grams:increase1d",
-    "model:footprint_co2e_grams_per_1k_tokens:rate5m",
-    "model:footprint_co2e_grams_per_request:rate5m",
-    "model:footprint_co2e_daily_budget_grams",
-})
-"""The rule pack's recorded names as designed; used only while rules/footprint.rules.yaml is
-absent. Once the file exists, its `record:` names are the truth."""
-
 EXTERNAL = frozenset({
     # Prometheus itself
     "up", "ALERTS", "scrape_duration_seconds",
@@ -183,11 +159,8 @@ def records(path: Path) -> set[str]:
 
 
 def recorded_names(pack: Path = RULES) -> frozenset[str]:
-    """The rule pack's recorded names once rules/footprint.rules.yaml exists: its `record:`s and
-    those of the other rule files beside it (the budgets group the chart generates, whose
-    example is rules/budgets.example.yaml). The designed list only while the pack is absent."""
-    if not pack.exists():
-        return FALLBACK_RECORDED
+    """The rule pack's recorded names: its `record:`s and those of the other rule files beside
+    it (the budgets group the chart generates, whose example is rules/budgets.example.yaml)."""
     names = records(pack)
     assert names, f"{pack} records nothing"
     for other in sorted(pack.parent.glob("*.yaml")):
@@ -198,7 +171,7 @@ def recorded_names(pack: Path = RULES) -> frozenset[str]:
 
 def known_names() -> frozenset[str]:
     published = set(SPECS) | {f"{TICK_DURATION}_sum", f"{TICK_DURATION}_count"}
-    return frozenset(published | NEW_FACTS | recorded_names() | EXTERNAL)
+    return frozenset(published | recorded_names() | EXTERNAL)
 
 
 def unknown_names(board: dict[str, Any]) -> list[str]:
@@ -305,8 +278,7 @@ def test_every_metric_queried_exists(name: str) -> None:
     assert not missing, "metrics nobody publishes:\n" + "\n".join(missing)
 
 
-def test_recorded_names_come_from_the_rule_pack_once_it_exists(tmp_path: Path) -> None:
-    assert recorded_names(tmp_path / "absent.yaml") == FALLBACK_RECORDED
+def test_recorded_names_come_from_the_rule_pack(tmp_path: Path) -> None:
     pack = tmp_path / "footprint.rules.yaml"
     pack.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [
         {"record": "model:footprint_co2e_grams:increase1d", "expr": "vector(1)"},

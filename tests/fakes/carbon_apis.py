@@ -42,6 +42,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from tests.fakes.threaded import start_loop_thread, stop_loop_thread
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAULTS = ("401", "429", "500", "malformed", "missing", "slow")
 
@@ -92,27 +94,7 @@ class _FakeAPI:
         return self._url
 
     def start(self) -> str:
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        outcome: list[str | BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                outcome.append(loop.run_until_complete(self._serve()))
-            except BaseException as exc:
-                outcome.append(exc)
-                return
-            finally:
-                ready.set()
-            loop.run_forever()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name=self.name, daemon=True)
-        self._thread.start()
-        if not ready.wait(10) or not isinstance(outcome[0], str):
-            raise RuntimeError(f"{self.name} failed to start")
-        self._url = outcome[0]
+        self._loop, self._thread, self._url = start_loop_thread(self._serve, name=self.name)
         return self._url
 
     def stop(self) -> None:
@@ -124,9 +106,7 @@ class _FakeAPI:
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop).result(timeout=10)
             self._runner = None
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
+        stop_loop_thread(loop, thread)
         self._loop = self._thread = None
         self._url = ""
 

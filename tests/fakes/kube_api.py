@@ -69,6 +69,8 @@ from typing import Any, Literal, Self
 import yaml
 from aiohttp import web
 
+from tests.fakes.threaded import start_loop_thread, stop_loop_thread
+
 JSON = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -254,29 +256,8 @@ class FakeKubeAPI:
         """Start the server thread on 127.0.0.1 with an ephemeral port; returns the base URL."""
         if self._thread is not None:
             raise RuntimeError("FakeKubeAPI already started")
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        outcome: list[str | BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                outcome.append(loop.run_until_complete(self._serve()))
-            except BaseException as exc:
-                outcome.append(exc)
-                return
-            finally:
-                ready.set()
-            loop.run_forever()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name="fake-kube-api", daemon=True)
-        self._thread.start()
-        if not ready.wait(10) or not isinstance(outcome[0], str):
-            self._halt_loop()
-            cause = outcome[0] if outcome and isinstance(outcome[0], BaseException) else None
-            raise RuntimeError("FakeKubeAPI failed to start") from cause
-        self._url = outcome[0]
+        self._loop, self._thread, self._url = start_loop_thread(self._serve,
+                                                                name="fake-kube-api")
         return self._url
 
     def stop(self) -> None:
@@ -298,9 +279,7 @@ class FakeKubeAPI:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
+        stop_loop_thread(loop, thread)
         self._loop = None
         self._thread = None
         self._url = ""
