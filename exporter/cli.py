@@ -22,6 +22,7 @@ from exporter.sources.base import EnergySource, Status
 from exporter.sources.estimate import ESTIMABLE, EstimateSource
 from exporter.sources.nvml import NvmlSource
 from exporter.sources.rapl import RaplSource
+from exporter.webconfig import load_web_config
 
 DEFAULT_LISTEN_ADDRESS = ":9835"
 """Not node_exporter's 9100, dcgm-exporter's 9400, nor Kepler's 9102 or 28282."""
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between ticks; fractions allowed (default 5)")
     p.add_argument("--config.file", dest="config_file", type=Path, default=None,
                    help="YAML config file (docs/configuration.md); default: built-in defaults")
+    p.add_argument("--web.config.file", dest="web_config_file", type=Path, default=None,
+                   help="exporter-toolkit web config: TLS, basic auth, headers "
+                        "(docs/web-config.md); default: plain HTTP")
     p.add_argument("--log.level", dest="log_level", choices=logs.LEVELS, default="info",
                    help="only log messages at this level or above (default info)")
     for name, what in COLLECTORS.items():
@@ -103,6 +107,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         log_level=args.log_level,
         config_file=args.config_file,
         file=load_file_config(args.config_file),
+        web_config_file=args.web_config_file,
     )
 
 
@@ -251,12 +256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report.main(args[1:])
     try:
         settings = parse_settings(args)
+        web_config = load_web_config(settings.web_config_file)
     except ConfigError as exc:
         print(f"footprint-exporter: error: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
     log.info(f"starting footprint-exporter {__version__} on node {settings.node_name}, "
              f"tick every {settings.interval_seconds:g} s")
+    if settings.web_config_file is not None:
+        log.info(f"web config {settings.web_config_file}: {web_config.describe()}")
     try:
         sampler = build_sampler(settings)
     except ConfigError as exc:
@@ -266,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sampler.start()
     try:
         return asyncio.run(serve(state, listen_address=settings.listen_address,
-                                 interval_seconds=settings.interval_seconds))
+                                 interval_seconds=settings.interval_seconds,
+                                 ssl_context=web_config.ssl_context,
+                                 middlewares=web_config.middlewares()))
     finally:
         sampler.close()

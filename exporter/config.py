@@ -266,6 +266,7 @@ class Settings:
     log_level: str
     config_file: Path | None
     file: FileConfig
+    web_config_file: Path | None = None
 
 
 def _describe(value: object) -> str:

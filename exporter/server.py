@@ -7,9 +7,12 @@ import concurrent.futures
 import contextlib
 import html
 import signal
+import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from exporter import __version__, logs
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Snapshot
@@ -112,8 +115,8 @@ async def landing(request: web.Request) -> web.Response:
     return web.Response(text=body, content_type="text/html")
 
 
-def make_app(state: ExporterState) -> web.Application:
-    app = web.Application()
+def make_app(state: ExporterState, middlewares: Sequence[Middleware] = ()) -> web.Application:
+    app = web.Application(middlewares=middlewares)
     app[STATE] = state
     app.router.add_get(state.telemetry_path, metrics)
     app.router.add_get("/healthz", healthz)
@@ -154,17 +157,19 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
 
 
 async def serve(state: ExporterState, *, listen_address: str, interval_seconds: float,
-                stop: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or `stop`); return the process exit code."""
+                stop: asyncio.Event | None = None, ssl_context: ssl.SSLContext | None = None,
+                middlewares: Sequence[Middleware] = ()) -> int:
+    """Run until SIGTERM/SIGINT (or `stop`); return the process exit code. `ssl_context` and
+    `middlewares` come from `--web.config.file` (exporter/webconfig.py)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     host, port = parse_listen_address(listen_address)
-    runner = web.AppRunner(make_app(state), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(state, middlewares), access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:

@@ -1,0 +1,152 @@
+{{/*
+The chart's name, truncated to the 63 characters of a DNS label.
+*/}}
+{{- define "footprint-exporter.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name of the chart's objects: <release>-<chart>, or the release name when it already
+contains the chart name.
+*/}}
+{{- define "footprint-exporter.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "footprint-exporter.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The namespace of every namespaced object.
+*/}}
+{{- define "footprint-exporter.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels: stable across upgrades (a DaemonSet's selector is immutable).
+*/}}
+{{- define "footprint-exporter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "footprint-exporter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels of every object.
+*/}}
+{{- define "footprint-exporter.labels" -}}
+helm.sh/chart: {{ include "footprint-exporter.chart" . }}
+{{ include "footprint-exporter.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: metrics
+app.kubernetes.io/part-of: footprint
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The ServiceAccount's name.
+*/}}
+{{- define "footprint-exporter.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "footprint-exporter.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image reference: registry/repository, then @digest or :tag (default the appVersion).
+*/}}
+{{- define "footprint-exporter.image" -}}
+{{- $repository := .Values.image.repository }}
+{{- if .Values.image.registry }}
+{{- $repository = printf "%s/%s" .Values.image.registry .Values.image.repository }}
+{{- end }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Scheme of the metrics endpoint: https when an exporter-toolkit web config is in use.
+*/}}
+{{- define "footprint-exporter.scheme" -}}
+{{- if .Values.webConfig.enabled }}https{{ else }}http{{ end }}
+{{- end }}
+
+{{/*
+Where the pod-resources directory and the provider's credential are mounted.
+*/}}
+{{- define "footprint-exporter.podResourcesDir" -}}
+/var/lib/kubelet/pod-resources
+{{- end }}
+{{- define "footprint-exporter.secretsDir" -}}
+/etc/footprint/secrets
+{{- end }}
+{{- define "footprint-exporter.webConfigDir" -}}
+/etc/footprint/web
+{{- end }}
+
+{{/*
+The exporter's config file: .Values.config, with the pod-resources socket in the mounted
+directory and, with carbon.existingSecret, the live provider's credential file.
+*/}}
+{{- define "footprint-exporter.configFile" -}}
+{{- $config := deepCopy (.Values.config | default dict) }}
+{{- $kubernetes := get $config "kubernetes" | default dict }}
+{{- $_ := set $kubernetes "pod_resources_socket" (printf "%s/kubelet.sock" (include "footprint-exporter.podResourcesDir" .)) }}
+{{- $_ = set $config "kubernetes" $kubernetes }}
+{{- if .Values.carbon.existingSecret }}
+{{- $carbon := get $config "carbon" | default dict }}
+{{- $file := printf "%s/%s" (include "footprint-exporter.secretsDir" .) .Values.carbon.existingSecretKey }}
+{{- $provider := get $carbon "provider" }}
+{{- if eq $provider "electricitymaps" }}
+{{- $settings := get $carbon "electricitymaps" | default dict }}
+{{- if not (or (get $settings "token_file") (get $settings "token_env")) }}
+{{- $_ = set $settings "token_file" $file }}
+{{- end }}
+{{- $_ = set $carbon "electricitymaps" $settings }}
+{{- else if eq $provider "watttime" }}
+{{- $settings := get $carbon "watttime" | default dict }}
+{{- if not (or (get $settings "password_file") (get $settings "password_env")) }}
+{{- $_ = set $settings "password_file" $file }}
+{{- end }}
+{{- $_ = set $carbon "watttime" $settings }}
+{{- end }}
+{{- $_ = set $config "carbon" $carbon }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/*
+Fails on combinations of values that cannot work.
+*/}}
+{{- define "footprint-exporter.validate" -}}
+{{- if and .Values.serviceMonitor.enabled .Values.podMonitor.enabled }}
+{{- fail "serviceMonitor.enabled and podMonitor.enabled: choose one; both would scrape each exporter twice and double every sum" }}
+{{- end }}
+{{- if and .Values.webConfig.enabled (not .Values.webConfig.existingSecret) }}
+{{- fail "webConfig.existingSecret: name the Secret holding web-config.yaml (and its TLS files) when webConfig.enabled" }}
+{{- end }}
+{{- if and .Values.nvidia.runtimeClassName (not .Values.nvidia.enabled) }}
+{{- fail "nvidia.runtimeClassName is set but nvidia.enabled is false: enable it, or leave the runtime class empty" }}
+{{- end }}
+{{- end }}

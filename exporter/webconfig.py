@@ -1,0 +1,420 @@
+"""`--web.config.file`: TLS, basic auth and response headers in exporter-toolkit's format."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import ssl
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bcrypt
+import yaml
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
+
+from exporter import logs
+from exporter.config import ConfigError
+from exporter.server import healthz, readyz
+
+log = logs.get("webconfig")
+
+CLIENT_AUTH_TYPES = {
+    "NoClientCert": ssl.CERT_NONE,
+    "RequestClientCert": ssl.CERT_NONE,  # asked, never required nor verified: grants nothing
+    "RequireAnyClientCert": ssl.CERT_REQUIRED,  # stricter here: also verified against the CA
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+"""exporter-toolkit's client_auth_type -> the server context's verify_mode (docs/web-config.md)."""
+
+CLIENT_AUTH_ALIASES = {"RequireClientCert": "RequireAnyClientCert"}  # the toolkit keeps it too
+
+NEEDS_CLIENT_CA = ("RequireAnyClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
+
+TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+
+CIPHER_SUITES: Mapping[str, str | None] = {
+    # Go's tls.CipherSuites() names -> OpenSSL's; None: TLS 1.3, not configurable (as in Go)
+    "TLS_AES_128_GCM_SHA256": None,
+    "TLS_AES_256_GCM_SHA384": None,
+    "TLS_CHACHA20_POLY1305_SHA256": None,
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+}
+
+HEADERS: Mapping[str, tuple[str, ...]] = {
+    # the toolkit's allowed response headers; a non-empty tuple lists the only values allowed
+    "Strict-Transport-Security": (),
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": (),
+    "Content-Security-Policy": (),
+}
+
+TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users")
+TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version",
+            "max_version", "cipher_suites", "prefer_server_cipher_suites")
+HTTP_KEYS = ("headers", "http2")
+UNSUPPORTED = ("rate_limit", "auth_excluded_paths", "tls_server_config.cert",
+               "tls_server_config.key", "tls_server_config.client_ca",
+               "tls_server_config.client_allowed_sans", "tls_server_config.curve_preferences")
+"""Toolkit keys this exporter refuses by name rather than ignores (docs/web-config.md)."""
+
+BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+
+UNAUTHENTICATED = (healthz, readyz)
+"""Handlers served without basic auth: Kubernetes probes cannot easily send credentials."""
+
+
+def _describe(value: object) -> str:
+    return repr(value) if not isinstance(value, Mapping | list) else type(value).__name__
+
+
+def _mapping(value: object, key: str, allowed: tuple[str, ...]) -> Mapping[str, object]:
+    """A section (`key` "" is the top level) whose keys are all in `allowed`."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key or 'the top level'}: expected a mapping, "
+                          f"got {_describe(value)}")
+    for k in value:
+        full = f"{key}.{k}" if key else str(k)
+        if full in UNSUPPORTED:
+            raise ConfigError(f"{full}: not supported by footprint-exporter "
+                              "(see docs/web-config.md)")
+        if k not in allowed:
+            raise ConfigError(f"{full}: unknown key (expected one of: {', '.join(allowed)})")
+    return value
+
+
+def _string(value: object, key: str, expected: str = "a string") -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected {expected}, got {_describe(value)}")
+    return value
+
+
+def _choice(value: object, key: str, choices: Mapping[str, object]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {_describe(value)}")
+    return value
+
+
+def _readable(value: object, key: str, base: Path) -> Path:
+    path = base / _string(value, key, "a file name")
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise ConfigError(f"{key}: expected a readable file, got {str(path)!r} "
+                          f"({exc.strerror})") from None
+    return path
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    text = str(exc.reason or exc.strerror or exc).splitlines()[0]
+    return re.sub(r"^\[\w+\] | \(_ssl\.c:\d+\)$", "", text)
+
+
+def _no_passphrase() -> bytes:
+    raise ConfigError("tls_server_config.key_file: expected an unencrypted PEM key, "
+                      "got one that needs a passphrase")
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """`tls_server_config` as applied: the server context and what it was built from."""
+
+    context: ssl.SSLContext
+    client_auth_type: str
+    min_version: str
+    max_version: str
+
+
+def parse_tls(data: object, base: Path) -> TlsSettings | None:
+    """`tls_server_config` -> a server-side SSLContext; None when the section is absent/empty."""
+    key = "tls_server_config"
+    tls = _mapping(data, key, TLS_KEYS)
+    if not tls:
+        return None
+    if "cert_file" not in tls:
+        raise ConfigError(f"{key}.cert_file: expected the server certificate's PEM file, "
+                          "got nothing")
+    if "key_file" not in tls:
+        raise ConfigError(f"{key}.key_file: expected the server key's PEM file, got nothing")
+    cert = _readable(tls["cert_file"], f"{key}.cert_file", base)
+    private = _readable(tls["key_file"], f"{key}.key_file", base)
+    auth = tls.get("client_auth_type", "NoClientCert")
+    auth = CLIENT_AUTH_ALIASES.get(auth, auth) if isinstance(auth, str) else auth
+    auth = _choice(auth, f"{key}.client_auth_type", CLIENT_AUTH_TYPES)
+    lo = _choice(tls.get("min_version", "TLS12"), f"{key}.min_version", TLS_VERSIONS)
+    hi = _choice(tls.get("max_version", "TLS13"), f"{key}.max_version", TLS_VERSIONS)
+    if TLS_VERSIONS[hi] < TLS_VERSIONS[lo]:
+        raise ConfigError(f"{key}.max_version: expected a version >= min_version ({lo}), "
+                          f"got {hi!r}")
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = TLS_VERSIONS[lo]
+    ctx.maximum_version = TLS_VERSIONS[hi]
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"{key}.cert_file: expected a PEM certificate, got {str(cert)!r} "
+                          f"({_ssl_reason(exc)})") from None
+    try:
+        ctx.load_cert_chain(cert, private, password=_no_passphrase)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"{key}.key_file: expected the PEM private key of cert_file, got "
+                          f"{str(private)!r} ({_ssl_reason(exc)})") from None
+
+    if "client_ca_file" in tls:
+        ca_key = f"{key}.client_ca_file"
+        ca = _readable(tls["client_ca_file"], ca_key, base)
+        if auth == "NoClientCert":
+            raise ConfigError(f"{key}.client_auth_type: expected a client_auth_type that uses "
+                              f"client_ca_file, got 'NoClientCert'")
+        try:
+            ctx.load_verify_locations(cafile=ca)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"{ca_key}: expected PEM CA certificates, got {str(ca)!r} "
+                              f"({_ssl_reason(exc)})") from None
+    elif auth in NEEDS_CLIENT_CA:
+        raise ConfigError(f"{key}.client_ca_file: expected the CA file that verifies client "
+                          f"certificates with client_auth_type {auth}, got nothing")
+    ctx.verify_mode = CLIENT_AUTH_TYPES[auth]
+
+    suites = tls.get("cipher_suites")
+    if suites is not None:
+        if not isinstance(suites, list) or not suites:
+            raise ConfigError(f"{key}.cipher_suites: expected a list of Go cipher suite names, "
+                              f"got {_describe(suites)}")
+        names = [CIPHER_SUITES[_choice(s, f"{key}.cipher_suites", CIPHER_SUITES)]
+                 for s in suites]
+        tls12 = [n for n in names if n is not None]
+        if tls12:
+            try:
+                ctx.set_ciphers(":".join(tls12))
+            except ssl.SSLError as exc:
+                raise ConfigError(f"{key}.cipher_suites: expected suites this OpenSSL "
+                                  f"({ssl.OPENSSL_VERSION}) offers, got {suites!r} "
+                                  f"({_ssl_reason(exc)})") from None
+    prefer = tls.get("prefer_server_cipher_suites", True)
+    if not isinstance(prefer, bool):
+        raise ConfigError(f"{key}.prefer_server_cipher_suites: expected true or false, "
+                          f"got {_describe(prefer)}")
+    if prefer:
+        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    return TlsSettings(ctx, auth, lo, hi)
+
+
+def parse_headers(data: object) -> Mapping[str, str]:
+    """`http_server_config`: the response headers, restricted to the toolkit's list."""
+    key = "http_server_config"
+    http = _mapping(data, key, HTTP_KEYS)
+    if "http2" in http and not isinstance(http["http2"], bool):
+        raise ConfigError(f"{key}.http2: expected true or false, got {_describe(http['http2'])}")
+    headers = _mapping(http.get("headers"), f"{key}.headers", tuple(HEADERS))
+    out = {}
+    for name, value in headers.items():
+        where = f"{key}.headers.{name}"
+        if value is None or value == "":
+            continue  # the toolkit: unset if blank
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # `X-XSS-Protection: 0`, read as a string as Go's YAML does
+        allowed = HEADERS[name]
+        if allowed and value not in allowed:
+            raise ConfigError(f"{where}: expected one of {', '.join(allowed)}, "
+                              f"got {_describe(value)}")
+        if not isinstance(value, str) or any(c in value for c in "\r\n"):
+            raise ConfigError(f"{where}: expected a one-line string, got {_describe(value)}")
+        out[name] = value
+    return types.MappingProxyType(out)
+
+
+def parse_users(data: object) -> Mapping[str, bytes]:
+    """`basic_auth_users`: user name -> bcrypt hash; a hash never appears in an error."""
+    key = "basic_auth_users"
+    if data is None:
+        return types.MappingProxyType({})
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of user name to bcrypt hash, "
+                          f"got {_describe(data)}")
+    users = {}
+    for user, hashed in data.items():
+        if not isinstance(user, str) or not user or ":" in user:
+            raise ConfigError(f"{key}: expected user names as strings without ':', "
+                              f"got {user!r}")
+        match = BCRYPT_HASH.fullmatch(hashed) if isinstance(hashed, str) else None
+        if match is None or not 4 <= int(match.group(1)) <= 31:
+            got = (f"a string of {len(hashed)} characters" if isinstance(hashed, str)
+                   else f"a {type(hashed).__name__}")
+            raise ConfigError(f"{key}.{user}: expected a bcrypt hash ($2y$, $2b$ or $2a$, "
+                              f"cost 04-31, 60 characters), got {got}")
+        users[user] = hashed.encode("ascii")
+    return types.MappingProxyType(users)
+
+
+def _credentials(header: str) -> tuple[str, bytes] | None:
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        raw = base64.b64decode(token.strip(), validate=True)
+        user, sep, password = raw.partition(b":")
+        return (user.decode("utf-8"), password) if sep else None
+    except ValueError:  # binascii.Error, non-ASCII text, UnicodeDecodeError
+        return None
+
+
+def _checkpw(password: bytes, hashed: bytes) -> bool:
+    if len(password) > 72:  # bcrypt hashes 72 bytes at most; bcrypt<5 would drop the rest
+        return False
+    try:
+        return bcrypt.checkpw(password, hashed)
+    except ValueError:  # a NUL byte: bcrypt cannot have hashed it
+        return False
+
+
+class BasicAuth:
+    """Checks `Authorization: Basic` against bcrypt hashes, one bcrypt at a time, off the event
+    loop; a user's last good password is remembered as a SHA-256 of `user:password`."""
+
+    def __init__(self, users: Mapping[str, bytes]) -> None:
+        self._users = users
+        self._verified: dict[str, bytes] = {}
+        self._lock = asyncio.Lock()
+        self._decoy: bytes | None = None
+
+    def _cached(self, user: str, digest: bytes) -> bool:
+        return hmac.compare_digest(self._verified.get(user, b""), digest)
+
+    async def check(self, header: str | None) -> bool:
+        """True when the header names a user and the password matches that user's hash."""
+        found = _credentials(header) if header else None
+        if found is None:
+            return False
+        user, password = found
+        digest = hashlib.sha256(user.encode("utf-8") + b":" + password).digest()
+        if self._cached(user, digest):
+            return True
+        loop = asyncio.get_running_loop()
+        async with self._lock:  # bcrypt is costly on purpose: never run several at once
+            if self._cached(user, digest):
+                return True
+            hashed = self._users.get(user)
+            if hashed is None:  # an unknown user costs a bcrypt too, so timing names no one
+                if self._decoy is None:
+                    cost = max(int(h[4:6]) for h in self._users.values())
+                    self._decoy = await loop.run_in_executor(
+                        None, bcrypt.hashpw, secrets.token_bytes(16), bcrypt.gensalt(cost))
+                await loop.run_in_executor(None, _checkpw, password, self._decoy)
+                return False
+            if not await loop.run_in_executor(None, _checkpw, password, hashed):
+                return False
+            self._verified[user] = digest
+            return True
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """A validated `--web.config.file`: the listener's TLS, response headers and users."""
+
+    tls: TlsSettings | None = None
+    headers: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+    users: Mapping[str, bytes] = field(default_factory=lambda: types.MappingProxyType({}))
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls.context if self.tls else None
+
+    def describe(self) -> str:
+        """One line for the log: what is on, never a password or hash."""
+        tls = "TLS off"
+        if self.tls:
+            stricter = (", verified against client_ca_file"
+                        if self.tls.client_auth_type == "RequireAnyClientCert" else "")
+            tls = (f"TLS on ({self.tls.min_version}-{self.tls.max_version}, client "
+                   f"certificates: {self.tls.client_auth_type}{stricter})")
+        auth = f"basic auth for {len(self.users)} user(s)" if self.users else "no basic auth"
+        headers = ", ".join(self.headers) or "none"
+        return f"{tls}, {auth} (/healthz and /readyz exempt), extra headers: {headers}"
+
+    def middlewares(self) -> tuple[Middleware, ...]:
+        """The aiohttp middleware for basic auth and headers; none when neither is set."""
+        if not self.users and not self.headers:
+            return ()
+        auth = BasicAuth(self.users) if self.users else None
+        extra = self.headers
+
+        @web.middleware
+        async def web_config(request: web.Request, handler: Handler) -> web.StreamResponse:
+            try:
+                if (auth is not None and request.match_info.handler not in UNAUTHENTICATED
+                        and not await auth.check(request.headers.get(hdrs.AUTHORIZATION))):
+                    log.debug(f"401 for {request.method} {request.path} from {request.remote}")
+                    response: web.StreamResponse = web.Response(
+                        status=401, text="Unauthorized\n",
+                        headers={hdrs.WWW_AUTHENTICATE: "Basic"})
+                else:
+                    response = await handler(request)
+            except web.HTTPException as exc:
+                for name, value in extra.items():
+                    exc.headers.setdefault(name, value)
+                raise
+            if not response.prepared:
+                for name, value in extra.items():
+                    response.headers.setdefault(name, value)
+            return response
+
+        return (web_config,)
+
+
+def parse_web_config(data: object, base: Path) -> WebConfig:
+    """Validate a parsed YAML document; relative file names are taken from `base`."""
+    top = _mapping(data, "", TOP_KEYS)
+    return WebConfig(tls=parse_tls(top.get("tls_server_config"), base),
+                     headers=parse_headers(top.get("http_server_config")),
+                     users=parse_users(top.get("basic_auth_users")))
+
+
+def load_web_config(path: Path | None) -> WebConfig:
+    """Read `--web.config.file`; no file: plain HTTP, no auth, no extra headers."""
+    if path is None:
+        return WebConfig()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--web.config.file {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--web.config.file {path}: expected UTF-8 YAML, got binary") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"--web.config.file {path}: not valid YAML{where}") from None
+    try:
+        return parse_web_config(data, path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"--web.config.file {path}: {exc}") from None

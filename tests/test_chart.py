@@ -1,0 +1,683 @@
+"""The Helm chart (charts/footprint-exporter) and the manifests generated from it.
+
+helm-python-sdk (the Helm v4 SDK, no helm binary) lints the chart strictly and renders it with
+its defaults and with each ci/*-values.yaml; every core object is validated against the
+Kubernetes API schemas of the versions we support (kubernetes-validate, strict: unknown fields
+fail); the PrometheusRule goes through `promtool check rules`; the exporter's own config
+parser reads the rendered config file. Then one test per toggle, in the manner of
+helm-unittest, and the generated files are checked to be in sync with their sources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import re
+import subprocess
+import sys
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter import config as exporter_config
+from tests.support import REPO, require_binary
+
+CHART = REPO / "charts" / "footprint-exporter"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+GENERATOR = REPO / "scripts" / "gen_manifests.py"
+MANIFESTS = REPO / "manifests"
+RULES = REPO / "rules" / "footprint.rules.yaml"
+BUDGETS_EXAMPLE = REPO / "rules" / "budgets.example.yaml"
+DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
+INSTALL_DOC = REPO / "docs" / "install.md"
+
+KUBE_VERSIONS = ("1.33", "1.35", "1.37")
+"""The Kubernetes minors the chart is validated against (docs/install.md, Chart.yaml)."""
+RELEASE = "footprint"
+NAMESPACE = "monitoring"
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+FEATURES = {"servicemonitor", "podmonitor", "rules-budgets", "dashboards", "nvidia",
+            "networkpolicy", "webconfig-tls", "live-intensity", "hostpid", "config"}
+POD_RESOURCES_DIR = "/var/lib/kubelet/pod-resources"
+HOST_PATHS = {"/sys": "/host/sys", "/proc": "/host/proc", POD_RESOURCES_DIR: POD_RESOURCES_DIR}
+RBAC_RULES = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+]
+
+Obj = dict[str, Any]
+
+
+def require_module(name: str, package: str) -> ModuleType:
+    """A Python package the test needs; fails (never skips) when it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        pytest.fail(f"{package} is not installed: run scripts/test.sh, which installs it")
+
+
+@pytest.fixture(scope="module")
+def helm() -> ModuleType:
+    return require_module("helm_python", "helm-python-sdk")
+
+
+@pytest.fixture(scope="module")
+def kubernetes_validate() -> ModuleType:
+    return require_module("kubernetes_validate", "kubernetes-validate")
+
+
+def load_values(case: str) -> Obj | None:
+    if case == "default":
+        return None
+    data = yaml.safe_load((CHART / "ci" / f"{case}-values.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+CASES = ["default", *(p.name.removesuffix("-values.yaml") for p in CI_VALUES)]
+
+
+def render_templates(helm: ModuleType, values: Obj | None) -> dict[str, str]:
+    with helm.Chart.load(CHART) as chart:
+        rendered: dict[str, str] = chart.render(values, name=RELEASE, namespace=NAMESPACE,
+                                                is_install=True)
+    return rendered
+
+
+def render(helm: ModuleType, values: Obj | None) -> list[Obj]:
+    """The objects the chart renders (NOTES.txt left out)."""
+    objects = []
+    for template, text in sorted(render_templates(helm, values).items()):
+        if template.endswith("NOTES.txt"):
+            continue
+        objects += [obj for obj in yaml.safe_load_all(text) if obj]
+    return objects
+
+
+def of_kind(objects: list[Obj], kind: str) -> list[Obj]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def one(objects: list[Obj], kind: str) -> Obj:
+    found = of_kind(objects, kind)
+    assert len(found) == 1, f"{len(found)} {kind} objects"
+    return found[0]
+
+
+def pod_spec(objects: list[Obj]) -> Obj:
+    spec: Obj = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    return spec
+
+
+def container(objects: list[Obj]) -> Obj:
+    (exporter,) = pod_spec(objects)["containers"]
+    return exporter  # type: ignore[no-any-return]
+
+
+def env(objects: list[Obj]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(objects)["env"]}
+
+
+def mounts(objects: list[Obj]) -> dict[str, Obj]:
+    return {m["name"]: m for m in container(objects)["volumeMounts"]}
+
+
+def volumes(objects: list[Obj]) -> dict[str, Obj]:
+    return {v["name"]: v for v in pod_spec(objects)["volumes"]}
+
+
+def config_file(objects: list[Obj]) -> Obj:
+    (configmap,) = [m for m in of_kind(objects, "ConfigMap") if "config.yaml" in m["data"]]
+    data = yaml.safe_load(configmap["data"]["config.yaml"])
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def rendered(helm: ModuleType) -> dict[str, list[Obj]]:
+    return {case: render(helm, load_values(case)) for case in CASES}
+
+
+# ---------------------------------------------------------------------------------------------
+# Lint, schema validation of every object, promtool
+
+
+def test_each_feature_has_ci_values() -> None:
+    assert set(CASES) - {"default"} >= FEATURES
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_lint_strict_passes(helm: ModuleType, case: str) -> None:
+    for version in KUBE_VERSIONS:
+        report = helm.lint(CHART, load_values(case), strict=True, kube_version=f"v{version}.0")
+        findings = [m for m in report["messages"] if m["severity"] >= 2]  # 2 warning, 3 error
+        assert not findings and not report["errors"], (version, findings, report["errors"])
+
+
+def test_lint_reports_bad_values(helm: ModuleType) -> None:
+    report = helm.lint(CHART, {"logLevel": "loud"}, strict=True)
+    assert report["errors"], report
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_core_objects_match_the_kubernetes_schemas(
+        rendered: dict[str, list[Obj]], kubernetes_validate: ModuleType, case: str) -> None:
+    core = [obj for obj in rendered[case] if obj["kind"] not in CRD_KINDS]
+    assert {"DaemonSet", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
+            "ConfigMap"} <= {obj["kind"] for obj in core}
+    for obj in core:
+        for version in KUBE_VERSIONS:
+            try:
+                assert kubernetes_validate.validate(obj, version, strict=True) == version
+            except kubernetes_validate.ValidationError as exc:
+                where = ".".join(map(str, exc.path))
+                pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} on {version}: "
+                            f"{where}: {exc.message}")
+
+
+def test_strict_validation_rejects_unknown_fields(
+        rendered: dict[str, list[Obj]], kubernetes_validate: ModuleType) -> None:
+    daemonset = json.loads(json.dumps(one(rendered["default"], "DaemonSet")))
+    daemonset["spec"]["template"]["spec"]["containers"][0]["readOnlyRoot"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(daemonset, KUBE_VERSIONS[0], strict=True)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_prometheus_rule_passes_promtool(
+        rendered: dict[str, list[Obj]], tmp_path: Path, case: str) -> None:
+    for rule in of_kind(rendered[case], "PrometheusRule"):
+        path = tmp_path / "rules.yaml"
+        path.write_text(yaml.safe_dump(rule["spec"], sort_keys=False))
+        result = subprocess.run([require_binary("promtool"), "check", "rules", str(path)],
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_exporter_accepts_the_config_file(rendered: dict[str, list[Obj]], case: str) -> None:
+    objects = rendered[case]
+    config = exporter_config.parse_file_config(config_file(objects))
+    assert config.kubernetes.pod_resources_socket == f"{POD_RESOURCES_DIR}/kubelet.sock"
+    assert container(objects)["args"].count("--config.file=/etc/footprint/config.yaml") == 1
+    assert mounts(objects)["config"]["mountPath"] == "/etc/footprint/config.yaml"
+
+
+# ---------------------------------------------------------------------------------------------
+# Security: for every case
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_exporter_runs_without_privileges(rendered: dict[str, list[Obj]], case: str) -> None:
+    objects = rendered[case]
+    context = container(objects)["securityContext"]
+    assert context["privileged"] is False
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]}  # nothing added
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    # Root only as the owner of energy_uj and the kubelet's socket: no capability comes with it.
+    assert context["runAsUser"] == 0 and context["runAsNonRoot"] is False
+    spec = pod_spec(objects)
+    assert not spec.get("hostNetwork") and not spec.get("hostIPC")
+    assert "securityContext" not in spec or "sysctls" not in spec["securityContext"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_host_path_is_mounted_read_only(rendered: dict[str, list[Obj]], case: str) -> None:
+    objects = rendered[case]
+    host = {name: v["hostPath"]["path"] for name, v in volumes(objects).items()
+            if "hostPath" in v}
+    assert set(host.values()) <= set(HOST_PATHS)
+    for name, path in host.items():
+        mount = mounts(objects)[name]
+        assert mount["readOnly"] is True, name
+        assert mount["mountPath"] == HOST_PATHS[path]
+    for mount in mounts(objects).values():
+        if mount["name"] != "tmp":
+            assert mount.get("readOnly") is True, mount
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_rbac_is_pods_read_and_nodes_get_only(rendered: dict[str, list[Obj]], case: str) -> None:
+    objects = rendered[case]
+    assert one(objects, "ClusterRole")["rules"] == RBAC_RULES
+    assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
+    binding = one(objects, "ClusterRoleBinding")
+    account = one(objects, "ServiceAccount")["metadata"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                  "kind": "ClusterRole",
+                                  "name": one(objects, "ClusterRole")["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"],
+                                    "namespace": account["namespace"]}]
+    assert pod_spec(objects)["serviceAccountName"] == account["name"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Defaults
+
+
+def test_defaults(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["default"]
+    assert {obj["kind"] for obj in objects} == {
+        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Service",
+        "DaemonSet"}
+    daemonset = one(objects, "DaemonSet")
+    assert daemonset["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}}
+    spec = pod_spec(objects)
+    assert spec["hostPID"] is False
+    assert "runtimeClassName" not in spec and "priorityClassName" not in spec
+    assert spec["terminationGracePeriodSeconds"] == 10
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    gpu_taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+    assert any(tolerates(t, gpu_taint) for t in spec["tolerations"])
+    exporter = container(objects)
+    assert exporter["image"] == "ghcr.io/footprint/footprint-exporter:0.4.0"
+    assert exporter["args"] == [
+        "--web.listen-address=:9835", "--path.sysfs=/host/sys", "--path.procfs=/host/proc",
+        "--config.file=/etc/footprint/config.yaml", "--collector.interval=5",
+        "--log.level=info"]
+    assert env(objects) == {
+        "NODE_NAME": {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}},
+        "PYTHONDONTWRITEBYTECODE": "1"}
+    assert exporter["ports"] == [{"name": "metrics", "containerPort": 9835, "protocol": "TCP"}]
+    assert exporter["livenessProbe"]["httpGet"] == {
+        "path": "/healthz", "port": "metrics", "scheme": "HTTP"}
+    assert exporter["readinessProbe"]["httpGet"] == {
+        "path": "/readyz", "port": "metrics", "scheme": "HTTP"}
+    assert exporter["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"},
+                                     "limits": {"memory": "160Mi"}}
+    assert volumes(objects)["tmp"] == {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}
+    assert mounts(objects)["tmp"]["mountPath"] == "/tmp"
+    # The kubelet's pod-resources directory, not its socket (docs/podresources.md).
+    assert volumes(objects)["pod-resources"]["hostPath"] == {
+        "path": POD_RESOURCES_DIR, "type": "Directory"}
+    assert config_file(objects) == {
+        "kubernetes": {"pod_resources_socket": f"{POD_RESOURCES_DIR}/kubelet.sock"}}
+    service = one(objects, "Service")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9835, "targetPort": "metrics", "protocol": "TCP"}]
+    assert service["spec"]["selector"].items() <= (
+        daemonset["spec"]["template"]["metadata"]["labels"].items())
+
+
+def tolerates(toleration: Obj, taint: Obj) -> bool:
+    """Whether a toleration tolerates a taint, as the scheduler decides."""
+    if toleration.get("effect") not in (None, "", taint["effect"]):
+        return False
+    if toleration.get("operator") == "Exists":
+        return toleration.get("key") in (None, "", taint["key"])
+    return bool(toleration.get("key") == taint["key"]
+                and toleration.get("value") == taint["value"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Toggles
+
+
+def test_service_monitor(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["servicemonitor"]
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # job="footprint-exporter", which the rule pack's FootprintExporterDown selects.
+    assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+    assert one(objects, "Service")["metadata"]["labels"]["app.kubernetes.io/name"] == (
+        "footprint-exporter")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True
+    assert (endpoint["port"], endpoint["scheme"]) == ("metrics", "http")
+    assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("30s", "10s")
+    assert endpoint["metricRelabelings"][0]["action"] == "drop"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+        one(objects, "Service")["metadata"]["labels"].items())
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    for case in CASES:
+        if case not in ("servicemonitor", "webconfig-tls"):
+            assert not of_kind(rendered[case], "ServiceMonitor"), case
+
+
+def test_pod_monitor(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["podmonitor"]
+    monitor = one(objects, "PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["honorLabels"] is True
+    assert (endpoint["port"], endpoint["interval"]) == ("metrics", "60s")
+    assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+    pod_labels = one(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert not of_kind(objects, "ServiceMonitor")
+    assert not any(of_kind(rendered[case], "PodMonitor") for case in CASES if case != "podmonitor")
+
+
+def test_service_and_pod_monitor_together_are_refused(helm: ModuleType) -> None:
+    with pytest.raises(helm.HelmRenderError, match="choose one"):
+        render(helm, {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}})
+
+
+def test_the_prometheus_rule_embeds_the_rule_pack_and_the_budgets(
+        rendered: dict[str, list[Obj]]) -> None:
+    rule = one(rendered["rules-budgets"], "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    groups = rule["spec"]["groups"]
+    pack = yaml.safe_load(RULES.read_text())["groups"]
+    *embedded, budgets = groups
+    intervals = {g["name"]: g.pop("interval") for g in embedded if "interval" in g}
+    assert intervals == {"footprint.increase1d": "5m"}
+    assert embedded == pack
+    # The same budgets as rules/budgets.example.yaml give the same group.
+    (example,) = yaml.safe_load(BUDGETS_EXAMPLE.read_text())["groups"]
+    assert budgets == example
+    for case in CASES:
+        if case != "rules-budgets":
+            assert not of_kind(rendered[case], "PrometheusRule"), case
+
+
+def test_the_prometheus_rule_without_budgets(helm: ModuleType) -> None:
+    rule = one(render(helm, {"prometheusRule": {"enabled": True}}), "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+
+
+def test_a_budget_quotes_the_model_and_writes_plain_numbers(helm: ModuleType) -> None:
+    values = {"prometheusRule": {"enabled": True, "budgets": {'odd "model"': 25000000.5,
+                                                               "big": 30000000}}}
+    rule = one(render(helm, values), "PrometheusRule")
+    (budget,) = rule["spec"]["groups"][-1]["rules"]
+    assert budget["expr"] == (
+        'label_replace(vector(30000000), "model", "big", "", "")\nor\n'
+        'label_replace(vector(25000000.5), "model", "odd \\"model\\"", "", "")\n')
+
+
+def test_dashboards(rendered: dict[str, list[Obj]]) -> None:
+    maps = [m for m in of_kind(rendered["dashboards"], "ConfigMap") if "config.yaml" not in
+            m["data"]]
+    assert len(maps) == len(DASHBOARDS)
+    by_file = {next(iter(m["data"])): m for m in maps}
+    assert set(by_file) == {d.name for d in DASHBOARDS}
+    for dashboard in DASHBOARDS:
+        configmap = by_file[dashboard.name]
+        assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert configmap["metadata"]["annotations"] == {"grafana_folder": "Footprint"}
+        assert configmap["data"][dashboard.name] == dashboard.read_text().rstrip("\n")
+    for case in CASES:
+        if case != "dashboards":
+            assert len(of_kind(rendered[case], "ConfigMap")) == 1, case
+
+
+def test_network_policy(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["networkpolicy"]
+    policy = one(objects, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress stays open
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert ingress["from"] == load_values("networkpolicy")["networkPolicy"]["from"]  # type: ignore[index]
+    pod_labels = one(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert not any(of_kind(rendered[c], "NetworkPolicy") for c in CASES if c != "networkpolicy")
+
+
+def test_nvidia_runtime(rendered: dict[str, list[Obj]], helm: ModuleType) -> None:
+    objects = rendered["nvidia"]
+    assert pod_spec(objects)["runtimeClassName"] == "nvidia"
+    assert env(objects)["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert env(objects)["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
+    # The exporter sees the GPUs without taking one from the workloads.
+    assert "nvidia.com/gpu" not in json.dumps(container(objects)["resources"])
+    default_runtime = render(helm, {"nvidia": {"enabled": True}})
+    assert "runtimeClassName" not in pod_spec(default_runtime)
+    assert env(default_runtime)["NVIDIA_VISIBLE_DEVICES"] == "all"
+    with pytest.raises(helm.HelmRenderError, match=r"nvidia\.enabled"):
+        render(helm, {"nvidia": {"runtimeClassName": "nvidia"}})
+    for case in CASES:
+        if case != "nvidia":
+            assert not {"NVIDIA_VISIBLE_DEVICES"} & set(env(rendered[case])), case
+
+
+def test_host_pid(rendered: dict[str, list[Obj]], helm: ModuleType) -> None:
+    on = {"hostpid", "nvidia"}  # GPUs shared by processes need it (values.yaml, hostPID)
+    assert all(pod_spec(rendered[c])["hostPID"] is (c in on) for c in CASES)
+    notes = render_templates(helm, {"nvidia": {"enabled": True}})
+    assert "Set hostPID=true where GPUs are shared" in notes[
+        "footprint-exporter/templates/NOTES.txt"]
+
+
+def test_web_config(rendered: dict[str, list[Obj]], helm: ModuleType) -> None:
+    objects = rendered["webconfig-tls"]
+    exporter = container(objects)
+    assert "--web.config.file=/etc/footprint/web/web-config.yaml" in exporter["args"]
+    assert volumes(objects)["web-config"]["secret"]["secretName"] == "footprint-web"
+    assert mounts(objects)["web-config"] == {
+        "name": "web-config", "mountPath": "/etc/footprint/web", "readOnly": True}
+    # /healthz and /readyz are exempt from basic auth: the probes need only the scheme.
+    assert exporter["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert exporter["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    (endpoint,) = one(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["serverName"] == "footprint-exporter"
+    assert endpoint["basicAuth"]["username"] == {"name": "footprint-scrape", "key": "username"}
+    with pytest.raises(helm.HelmError, match="existingSecret"):
+        render(helm, {"webConfig": {"enabled": True}})
+    # Client certificates apply to the whole listener: probes that carry none connect only.
+    tcp = container(render(helm, {"webConfig": {
+        "enabled": True, "existingSecret": "footprint-web", "tcpSocketProbes": True}}))
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert tcp[probe]["tcpSocket"] == {"port": "metrics"} and "httpGet" not in tcp[probe]
+    for case in CASES:
+        if case != "webconfig-tls":
+            assert not any(a.startswith("--web.config.file") for a in
+                           container(rendered[case])["args"]), case
+
+
+def test_live_intensity_token_from_an_existing_secret(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["live-intensity"]
+    volume = volumes(objects)["carbon-credentials"]
+    assert volume["secret"] == {"secretName": "electricitymaps", "defaultMode": 0o400,
+                                "items": [{"key": "token", "path": "token"}]}
+    assert mounts(objects)["carbon-credentials"] == {
+        "name": "carbon-credentials", "mountPath": "/etc/footprint/secrets", "readOnly": True}
+    carbon = config_file(objects)["carbon"]
+    assert carbon["electricitymaps"]["token_file"] == "/etc/footprint/secrets/token"
+    assert carbon["electricitymaps"]["refresh_seconds"] == 900
+    assert not any(o["kind"] == "Secret" for o in objects)  # the chart never holds a token
+    for case in CASES:
+        if case != "live-intensity":
+            assert "carbon-credentials" not in volumes(rendered[case]), case
+
+
+def test_watttime_password_and_a_path_set_in_the_config(helm: ModuleType) -> None:
+    watttime = {"carbon": {"existingSecret": "wt", "existingSecretKey": "password"},
+                "config": {"carbon": {"provider": "watttime", "watttime": {
+                    "region": "CAISO_NORTH", "username": "me"}}}}
+    config = config_file(render(helm, watttime))
+    assert config["carbon"]["watttime"]["password_file"] == "/etc/footprint/secrets/password"
+    exporter_config.parse_file_config(config)
+    own = {"carbon": {"existingSecret": "em"}, "config": {"carbon": {
+        "provider": "electricitymaps", "zone": "FR",
+        "electricitymaps": {"token_env": "EM_TOKEN"}}}}
+    assert "token_file" not in config_file(render(helm, own))["carbon"]["electricitymaps"]
+
+
+def test_pod_resources_can_be_left_out_or_moved(helm: ModuleType) -> None:
+    objects = render(helm, {"podResources": {"enabled": False}})
+    assert "pod-resources" not in volumes(objects) and "pod-resources" not in mounts(objects)
+    moved = render(helm, {"podResources": {"hostPath": "/var/lib/k0s/kubelet/pod-resources"}})
+    assert volumes(moved)["pod-resources"]["hostPath"]["path"] == (
+        "/var/lib/k0s/kubelet/pod-resources")
+    assert mounts(moved)["pod-resources"]["mountPath"] == POD_RESOURCES_DIR
+
+
+def test_config_changes_restart_the_pods(rendered: dict[str, list[Obj]]) -> None:
+    def checksum(case: str) -> str:
+        annotations = one(rendered[case], "DaemonSet")["spec"]["template"]["metadata"][
+            "annotations"]
+        return str(annotations["checksum/config"])
+
+    assert checksum("default") != checksum("config") != checksum("live-intensity")
+
+
+# ---------------------------------------------------------------------------------------------
+# values.yaml and values.schema.json
+
+
+def leaf_paths(data: Any, prefix: str = "") -> Iterator[str]:
+    """Dotted paths of a values tree's leaves (an empty map or list is a leaf)."""
+    if isinstance(data, dict) and data:
+        for key, value in data.items():
+            yield from leaf_paths(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix
+
+
+def schema_node(schema: Obj, path: str) -> Obj | None:
+    """The schema of a dotted path, or None where the schema does not describe it."""
+    node = schema
+    for key in path.split("."):
+        properties = node.get("properties", {})
+        if key in properties:
+            node = properties[key]
+        elif node.get("type") == "object" and "properties" not in node:
+            return node  # a free-form object (resources, securityContext, ...): typed as a whole
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            return None
+    return node
+
+
+def test_the_schema_covers_every_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == set(values)
+    missing = [p for p in leaf_paths(values) if schema_node(schema, p) is None]
+    assert not missing
+    for key, node in schema["properties"].items():
+        assert node.get("description"), key
+
+
+def config_fields(cls: Any, prefix: str = "") -> set[str]:
+    out = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            out |= config_fields(hints[f.name], f"{path}.")
+        else:
+            out.add(path)
+    return out
+
+
+def schema_fields(node: Obj, prefix: str = "") -> set[str]:
+    out = set()
+    for key, child in node["properties"].items():
+        if "properties" in child and key not in ("idle_watts",):
+            out |= schema_fields(child, f"{prefix}{key}.")
+        else:
+            out.add(f"{prefix}{key}")
+    return out
+
+
+def test_the_config_schema_matches_the_exporter_settings() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    config = schema["properties"]["config"]
+    # The chart sets the pod-resources socket itself (podResources), so values may not.
+    assert schema_fields(config) == (
+        config_fields(exporter_config.FileConfig) - {"kubernetes.pod_resources_socket"})
+
+
+def test_the_schema_rejects_unknown_and_mistyped_values(helm: ModuleType) -> None:
+    with helm.Chart.load(CHART) as chart:
+        for bad in ({"hostPid": True}, {"config": {"carbon": {"provder": "static"}}},
+                    {"config": {"kubernetes": {"pod_resources_socket": "/x.sock"}}},
+                    {"collectorInterval": "5s"}, {"prometheusRule": {"budgets": {"m": "lots"}}},
+                    {"serviceMonitor": {"interval": "30 seconds"}}):
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(bad)
+        for case in CASES:
+            chart.validate_schema(load_values(case))
+
+
+KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.\-/]+):")
+
+
+def test_every_value_has_a_comment() -> None:
+    """Every leaf of values.yaml has a comment right above it or above one of its parents."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, bool]] = []  # (indent, documented) of the keys enclosing a line
+    undocumented = []
+    for i, line in enumerate(lines):
+        match = KEY_LINE.match(line)
+        if not match:
+            continue
+        indent = len(match["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        commented = i > 0 and lines[i - 1].strip().startswith("#")
+        documented = commented or any(d for _, d in stack)
+        next_lines = [n for n in lines[i + 1:] if n.strip() and not n.strip().startswith("#")]
+        is_leaf = not next_lines or len(next_lines[0]) - len(next_lines[0].lstrip()) <= indent
+        if is_leaf and not documented:
+            undocumented.append(line.strip())
+        stack.append((indent, documented))
+    assert not undocumented
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated files
+
+
+def test_the_generated_files_are_in_sync(tmp_path: Path) -> None:
+    require_module("helm_python", "helm-python-sdk")
+    result = subprocess.run([sys.executable, str(GENERATOR), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    generated = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
+    assert generated
+    stale = [str(p) for p in generated if (REPO / p).read_bytes() != (tmp_path / p).read_bytes()]
+    assert not stale, f"run scripts/gen_manifests.py: {stale} differ"
+    for owned in (Path("manifests"), CHART.relative_to(REPO) / "files"):
+        extra = {p.relative_to(REPO) for p in (REPO / owned).rglob("*") if p.is_file()}
+        assert extra <= generated, f"not generated: {extra - generated}"
+
+
+def test_the_chart_files_are_copies_of_the_sources() -> None:
+    files = CHART / "files"
+    assert (files / "footprint.rules.yaml").read_bytes() == RULES.read_bytes()
+    copies = sorted((files / "dashboards").glob("*.json"))
+    assert [c.name for c in copies] == [d.name for d in DASHBOARDS]
+    for copy, source in zip(copies, DASHBOARDS, strict=True):
+        assert copy.read_bytes() == source.read_bytes(), copy.name
+
+
+def test_the_manifests_are_the_default_render(
+        kubernetes_validate: ModuleType, helm: ModuleType) -> None:
+    header = "# Generated by scripts/gen_manifests.py from charts/footprint-exporter; do not edit."
+    for path in sorted(MANIFESTS.glob("*.yaml")):
+        assert path.read_text().startswith(header + "\n"), path
+    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    assert kustomization["namespace"] == NAMESPACE
+    assert all((MANIFESTS / r).is_file() for r in kustomization["resources"])
+    objects = [o for o in yaml.safe_load_all((MANIFESTS / "footprint-exporter.yaml").read_text())
+               if o]
+    assert {o["kind"] for o in objects} == {o["kind"] for o in render(helm, None)}
+    for obj in objects:
+        assert obj["metadata"].get("namespace", NAMESPACE) == NAMESPACE
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_chart_metadata_and_the_supported_versions() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert (chart["apiVersion"], chart["version"], chart["appVersion"]) == (
+        "v2", "0.1.0", "0.4.0")
+    assert chart["kubeVersion"] == f">={KUBE_VERSIONS[0]}.0-0"
+    doc = INSTALL_DOC.read_text()
+    for version in KUBE_VERSIONS:
+        assert version in doc, version
