@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-.venv/bin/ruff check exporter tests bench dashboards
+.venv/bin/ruff check exporter tests bench dashboards scripts
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -39,3 +39,12 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "```sh\nbash scripts/test.sh\n```" in readme
     assert "```sh\nbash scripts/run.sh\n```" in readme
     assert "bash scripts/test.sh" in (REPO / ".ci" / "run").read_text()
+
+
+def test_chart_app_version_is_the_exporters() -> None:
+    import yaml
+
+    from exporter import __version__
+
+    chart = yaml.safe_load((REPO / "charts" / "footprint-exporter" / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__
