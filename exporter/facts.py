@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from exporter.config import EmbodiedSettings, PueSettings
 from exporter.intensity.zones import cloud_of
 
-SECONDS_PER_YEAR = 365.25 * 86400.0
+SECONDS_PER_YEAR = 8760 * 3600.0
+"""BLOOM spreads embodied emissions over 6 x 8,760 hours x 85%: years of 365 days."""
 
 CLOUD_PUE = {"aws": 1.135, "gcp": 1.1, "azure": 1.185}
 """Cloud Carbon Footprint's PUE coefficients per cloud (docs/lifecycle.md)."""

@@ -22,6 +22,7 @@ def test_defaults_follow_bloom() -> None:
     assert f.server_grams == 2_500_000.0
     assert f.gpu_grams == (("0", 150_000.0), ("1", 318_000.0))  # A100: Chien et al. 2023
     assert f.lifetime_seconds == pytest.approx(6 * 0.85 * SECONDS_PER_YEAR)
+    assert f.lifetime_seconds == 160_833_600.0  # BLOOM: 6 x 8,760 h x 85%
     assert (f.pue, f.pue_source) == (1.58, "default")
 
 

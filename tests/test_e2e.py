@@ -1,0 +1,364 @@
+"""End to end: the exporter (in-process, its real HTTP server) on a fixture GPU node with 50
+pods, scraped every second by Debian's real Prometheus running the rule pack and a budget;
+energy, emissions, conservation, the recorded rules, every dashboard query and the budget alert
+checked through Prometheus' HTTP API against the amounts a driver thread fed in.
+
+The node: RAPL (intel-2s), /proc/stat, a cgroup v2 tree with one directory per container,
+eight fake H100s (NVML fake) held whole by seven pods through a real pod-resources gRPC server,
+and the fake API server. Everything listens on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter import cli
+from tests.e2e_node import (
+    ALLOCATABLE_CPU,
+    GPU_UUIDS,
+    NODE,
+    Driver,
+    Prometheus,
+    ServedExporter,
+    VllmMetrics,
+    build_node,
+    pod_resources,
+    rules_files,
+    workloads,
+)
+from tests.fakes.kube_api import FakeKubeAPI
+from tests.fakes.podresources_server import FakePodResources
+from tests.support import REPO, parse, require_binary
+
+DRIVE_SECONDS = 60
+VLLM_POD = "llama-7c9f8d6b5-x0"
+"""The one pod whose vLLM metrics Prometheus scrapes (the other vLLM replica publishes none)."""
+INTENSITY = 250.0  # gCO2e/kWh, static
+PUE = 1.25
+IDLE_WATTS = {"cpu": 60.0, "dram": 6.0, "gpu": 70.0}
+SERVER_GRAMS = 2_500_000.0
+GPU_GRAMS = 150_000.0  # H100: no entry in embodied.gpu_grams_by_product, so gpu_grams
+LIFETIME_SECONDS = 6 * 8760 * 3600 * 0.85
+"""The defaults, BLOOM's 6 years x 8,760 h x 85% (exporter/facts.py: SECONDS_PER_YEAR)."""
+BUDGETS = {"mixtral-8x7b": 1e-6, "e5-large": 1e9}
+"""grams per day: mixtral's is exceeded within seconds; e5-large's never is."""
+
+GRAFANA = {"__rate_interval": "1m", "__interval": "1m", "__range": "1m"}
+"""Grafana's interval variables: a minute, the data this test has. Every dashboard variable
+($job, $node, $model, $phase, $namespace, $gpu) is used in `=~` matchers and becomes `.*`."""
+VARIABLE_REF = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
+
+ALLOWED_EMPTY = {
+    # May be empty; every other panel query must return data.
+    # The age of a live intensity (provider=~"electricitymaps|watttime"): this node runs on the
+    # static intensity, which has no update time (docs/carbon.md), so the panel is empty by
+    # design; the live providers have their own tests (tests/test_intensity.py).
+    "footprint-nodes: Intensity data age [A]",
+    # The day's embodied grams integrate the embodied rate by a subquery with a 5-minute step
+    # (`[1d:5m]`, docs/rules.md): its points sit on 5-minute boundaries, so it has a value only
+    # once the rate was recorded before the last boundary, up to 5 minutes after the start;
+    # in this test's minute it is there or not depending on the clock (allowed, not required).
+    "footprint-models: Models, last 24 h [C]",
+}
+
+
+def sampled(result: list[dict[str, Any]], label: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in result:
+        key = item["metric"].get(label, "")
+        assert key not in out, f"two series for {label}={key!r}: {result}"
+        out[key] = float(item["value"][1])
+    return out
+
+
+def close(a: float, b: float, rel: float) -> bool:
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def exporter_series(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+            return parse(response.read().decode())
+    except OSError:
+        return {}
+
+
+def concrete(expr: str, variables: set[str], where: str) -> str:
+    """`expr` with Grafana's interval variables set to a minute and every dashboard variable,
+    which must sit in a regex matcher, set to `.*`."""
+
+    def substitute(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if name in GRAFANA:
+            return GRAFANA[name]
+        assert name in variables, f"{where}: ${name} is no variable"
+        assert expr[:m.start()].endswith(('=~"', "=~'")), (
+            f"{where}: ${name} is not in a regex matcher: {expr}")
+        return ".*"
+
+    return VARIABLE_REF.sub(substitute, expr)
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel, PromQL) for every panel target of dashboards/*.json (as tests/test_dashboards.py
+    walks them), Grafana variables replaced."""
+    out: list[tuple[str, str]] = []
+    for path in sorted((REPO / "dashboards").glob("*.json")):
+        board = json.loads(path.read_text(encoding="utf-8"))
+        variables = {v["name"] for v in board.get("templating", {}).get("list", [])}
+        panels = [p for top in board.get("panels", [])
+                  for p in (top, *top.get("panels", []))]
+        for panel in panels:
+            for target in panel.get("targets", []):
+                where = f"{board.get('uid')}: {panel.get('title')} [{target.get('refId')}]"
+                out.append((where, concrete(target["expr"], variables, where)))
+    assert out, "no dashboard queries found"
+    return out
+
+
+def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    binary = require_binary("prometheus")
+    pods = workloads()
+    assert len(pods) == 50
+    root, nvml, gpus = build_node(tmp_path, pods)
+    api = FakeKubeAPI(node_name=NODE, allocatable_cpu=str(ALLOCATABLE_CPU),
+                      bookmark_interval=0.5,
+                      node_labels={"topology.kubernetes.io/zone": "europe-west4-a",
+                                   "topology.kubernetes.io/region": "europe-west4",
+                                   "node.kubernetes.io/instance-type": "a3-highgpu-8g"})
+    resources = FakePodResources(tmp_path / "pr.sock")
+    vllm = VllmMetrics()
+    exporter: ServedExporter | None = None
+    prometheus: Prometheus | None = None
+    driver: Driver | None = None
+    sampler = None
+    try:
+        api.start()
+        vllm.start()
+        for w in pods:
+            api.add_pod(w.pod())
+        resources.set_pods(*pod_resources(pods))
+        resources.start()
+        config = tmp_path / "footprint.yaml"
+        config.write_text(
+            f"kubernetes:\n  kubeconfig: {api.write_kubeconfig(tmp_path / 'kubeconfig')}\n"
+            f"  pod_resources_socket: {tmp_path / 'pr.sock'}\n"
+            "attribution:\n  idle_watts: {cpu: %g, dram: %g, gpu: %g}\n"
+            % (IDLE_WATTS["cpu"], IDLE_WATTS["dram"], IDLE_WATTS["gpu"])
+            + f"carbon:\n  provider: static\n  intensity_grams_per_kwh: {INTENSITY}\n"
+            f"pue:\n  value: {PUE}\n"
+            f"embodied:\n  server_grams: {SERVER_GRAMS}\n  gpu_grams: {GPU_GRAMS}\n")
+        monkeypatch.setenv("NODE_NAME", NODE)
+        settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
+                                       str(root / "proc"), "--config.file", str(config)])
+        # probed here: the driven totals count from these first reads
+        sampler = cli.build_sampler(settings, nvml_module=nvml)
+        sampler.start()
+        exporter = ServedExporter(sampler)
+        exporter.start()
+
+        def all_pods_known() -> bool:
+            series = exporter_series(exporter.url)
+            known = {dict(ls)["pod"] for (n, ls) in series if n == "footprint_container_info"}
+            up = {dict(ls)["source"]: v for (n, ls), v in series.items()
+                  if n == "footprint_source_up"}
+            return len(known) == 50 and up.get("podresources") == 1.0
+        # before any energy flows, so every joule the GPUs use is charged to their holders
+        wait_for(all_pods_known, "the exporter to see 50 pods and pod-resources", 30)
+
+        prometheus = Prometheus(binary, tmp_path, exporter_port=exporter.port,
+                                rule_files=rules_files(tmp_path, BUDGETS),
+                                vllm_port=vllm.port, vllm_pod=("ml", VLLM_POD))
+        prometheus.wait_ready()
+        prom = prometheus
+        wait_for(lambda: bool(prom.query('up{job="footprint-exporter"} == 1')),
+                 "the first scrape", 30)
+
+        driver = Driver(root, nvml, gpus, pods, vllm)
+        driver.start()
+        deadline = time.monotonic() + DRIVE_SECONDS
+        while time.monotonic() < deadline:
+            assert prometheus.proc.poll() is None, prometheus.logs()
+            assert driver.error is None, driver.error
+            time.sleep(0.5)
+        driver.stop()
+        stopped = time.time()
+        # The counters are frozen from here. A tick that started before the stop may have read
+        # part of the last second; the next tick reads the rest. Wait for a scrape at least
+        # 2.5 s after the stop: it serves a tick that started after the stop.
+        wait_for(lambda: float(prom.query("max(timestamp(footprint_node_energy_joules_total))")
+                               [0]["value"][1]) >= stopped + 2.5, "two scrapes after the stop",
+                 30)
+        at = time.time()
+        driven = dict(driver.joules)
+        seconds = driver.seconds
+        assert seconds >= DRIVE_SECONDS - 2
+
+        # -- 1. node energy per component (and per GPU) equals what was driven ---------------
+        node = sampled(prometheus.query(
+            "sum by (component) (footprint_node_energy_joules_total)", at), "component")
+        assert set(node) == {"cpu", "dram", "gpu", "platform"}, node
+        for component, joules in driven.items():
+            assert close(node[component], joules, 1e-6), (component, node[component], joules)
+        per_gpu = sampled(prometheus.query("footprint_gpu_energy_joules_total", at), "uuid")
+        for uuid, joules in zip(GPU_UUIDS, driver.gpu_joules, strict=True):
+            assert close(per_gpu[uuid], joules, 1e-6), (uuid, per_gpu[uuid], joules)
+        sources = {(r["metric"]["component"], r["metric"]["source"]) for r in
+                   prometheus.query("footprint_node_energy_joules_total", at)}
+        assert sources == {("cpu", "rapl"), ("dram", "rapl"), ("platform", "rapl"),
+                           ("gpu", "nvml")}
+        # psys read garbage for a few seconds: counted as a fault, no joule lost or invented
+        errors = sampled(prometheus.query(
+            "sum by (source) (footprint_exporter_errors_total)", at), "source")
+        assert errors.get("rapl", 0.0) >= 1, errors
+        assert sum(errors.values()) == errors["rapl"], errors
+
+        # -- 2. per model: energy, CO2e at the static intensity, GPUs held whole -------------
+        intensity = sampled(prometheus.query("footprint_grid_intensity_grams_per_kwh", at),
+                            "provider")
+        assert intensity == {"static": INTENSITY}
+        energy = sampled(prometheus.query(
+            "sum by (model) (footprint_container_energy_joules_total)", at), "model")
+        co2e = sampled(prometheus.query(
+            "sum by (model) (footprint_container_co2e_grams_total)", at), "model")
+        info = prometheus.query("footprint_container_info", at)
+        model_of = {r["metric"]["pod"]: r["metric"].get("model", "") for r in info}
+        assert len(model_of) == 50
+        assert model_of["mixtral-0"] == "mixtral-8x7b"
+        assert model_of["sentiment-predictor-00001-deployment-6f7d9c8b4-qwert"] == "sentiment"
+        assert model_of["bert-finetune-worker-0"] == "bert-finetune"
+        assert model_of["embedder-00"] == "e5-large"
+        assert model_of["web-00"] == ""
+        llama = model_of["llama-7c9f8d6b5-x0"]
+        assert "llama" in llama.lower()
+        models = {"mixtral-8x7b", "sentiment", "bert-finetune", "e5-large", llama}
+        assert models <= set(energy), energy
+        assert set(co2e) == set(energy)
+        for model, joules in energy.items():
+            assert joules > 0, model
+            assert close(co2e[model], joules / 3.6e6 * INTENSITY, 1e-9), (model, co2e, joules)
+        gpu_by_pod = sampled(prometheus.query(
+            'sum by (pod) (footprint_container_energy_joules_total{component="gpu"})', at),
+            "pod")
+        gpu_holders = {w.name: w for w in pods if w.gpus}
+        assert set(gpu_by_pod) == set(gpu_holders), gpu_by_pod
+        gpu_by_model: dict[str, float] = defaultdict(float)
+        for name, w in gpu_holders.items():
+            held = sum(driver.gpu_joules[i] for i in w.gpus)
+            assert close(gpu_by_pod[name], held, 1e-6), (name, gpu_by_pod[name], held)
+            gpu_by_model[model_of[name]] += held
+        gpu_models = sampled(prometheus.query(
+            'sum by (model) (footprint_container_energy_joules_total{component="gpu"})', at),
+            "model")
+        assert set(gpu_models) == set(gpu_by_model)
+        for model, held in gpu_by_model.items():
+            assert close(gpu_models[model], held, 1e-6), (model, gpu_models[model], held)
+
+        # -- 3. conservation per component; platform is never charged to containers ---------
+        containers = sampled(prometheus.query(
+            "sum by (component) (footprint_container_energy_joules_total)", at), "component")
+        unattributed = sampled(prometheus.query(
+            "sum by (component) (footprint_unattributed_energy_joules_total)", at), "component")
+        assert "platform" not in containers, containers
+        for component, joules in node.items():
+            parts = containers.get(component, 0.0) + unattributed.get(component, 0.0)
+            assert close(parts, joules, 1e-9), (component, parts, joules)
+        assert unattributed.get("gpu", 0.0) == pytest.approx(0.0, abs=1e-6)  # all 8 held
+        node_grams = sampled(prometheus.query(
+            "sum by (component) (footprint_node_co2e_grams_total)", at), "component")
+        grams = sampled(prometheus.query(
+            "sum by (component) (footprint_container_co2e_grams_total)"
+            " + on (component) group_left sum by (component)"
+            " (footprint_unattributed_co2e_grams_total)", at), "component")
+        for component in ("cpu", "dram", "gpu"):
+            assert close(grams[component], node_grams[component], 1e-9), component
+            assert close(node_grams[component], node[component] / 3.6e6 * INTENSITY, 1e-9)
+
+        # -- 4. recording rules against hand-computed values ---------------------------------
+        # A second in the past: every rule evaluation stamped before it has finished, so the
+        # scopes read here come from the same evaluation of the group.
+        past = time.time() - 1.5
+        scopes: dict[str, dict[str, float]] = {}
+        for scope in ("operational", "infrastructure", "embodied", "total"):
+            scopes[scope] = sampled(prometheus.query(
+                f'sum by (model) (model:footprint_co2e_grams:rate5m{{scope="{scope}"}})',
+                past), "model")
+        assert models <= set(scopes["operational"]), scopes
+        lifetime = sampled(prometheus.query("footprint_embodied_lifetime_seconds", at), "node")
+        assert close(lifetime[NODE], LIFETIME_SECONDS, 1e-9)
+        gpu_node_grams = SERVER_GRAMS + len(GPU_UUIDS) * GPU_GRAMS
+        for model in models:
+            operational = scopes["operational"][model]
+            assert operational > 0, model
+            assert close(scopes["infrastructure"][model], (PUE - 1) * operational, 1e-6), model
+            members = [w for w in pods if model_of[w.name] == model]
+            if any(w.gpus for w in members):  # the GPUs' share of the server and all GPUs
+                share = sum(len(w.gpus) for w in members) / len(GPU_UUIDS)
+                embodied = share * gpu_node_grams / LIFETIME_SECONDS
+            else:  # CPU requests' share of the server
+                cores = sum(float(w.cpu_request.rstrip("m")) / 1000 for w in members)
+                embodied = cores / ALLOCATABLE_CPU * SERVER_GRAMS / LIFETIME_SECONDS
+            assert close(scopes["embodied"][model], embodied, 1e-6), (
+                model, scopes["embodied"][model], embodied)
+            parts = sum(scopes[s][model] for s in ("operational", "infrastructure", "embodied"))
+            assert close(scopes["total"][model], parts, 1e-6), model
+
+        # per token and per request (group footprint.inference, one evaluation): only the vLLM
+        # pod that publishes counters is divided by them
+        inference = {name: sampled(prometheus.query(f"model:footprint_{name}:rate5m", past),
+                                   "model")
+                     for name in ("generated_tokens", "successful_requests", "serving_co2e_grams",
+                                  "co2e_grams_per_1k_tokens", "co2e_grams_per_request")}
+        for name, by_model in inference.items():
+            assert set(by_model) == {llama}, (name, by_model)
+        tokens = inference["generated_tokens"][llama]
+        requests = inference["successful_requests"][llama]
+        serving = inference["serving_co2e_grams"][llama]
+        assert tokens > 0 and requests > 0 and serving > 0
+        assert close(inference["co2e_grams_per_1k_tokens"][llama], 1000 * serving / tokens, 1e-9)
+        assert close(inference["co2e_grams_per_request"][llama], serving / requests, 1e-9)
+        # the serving pod's total is less than the model's (the other replica serves no tokens)
+        assert serving < scopes["total"][llama]
+
+        # -- 5. every dashboard panel's query returns data -----------------------------------
+        now = time.time()
+        empty = [where for where, expr in dashboard_queries()
+                 if not prometheus.query(expr, now) and where not in ALLOWED_EMPTY]
+        assert not empty, "dashboard panels without data:\n" + "\n".join(empty)
+
+        # -- 6. the budget alert --------------------------------------------------------------
+        # `for: 5m` (rules/footprint.rules.yaml): within this test's minute the alert can only
+        # be pending; the condition holding is what this checks. e5-large's budget is huge.
+        alerts = prometheus.query(
+            'ALERTS{alertname="FootprintModelDailyEmissionsOverBudget"}', now)
+        states = {r["metric"]["model"]: r["metric"]["alertstate"] for r in alerts}
+        assert states == {"mixtral-8x7b": "pending"}, states
+    finally:
+        if driver is not None:
+            driver.stop()
+        if prometheus is not None:
+            prometheus.stop()
+        if exporter is not None:
+            exporter.stop()
+        if sampler is not None:
+            sampler.close()
+        resources.stop()
+        api.stop()
+        vllm.stop()
+    assert exporter is not None and exporter.exit_code == 0, exporter and exporter.error
