@@ -71,8 +71,10 @@ class CarbonSettings:
         metadata={"min": 0.0, "max": 5000.0,
                   "doc": "static intensity in gCO2e/kWh; unset: the node's region's default, "
                          "else the world average 475"})
-    max_age_seconds: float = _num(default=7200.0, minimum=60.0, maximum=7 * 86400.0,
-                                  doc="a live value older than this falls back to static")
+    max_age_seconds: float = _num(default=7200.0, minimum=5400.0, maximum=7 * 86400.0,
+                                  doc="a live value older than this falls back to static; "
+                                      "hourly values are up to an hour old plus the refresh "
+                                      "period when fetched, hence at least 1.5 h")
     electricitymaps: ElectricityMapsSettings = field(default_factory=ElectricityMapsSettings)
     watttime: WattTimeSettings = field(default_factory=WattTimeSettings)
 
