@@ -35,6 +35,7 @@ from tests.e2e_node import (
     rules_files,
     workloads,
 )
+from tests.fakes.carbon_apis import FakeElectricityMaps
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.fakes.podresources_server import FakePodResources
 from tests.support import REPO, parse, require_binary
@@ -57,16 +58,11 @@ GRAFANA = {"__rate_interval": "1m", "__interval": "1m", "__range": "1m"}
 ($job, $node, $model, $phase, $namespace, $gpu) is used in `=~` matchers and becomes `.*`."""
 VARIABLE_REF = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
 
-ALLOWED_EMPTY = {
-    # May be empty; every other panel query must return data.
-    # The age of a live intensity (provider=~"electricitymaps|watttime"): this node runs on the
-    # static intensity, which has no update time (docs/carbon.md), so the panel is empty by
-    # design; the live providers have their own tests (tests/test_intensity.py).
-    "footprint-nodes: Intensity data age [A]",
+AFTER_A_BOUNDARY = {
     # The day's embodied grams integrate the embodied rate by a subquery with a 5-minute step
-    # (`[1d:5m]`, docs/rules.md): its points sit on 5-minute boundaries, so it has a value only
-    # once the rate was recorded before the last boundary, up to 5 minutes after the start;
-    # in this test's minute it is there or not depending on the clock (allowed, not required).
+    # (`[1d:5m]`, docs/rules.md): its points sit on 5-minute boundaries, so the rule has a value
+    # only once the rate was recorded before a boundary, up to 5 minutes after the start. When
+    # this panel is still empty after the minute, the test waits for the next boundary.
     "footprint-models: Models, last 24 h [C]",
 }
 
@@ -148,7 +144,11 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
     prometheus: Prometheus | None = None
     driver: Driver | None = None
     sampler = None
+    carbon_api = FakeElectricityMaps(zones={"NL": INTENSITY})  # live, at the static value
+    token = tmp_path / "em-token"
     try:
+        carbon_api.start()
+        token.write_text(carbon_api.token)
         api.start()
         vllm.start()
         for w in pods:
@@ -161,7 +161,9 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
             f"  pod_resources_socket: {tmp_path / 'pr.sock'}\n"
             "attribution:\n  idle_watts: {cpu: %g, dram: %g, gpu: %g}\n"
             % (IDLE_WATTS["cpu"], IDLE_WATTS["dram"], IDLE_WATTS["gpu"])
-            + f"carbon:\n  provider: static\n  intensity_grams_per_kwh: {INTENSITY}\n"
+            + "carbon:\n  provider: electricitymaps\n  zone: NL\n"
+            f"  intensity_grams_per_kwh: {INTENSITY}\n"
+            f"  electricitymaps:\n    base_url: {carbon_api.url}\n    token_file: {token}\n"
             f"pue:\n  value: {PUE}\n"
             f"embodied:\n  server_grams: {SERVER_GRAMS}\n  gpu_grams: {GPU_GRAMS}\n")
         monkeypatch.setenv("NODE_NAME", NODE)
@@ -229,10 +231,12 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         assert errors.get("rapl", 0.0) >= 1, errors
         assert sum(errors.values()) == errors["rapl"], errors
 
-        # -- 2. per model: energy, CO2e at the static intensity, GPUs held whole -------------
+        # -- 2. per model: energy, CO2e at the intensity in force, GPUs held whole ----------
+        # a live provider (a fake Electricity Maps) answers the same value as the static one,
+        # so CO2e is the same whichever was in force at a tick
         intensity = sampled(prometheus.query("footprint_grid_intensity_grams_per_kwh", at),
                             "provider")
-        assert intensity == {"static": INTENSITY}
+        assert intensity == {"electricitymaps": INTENSITY}
         energy = sampled(prometheus.query(
             "sum by (model) (footprint_container_energy_joules_total)", at), "model")
         co2e = sampled(prometheus.query(
@@ -338,8 +342,12 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
 
         # -- 5. every dashboard panel's query returns data -----------------------------------
         now = time.time()
-        empty = [where for where, expr in dashboard_queries()
-                 if not prometheus.query(expr, now) and where not in ALLOWED_EMPTY]
+        queries = dict(dashboard_queries())
+        empty = [where for where, expr in queries.items() if not prometheus.query(expr, now)]
+        for where in set(empty) & AFTER_A_BOUNDARY:
+            wait_for(lambda w=where: bool(prom.query(queries[w])),  # type: ignore[misc]
+                     f"{where} after the next 5-minute boundary", 330)
+            empty.remove(where)
         assert not empty, "dashboard panels without data:\n" + "\n".join(empty)
 
         # -- 6. the budget alert --------------------------------------------------------------
@@ -361,4 +369,5 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         resources.stop()
         api.stop()
         vllm.stop()
+        carbon_api.stop()
     assert exporter is not None and exporter.exit_code == 0, exporter and exporter.error
