@@ -373,20 +373,27 @@ def parse_file_config(data: object) -> FileConfig:
     return config
 
 
+def read_yaml(path: Path, flag: str) -> object:
+    """The YAML document a `--*.file` flag names; ConfigError naming the flag and the path."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{flag} {path}: expected UTF-8 YAML, got binary") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{flag} {path}: not valid YAML{where}") from None
+
+
 def load_file_config(path: Path | None) -> FileConfig:
     """Read `--config.file`; no file means every default."""
     if path is None:
         return FileConfig()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"--config.file {path}: cannot read it ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"--config.file {path}: not valid YAML{where}") from None
+    data = read_yaml(path, "--config.file")
     try:
         return parse_file_config(data)
     except ConfigError as exc:

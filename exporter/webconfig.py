@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bcrypt
-import yaml
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter import logs
-from exporter.config import ConfigError
+from exporter.config import ConfigError, read_yaml
 from exporter.server import healthz, readyz
 
 log = logs.get("webconfig")
@@ -402,18 +401,7 @@ def load_web_config(path: Path | None) -> WebConfig:
     """Read `--web.config.file`; no file: plain HTTP, no auth, no extra headers."""
     if path is None:
         return WebConfig()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"--web.config.file {path}: cannot read it ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--web.config.file {path}: expected UTF-8 YAML, got binary") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"--web.config.file {path}: not valid YAML{where}") from None
+    data = read_yaml(path, "--web.config.file")
     try:
         return parse_web_config(data, path.parent)
     except ConfigError as exc:
