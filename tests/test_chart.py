@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import posixpath
 import re
 import subprocess
 import sys
@@ -45,7 +46,21 @@ CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 FEATURES = {"servicemonitor", "podmonitor", "rules-budgets", "dashboards", "nvidia",
             "networkpolicy", "webconfig-tls", "live-intensity", "hostpid", "config"}
 POD_RESOURCES_DIR = "/var/lib/kubelet/pod-resources"
-HOST_PATHS = {"/sys": "/host/sys", "/proc": "/host/proc", POD_RESOURCES_DIR: POD_RESOURCES_DIR}
+HOST_PATHS = {
+    # /sys no wider than the exporter reads: RAPL through class/powercap, whose entries link
+    # into devices/virtual/powercap (both parents always exist), and the cgroups.
+    "/sys/class": "/host/sys/class",
+    "/sys/devices/virtual": "/host/sys/devices/virtual",
+    "/sys/fs/cgroup": "/host/sys/fs/cgroup",
+    "/proc": "/host/proc",  # per-PID cgroup files: the whole procfs
+    POD_RESOURCES_DIR: POD_RESOURCES_DIR,
+}
+"""hostPath -> mountPath of every host mount the chart may make."""
+DEFAULT_NETWORK_PEERS = [
+    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+MEASURED_RSS_MB = 114  # docs/performance.md: 107-114 MB at 250 containers, 8 GPUs
+HOSTILE_CLIENTS_MB = 40  # what hostile clients add before the server's limits stop them
+HEALTHZ_STALE_MIN_S = 30  # /healthz fails after max(3 x interval, 30 s) without a tick
 RBAC_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
@@ -242,6 +257,8 @@ def test_every_host_path_is_mounted_read_only(rendered: dict[str, list[Obj]], ca
     for mount in mounts(objects).values():
         if mount["name"] != "tmp":
             assert mount.get("readOnly") is True, mount
+        if mount["mountPath"].startswith(("/host/sys/", "/host/proc")):
+            assert mount["recursiveReadOnly"] == "IfPossible", mount
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -267,7 +284,7 @@ def test_defaults(rendered: dict[str, list[Obj]]) -> None:
     objects = rendered["default"]
     assert {obj["kind"] for obj in objects} == {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Service",
-        "DaemonSet"}
+        "DaemonSet", "NetworkPolicy"}
     daemonset = one(objects, "DaemonSet")
     assert daemonset["spec"]["updateStrategy"] == {
         "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}}
@@ -292,8 +309,8 @@ def test_defaults(rendered: dict[str, list[Obj]]) -> None:
         "path": "/healthz", "port": "metrics", "scheme": "HTTP"}
     assert exporter["readinessProbe"]["httpGet"] == {
         "path": "/readyz", "port": "metrics", "scheme": "HTTP"}
-    assert exporter["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                     "limits": {"memory": "160Mi"}}
+    assert exporter["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"},
+                                     "limits": {"memory": "256Mi"}}
     assert volumes(objects)["tmp"] == {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}
     assert mounts(objects)["tmp"]["mountPath"] == "/tmp"
     # The kubelet's pod-resources directory, not its socket (docs/podresources.md).
@@ -411,16 +428,64 @@ def test_dashboards(rendered: dict[str, list[Obj]]) -> None:
             assert len(of_kind(rendered[case], "ConfigMap")) == 1, case
 
 
-def test_network_policy(rendered: dict[str, list[Obj]]) -> None:
-    objects = rendered["networkpolicy"]
+def network_policy(objects: list[Obj]) -> Obj:
+    """The chart's NetworkPolicy, checked to admit the metrics port only, to the exporter pods."""
     policy = one(objects, "NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress stays open
     (ingress,) = policy["spec"]["ingress"]
     assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
-    assert ingress["from"] == load_values("networkpolicy")["networkPolicy"]["from"]  # type: ignore[index]
+    assert "metrics" in {p["name"] for p in container(objects)["ports"]}
     pod_labels = one(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
-    assert not any(of_kind(rendered[c], "NetworkPolicy") for c in CASES if c != "networkpolicy")
+    return policy
+
+
+def test_network_policy_admits_only_the_monitoring_namespace_by_default(
+        rendered: dict[str, list[Obj]], helm: ModuleType) -> None:
+    (ingress,) = network_policy(rendered["default"])["spec"]["ingress"]
+    assert ingress["from"] == DEFAULT_NETWORK_PEERS
+    for case in CASES:  # on in every case, with the default peers unless the case sets them
+        (ingress,) = network_policy(rendered[case])["spec"]["ingress"]
+        if case != "networkpolicy":
+            assert ingress["from"] == DEFAULT_NETWORK_PEERS, case
+    notes = render_templates(helm, None)["footprint-exporter/templates/NOTES.txt"]
+    assert "only from the peers in\nnetworkPolicy.from" in notes
+    assert "hostNetwork" in notes
+
+
+def test_network_policy_can_be_narrowed_or_widened(
+        rendered: dict[str, list[Obj]], helm: ModuleType,
+        kubernetes_validate: ModuleType) -> None:
+    (ingress,) = network_policy(rendered["networkpolicy"])["spec"]["ingress"]
+    assert ingress["from"] == load_values("networkpolicy")["networkPolicy"]["from"]  # type: ignore[index]
+    observability = [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "observability"}}}]
+    # Helm replaces lists whole: the override is the whole peer list.
+    other = network_policy(render(helm, {"networkPolicy": {"from": observability}}))
+    assert other["spec"]["ingress"] == [
+        {"ports": [{"port": "metrics", "protocol": "TCP"}], "from": observability}]
+    # from: [] admits anyone, still on the metrics port only: a rule without `from`.
+    anyone = network_policy(render(helm, {"networkPolicy": {"from": []}}))
+    assert anyone["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    notes = render_templates(helm, {"networkPolicy": {"from": []}})[
+        "footprint-exporter/templates/NOTES.txt"]
+    assert "admits anyone to port 9835" in notes
+    for policy in (other, anyone):
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(policy, version, strict=True)
+    with helm.Chart.load(CHART) as chart:
+        for bad in ({"networkPolicy": {"from": [{}]}},
+                    {"networkPolicy": {"from": [{"namespaceSelectors": {}}]}},
+                    {"networkPolicy": {"from": [{"ipBlock": {"except": ["10.0.0.1/32"]}}]}}):
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(bad)
+
+
+def test_network_policy_can_be_turned_off(helm: ModuleType) -> None:
+    values = {"networkPolicy": {"enabled": False}}
+    assert not of_kind(render(helm, values), "NetworkPolicy")
+    notes = render_templates(helm, values)["footprint-exporter/templates/NOTES.txt"]
+    assert "networkPolicy.enabled is false: any pod of the cluster can reach port 9835" in notes
 
 
 def test_nvidia_runtime(rendered: dict[str, list[Obj]], helm: ModuleType) -> None:
@@ -511,6 +576,91 @@ def test_pod_resources_can_be_left_out_or_moved(helm: ModuleType) -> None:
     assert volumes(moved)["pod-resources"]["hostPath"]["path"] == (
         "/var/lib/k0s/kubelet/pod-resources")
     assert mounts(moved)["pod-resources"]["mountPath"] == POD_RESOURCES_DIR
+
+
+def container_path_to_host(objects: list[Obj], path: str) -> str | None:
+    """The node's path behind a path inside the exporter container, through its hostPath mounts
+    (the longest mountPath that holds it), or None where no host mount holds it."""
+    host = {name: v["hostPath"]["path"] for name, v in volumes(objects).items()
+            if "hostPath" in v}
+    best: tuple[str, str] | None = None
+    for mount in mounts(objects).values():
+        where = mount["mountPath"]
+        holds = mount["name"] in host and (path == where or path.startswith(where + "/"))
+        if holds and (best is None or len(where) > len(best[0])):
+            best = (where, host[mount["name"]])
+    if best is None:
+        return None
+    return best[1] + path[len(best[0]):]
+
+
+def test_host_mounts_are_no_wider_than_the_exporter_reads(
+        rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["default"]
+    assert {v["hostPath"]["path"]: v["hostPath"]["type"] for v in volumes(objects).values()
+            if "hostPath" in v} == {path: "Directory" for path in HOST_PATHS}
+    args = container(objects)["args"]
+    assert "--path.sysfs=/host/sys" in args and "--path.procfs=/host/proc" in args
+    reads = {  # what the exporter reads, under --path.sysfs and --path.procfs
+        "/host/sys/class/powercap": "/sys/class/powercap",  # rapl.py lists it
+        "/host/sys/fs/cgroup/kubepods.slice/cpu.stat": "/sys/fs/cgroup/kubepods.slice/cpu.stat",
+        "/host/sys/fs/cgroup/cpu,cpuacct/kubepods/cpuacct.usage":
+            "/sys/fs/cgroup/cpu,cpuacct/kubepods/cpuacct.usage",
+        "/host/proc/stat": "/proc/stat", "/host/proc/meminfo": "/proc/meminfo",
+        "/host/proc/cpuinfo": "/proc/cpuinfo", "/host/proc/4242/cgroup": "/proc/4242/cgroup",
+    }
+    for inside, on_node in reads.items():
+        assert container_path_to_host(objects, inside) == on_node, inside
+    # Each /sys/class/powercap entry is a relative link into /sys/devices/virtual/powercap;
+    # resolved inside the container, it must land on the same file of the node.
+    for link in ("../../devices/virtual/powercap/intel-rapl/intel-rapl:0",
+                 "../../devices/virtual/powercap/intel-rapl/intel-rapl:0/intel-rapl:0:0",
+                 "../../devices/virtual/powercap/intel-rapl-mmio/intel-rapl-mmio:0"):
+        inside = posixpath.normpath(f"/host/sys/class/powercap/{link}/energy_uj")
+        on_node = posixpath.normpath(f"/sys/class/powercap/{link}/energy_uj")
+        assert container_path_to_host(objects, inside) == on_node, link
+    for unread in ("/host/sys/firmware/acpi/tables", "/host/sys/kernel/debug",
+                   "/host/sys/kernel/security", "/host/sys/fs/bpf", "/host/sys/module",
+                   "/host/sys/devices/pci0000:00", "/host/sys/devices/system/cpu",
+                   "/host/sys/bus/pci"):
+        assert container_path_to_host(objects, unread) is None, unread
+    for case in CASES:
+        assert "/sys" not in {v["hostPath"]["path"] for v in volumes(rendered[case]).values()
+                              if "hostPath" in v}, case
+
+
+def mebibytes(quantity: str) -> float:
+    """A memory quantity (Ki, Mi, Gi or plain bytes) in MiB."""
+    units = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return float(quantity.removesuffix(suffix)) * factor
+    return float(quantity) / 2**20
+
+
+def test_memory_fits_the_measured_rss_and_hostile_clients(
+        rendered: dict[str, list[Obj]]) -> None:
+    for case in CASES:
+        resources = container(rendered[case])["resources"]
+        request = mebibytes(resources["requests"]["memory"])
+        limit = mebibytes(resources["limits"]["memory"])
+        measured = MEASURED_RSS_MB * 1e6 / 2**20
+        worst = (MEASURED_RSS_MB + HOSTILE_CLIENTS_MB) * 1e6 / 2**20
+        assert (request, limit) == (128, 256), case
+        assert request >= measured  # the steady state at 250 containers is requested
+        assert limit >= worst * 1.5  # headroom above the hostile-client worst case
+        assert "cpu" not in resources["limits"]  # throttling would delay ticks
+
+
+def test_liveness_leaves_healthz_time_to_fail(rendered: dict[str, list[Obj]]) -> None:
+    for case in CASES:
+        exporter = container(rendered[case])
+        live = exporter["livenessProbe"]
+        assert live["httpGet"]["path"] == "/healthz", case
+        # /healthz fails after max(3 x interval, 30 s) without a tick; the kubelet then waits
+        # another failureThreshold x periodSeconds, so one slow tick restarts nothing.
+        assert live["failureThreshold"] * live["periodSeconds"] >= HEALTHZ_STALE_MIN_S, case
+        assert live["timeoutSeconds"] < live["periodSeconds"], case
 
 
 def test_config_changes_restart_the_pods(rendered: dict[str, list[Obj]]) -> None:
