@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from exporter.carbon import MAX_GRAMS_PER_KWH
+
 WORLD_AVERAGE_GRAMS_PER_KWH = 475.0
 """World-average grid intensity in gCO2e/kWh: CodeCarbon's default (docs/configuration.md)."""
 
@@ -35,8 +37,9 @@ class ElectricityMapsSettings:
     base_url: str = field(default="https://api.electricitymap.org",
                           metadata={"doc": "API base URL"})
     token_file: str = field(default="", metadata={"doc": "file holding the auth-token "
-                                                          "(a mounted Secret)"})
-    token_env: str = field(default="", metadata={"doc": "or: environment variable holding it"})
+                                                          "(a mounted Secret)", "secret": True})
+    token_env: str = field(default="", metadata={"doc": "or: environment variable holding it",
+                                                 "secret": True})
     refresh_seconds: float = _num(default=900.0, minimum=10.0, maximum=86400.0,
                                   doc="how often to fetch")
     timeout_seconds: float = _num(default=10.0, minimum=0.5, maximum=120.0,
@@ -50,8 +53,10 @@ class WattTimeSettings:
     base_url: str = field(default="https://api.watttime.org", metadata={"doc": "API base URL"})
     region: str = field(default="", metadata={"doc": "WattTime region, e.g. CAISO_NORTH"})
     username: str = field(default="", metadata={"doc": "WattTime user name"})
-    password_file: str = field(default="", metadata={"doc": "file holding the password"})
-    password_env: str = field(default="", metadata={"doc": "or: environment variable"})
+    password_file: str = field(default="", metadata={"doc": "file holding the password",
+                                                     "secret": True})
+    password_env: str = field(default="", metadata={"doc": "or: environment variable",
+                                                    "secret": True})
     refresh_seconds: float = _num(default=300.0, minimum=10.0, maximum=86400.0,
                                   doc="how often to fetch")
     timeout_seconds: float = _num(default=10.0, minimum=0.5, maximum=120.0,
@@ -68,7 +73,7 @@ class CarbonSettings:
     zone: str = field(default="", metadata={"doc": "grid zone; default: from the node's region"})
     intensity_grams_per_kwh: float | None = field(
         default=None,
-        metadata={"min": 0.0, "max": 5000.0,
+        metadata={"min": 0.0, "max": MAX_GRAMS_PER_KWH,
                   "doc": "static intensity in gCO2e/kWh; unset: the node's region's default, "
                          "else the world average 475"})
     max_age_seconds: float = _num(default=7200.0, minimum=5400.0, maximum=7 * 86400.0,
@@ -275,6 +280,14 @@ def _describe(value: object) -> str:
     return repr(value) if not isinstance(value, Mapping | list) else type(value).__name__
 
 
+def describe_secret(value: object) -> str:
+    """What a value that may be a secret (or a secret pasted in the wrong place) is, without it:
+    its type, and a string's length."""
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    return type(value).__name__
+
+
 def _number(value: object, key: str, meta: Mapping[str, Any]) -> float:
     lo, hi = meta.get("min"), meta.get("max")
     expected = "a number" + (f" >= {lo:g}" if lo is not None else "") + (
@@ -304,7 +317,8 @@ def _convert(value: object, hint: Any, key: str, meta: Mapping[str, Any]) -> Any
             raise ConfigError(f"{key}: expected one of {', '.join(choices)}, "
                               f"got {_describe(value)}")
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+            shown = describe_secret(value) if meta.get("secret") else _describe(value)
+            raise ConfigError(f"{key}: expected a string, got {shown}")
         return value
     if hint is bool:
         if not isinstance(value, bool):
@@ -373,20 +387,67 @@ def parse_file_config(data: object) -> FileConfig:
     return config
 
 
+def _duplicate_key(node: yaml.Node, path: str = "") -> str | None:
+    """The first mapping key that appears twice, as `a.b.key (line N, first at line M)`.
+
+    PyYAML keeps the last of two equal keys silently; exporter-toolkit's Go YAML refuses them,
+    and a second, empty `basic_auth_users:` would otherwise switch authentication off. Nodes
+    shared through anchors are visited once, so an alias bomb stays linear."""
+    seen_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(node, path)]
+    while stack:
+        current, where = stack.pop()
+        if id(current) in seen_nodes:
+            continue
+        seen_nodes.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            first: dict[object, int] = {}
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag == "tag:yaml.org,2002:merge":
+                    stack.append((value, where))  # `<<:` merges; explicit keys override it
+                    continue
+                name = key.value if isinstance(key, yaml.ScalarNode) else f"<{key.tag}>"
+                full = f"{where}.{name}" if where else str(name)
+                line = key.start_mark.line + 1
+                if name in first:
+                    return f"{full} (line {line}, first at line {first[name]})"
+                first[name] = line
+                stack.append((value, full))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(current.value))
+    return None
+
+
 def read_yaml(path: Path, flag: str) -> object:
-    """The YAML document a `--*.file` flag names; ConfigError naming the flag and the path."""
+    """The YAML document a `--*.file` flag names; ConfigError naming the flag and the path, and
+    the key where a key is repeated. The text is never quoted: it may hold a secret."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{flag} {path}: expected UTF-8 YAML, got binary") from None
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        duplicate = _duplicate_key(node)
+        if duplicate is not None:
+            raise ConfigError(f"{flag} {path}: duplicate key {duplicate}; each key may appear "
+                              "once (the last one would silently win)")
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{flag} {path}: not valid YAML{where}") from None
+    except ValueError:  # an integer of more than 4,300 digits (sys.get_int_max_str_digits)
+        raise ConfigError(f"{flag} {path}: not valid YAML: a number is too long "
+                          "(over 4,300 digits)") from None
+    except RecursionError:
+        raise ConfigError(f"{flag} {path}: not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def load_file_config(path: Path | None) -> FileConfig:

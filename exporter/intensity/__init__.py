@@ -2,7 +2,9 @@
 
 `FallbackChain.current()` is what the tick calls: the live value while fresh, else the static
 per-zone value, else the world average; it reads a cache and never blocks. The live providers
-refresh that cache from a daemon thread (`start()` / `stop()`). See docs/carbon.md.
+refresh that cache from a daemon thread (`start()` / `stop()`). An answer above
+`exporter.carbon.MAX_GRAMS_PER_KWH`, dated in the future, over 1 MiB or inflating past it is a
+fault, never a value (`live.py`). See docs/carbon.md.
 """
 
 from __future__ import annotations

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from exporter import logs
-from exporter.carbon import Intensity
+from exporter.carbon import MAX_GRAMS_PER_KWH, Intensity
 from exporter.config import WORLD_AVERAGE_GRAMS_PER_KWH
-from exporter.intensity.live import Reading
+from exporter.intensity.live import FUTURE_TOLERANCE_SECONDS, Reading
 
 DEFAULT_MAX_AGE_SECONDS = 7200.0
 """A live value older than 2 hours is no longer used (Electricity Maps data is hourly)."""
@@ -67,16 +68,34 @@ class FallbackChain:
         self._in_force: str | None = None
 
     def current(self) -> Intensity:
-        """The live value if it is younger than the max age, else static, else default."""
+        """The live value if it is younger than the max age, else static, else default.
+
+        A live reading dated more than `FUTURE_TOLERANCE_SECONDS` ahead of the clock (the
+        providers refuse those; the node's clock may have been set back since) or outside 0 to
+        `MAX_GRAMS_PER_KWH` is never in force: it would never age out, or is absurd."""
         reading = self.live.reading() if self.live is not None else None
-        if reading is not None and self._clock() - reading.observed_unix <= self.max_age_seconds:
+        why = None if reading is None else self._unusable(reading)
+        if reading is not None and why is None:
             chosen = reading.intensity
         elif self.static is not None:
             chosen = self.static
         else:
             chosen = self.default
-        self._note(chosen, reading)
+        self._note(chosen, reading, why)
         return chosen
+
+    def _unusable(self, reading: Reading) -> str | None:
+        """Why a live reading cannot be in force now, or None when it can."""
+        age = self._clock() - reading.observed_unix
+        grams = reading.intensity.grams_per_kwh
+        if not (math.isfinite(grams) and 0.0 <= grams <= MAX_GRAMS_PER_KWH):
+            return f"is {grams:g} gCO2e/kWh, outside 0 to {MAX_GRAMS_PER_KWH:g}"
+        if not age >= -FUTURE_TOLERANCE_SECONDS:
+            return (f"is dated {-age:.0f} s ahead of this node's clock (more than "
+                    f"{FUTURE_TOLERANCE_SECONDS:g} s)")
+        if not age <= self.max_age_seconds:
+            return f"is older than {self.max_age_seconds:g} s"
+        return None
 
     @property
     def last_update_unix(self) -> float | None:
@@ -99,7 +118,7 @@ class FallbackChain:
         if self.live is not None:
             self.live.stop()
 
-    def _note(self, chosen: Intensity, reading: Reading | None) -> None:
+    def _note(self, chosen: Intensity, reading: Reading | None, why: str | None) -> None:
         """Log each change of the provider in force, once."""
         with self._lock:
             if chosen.provider == self._in_force:
@@ -115,6 +134,6 @@ class FallbackChain:
                            f"{chosen.provider} {chosen.grams_per_kwh:g} gCO2e/kWh for zone "
                            f"{chosen.zone}")
             return
-        self._log.warning(f"grid intensity: the last {self.live.name} value is older than "
-                          f"{self.max_age_seconds:g} s; using {chosen.provider} "
-                          f"{chosen.grams_per_kwh:g} gCO2e/kWh for zone {chosen.zone}")
+        self._log.warning(f"grid intensity: the last {self.live.name} value {why}; using "
+                          f"{chosen.provider} {chosen.grams_per_kwh:g} gCO2e/kWh for zone "
+                          f"{chosen.zone}")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from exporter.config import ConfigError
+from exporter.config import ConfigError, describe_secret
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 REDACTED = "<redacted>"
 
@@ -24,15 +27,21 @@ class Secret:
     def load(cls, *, file: str = "", env: str = "", key: str) -> Secret:
         """Read the secret named by `key`'s `<x>_file` or `<x>_env` setting (the file wins).
 
-        Raises ConfigError naming the key and the file or variable, never the value.
+        Raises ConfigError naming the key and the file or variable, never the value, nor a
+        setting that looks like a secret pasted where its file or variable name belongs.
         """
         if file:
             path = Path(file)
             return cls(_read_file(path, key), source=f"file {path}", file=path)
         if env:
+            env_key = key.removesuffix("_file") + "_env"
+            if not ENV_NAME.fullmatch(env) or len(env) > 255:
+                raise ConfigError(f"{env_key}: expected the name of an environment variable, "
+                                  f"got {describe_secret(env)} that is not one (a pasted "
+                                  "secret? put the secret in the variable, or in a file)")
             value = os.environ.get(env, "").strip()
             if not value:
-                raise ConfigError(f"{key}: environment variable {env} is unset or empty")
+                raise ConfigError(f"{env_key}: environment variable {env} is unset or empty")
             return cls(value, source=f"env {env}")
         raise ConfigError(f"{key}: set a file (a mounted Secret) or an environment variable")
 
@@ -70,11 +79,23 @@ class Secret:
         raise TypeError("a Secret cannot be pickled")
 
 
+def shown_path(path: Path) -> str:
+    """A file name for an error message, unless it may be a secret pasted in its place: it is
+    shown only when its directory exists (a mounted Secret's always does)."""
+    try:
+        plausible = path.is_absolute() and path.parent.is_dir() and len(str(path)) <= 4096
+    except (OSError, ValueError):
+        plausible = False
+    return (repr(str(path)) if plausible else
+            f"a name of {len(str(path))} characters (not shown: only an absolute path in an "
+            "existing directory is, anything else may be a pasted secret)")
+
+
 def _read_file(path: Path, key: str) -> str:
     try:
         value = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"{key}: cannot read {path} ({exc.strerror})") from None
+        raise ConfigError(f"{key}: cannot read {shown_path(path)} ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
     if not value:

@@ -21,6 +21,20 @@ apply to the data endpoint (`endpoint="login"` for WattTime's login): `401`, `42
 `Retry-After`, seconds or an HTTP-date), `500`, `malformed` (a cut-off JSON body), `missing`
 (the value field is null), `slow` (answers only after `slow_seconds`; `stop()` releases it).
 
+Hostile answers, as a broken or compromised API could send them (issue 10):
+
+* `huge`: the value field is `huge_value` (1e12; WattTime's is in lbs/MWh);
+* `future`: the value is normal but dated `future_time` (9999-12-31);
+* `huge_body` / `huge_chunked`: HTTP 200 streaming `huge_body_bytes` (100 MiB) of one JSON
+  object, with a Content-Length / chunked without one, written 1 MiB at a time so the fake never
+  holds it; `streamed` records how many bytes each such answer got out before the client hung
+  up, once its handler has ended;
+* `compress` (`"gzip"` or `"deflate"`) sends the normal answers compressed, as a real API
+  behind a CDN may;
+* `bomb`: HTTP 200, `Content-Encoding: gzip` (or `bomb_encoding = "deflate"`), a body of about
+  1.04 MB (under 1 MiB) that inflates to `bomb_inflated_bytes` (1 GiB) of JSON whitespace; see
+  `compression_bomb()`.
+
 `requests` logs every request with its headers and the status answered; `count(path)` counts
 them. Timestamps and token expiry follow `clock` (default `time.time`), so a test can share an
 injected clock with the client.
@@ -31,9 +45,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import itertools
+import json
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,7 +63,42 @@ from aiohttp import web
 from tests.fakes.threaded import start_loop_thread, stop_loop_thread
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-FAULTS = ("401", "429", "500", "malformed", "missing", "slow")
+Body = Callable[[float | None, str | None], dict[str, Any]]
+"""An answer's JSON from its value and (None: the usual) timestamp."""
+FAULTS = ("401", "429", "500", "malformed", "missing", "slow",
+          "huge", "future", "huge_body", "huge_chunked", "bomb")
+MIB = 1 << 20
+BOMB_SEGMENT = 16 * MIB
+
+
+@functools.cache
+def compression_bomb(inflated_bytes: int = 1 << 30, encoding: str = "gzip") -> bytes:
+    """`inflated_bytes` of spaces (a multiple of 16 MiB), gzip (RFC 1952) or zlib (RFC 1950, HTTP
+    `deflate`) encoded at deflate's best ratio: 1 GiB gives 1,044,244 bytes.
+
+    Built without ever holding more than 16 MiB: after a full flush the compressor starts afresh,
+    so every 16 MiB segment compresses to the same bytes, and the file is a header, that segment
+    repeated, an empty final block and the checksum of the whole."""
+    if inflated_bytes % BOMB_SEGMENT or encoding not in ("gzip", "deflate"):
+        raise ValueError("a multiple of 16 MiB, gzip or deflate")
+    chunk = b" " * BOMB_SEGMENT
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    segment = deflate.compress(chunk) + deflate.flush(zlib.Z_FULL_FLUSH)
+    final = b"\x03\x00"  # an empty last block with fixed Huffman codes
+    count = inflated_bytes // BOMB_SEGMENT
+    if encoding == "gzip":
+        crc = 0
+        for _ in range(count):
+            crc = zlib.crc32(chunk, crc)
+        header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+        trailer = struct.pack("<II", crc, inflated_bytes & 0xFFFFFFFF)
+    else:
+        adler = 1
+        for _ in range(count):
+            adler = zlib.adler32(chunk, adler)
+        header = b"\x78\xda"
+        trailer = struct.pack(">I", adler)
+    return header + segment * count + final + trailer
 
 
 @dataclass
@@ -76,6 +129,15 @@ class _FakeAPI:
         self.clock = clock
         self.requests: list[Request] = []
         self.slow_seconds = 30.0
+        self.huge_value = 1e12
+        self.future_time = "9999-12-31T00:00:00Z"
+        self.huge_body_bytes = 100 * MIB
+        self.bomb_inflated_bytes = 1 << 30
+        self.bomb_encoding = "gzip"
+        self.compress: str | None = None
+        self.streamed: list[int] = []
+        """Bytes each `huge_body`/`huge_chunked` answer wrote before it ended or the client
+        hung up (appended when its handler ends)."""
         self._faults: dict[str, list[_Fault]] = {}
         self._sticky: dict[str, _Fault] = {}
         self._lock = threading.Lock()
@@ -140,6 +202,16 @@ class _FakeAPI:
     def count(self, path: str) -> int:
         return sum(1 for r in self.requests if r.path == path)
 
+    def _answer(self, body: dict[str, Any]) -> web.Response:
+        """A normal 200 answer, compressed when `compress` says so."""
+        if self.compress is None:
+            return web.json_response(body)
+        data = json.dumps(body).encode()
+        wbits = 16 + zlib.MAX_WBITS if self.compress == "gzip" else zlib.MAX_WBITS
+        return web.Response(body=zlib.compress(data, wbits=wbits),
+                            headers={"Content-Encoding": self.compress,
+                                     "Content-Type": "application/json"})
+
     def _next_fault(self, endpoint: str) -> _Fault | None:
         with self._lock:
             queue = self._faults.get(endpoint)
@@ -178,8 +250,10 @@ class _FakeAPI:
         entry.status = response.status
         return response
 
-    async def _faulty(self, endpoint: str, missing_body: dict[str, Any]) -> web.Response | None:
-        """The fault's answer, or None to answer normally (after a `slow` wait)."""
+    async def _faulty(self, request: web.Request, endpoint: str, body: Body,
+                      normal: float) -> web.StreamResponse | None:
+        """The fault's answer, or None to answer normally (after a `slow` wait). `body` builds
+        the endpoint's JSON; `normal` is the value it would answer."""
         fault = self._next_fault(endpoint)
         if fault is None:
             return None
@@ -195,11 +269,50 @@ class _FakeAPI:
             return web.Response(text='{"zone": "DE", "carbonInten', status=200,
                                 content_type="application/json")
         if fault.kind == "missing":
-            return web.json_response(missing_body)
+            return web.json_response(body(None, None))
+        if fault.kind == "huge":
+            return web.json_response(body(self.huge_value, None))
+        if fault.kind == "future":
+            return web.json_response(body(normal, self.future_time))
+        if fault.kind in ("huge_body", "huge_chunked"):
+            return await self._stream_huge(request, chunked=fault.kind == "huge_chunked")
+        if fault.kind == "bomb":
+            return web.Response(
+                body=compression_bomb(self.bomb_inflated_bytes, self.bomb_encoding),
+                headers={"Content-Encoding": self.bomb_encoding,
+                         "Content-Type": "application/json"})
         assert fault.kind == "slow" and self._closing is not None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), self.slow_seconds)
         return None
+
+    async def _stream_huge(self, request: web.Request, *, chunked: bool) -> web.StreamResponse:
+        """`huge_body_bytes` of `{"pad": "xxx...x"}`, 1 MiB per write."""
+        size = self.huge_body_bytes
+        head, tail = b'{"pad": "', b'"}'
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = size
+        sent = 0
+        try:
+            await response.prepare(request)
+            await response.write(head)
+            sent = len(head)
+            filler = b"x" * MIB
+            while sent < size - len(tail):
+                part = filler[:size - len(tail) - sent]
+                await response.write(part)
+                sent += len(part)
+            await response.write(tail)
+            sent += len(tail)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up, as it should
+        finally:
+            self.streamed.append(sent)
+        return response
 
 
 class FakeElectricityMaps(_FakeAPI):
@@ -222,13 +335,13 @@ class FakeElectricityMaps(_FakeAPI):
     def _routes(self, app: web.Application) -> None:
         app.router.add_get(self.PATH, self._latest)
 
-    def _body(self, zone: str, value: float | None) -> dict[str, Any]:
+    def _body(self, zone: str, value: float | None, when: str | None = None) -> dict[str, Any]:
         now = self.clock()
         hour = now - now % 3600
         return {
             "zone": zone,
             "carbonIntensity": value,
-            "datetime": iso(hour),
+            "datetime": iso(hour) if when is None else when,
             "updatedAt": iso(now - 60),
             "createdAt": iso(hour - 3 * 86400),
             "emissionFactorType": "lifecycle",
@@ -236,18 +349,20 @@ class FakeElectricityMaps(_FakeAPI):
             "estimationMethod": "TIME_SLICER_AVERAGE" if self.estimated else None,
         }
 
-    async def _latest(self, request: web.Request) -> web.Response:
+    async def _latest(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("auth-token") != self.token:
             return web.json_response({"error": "Unauthorized"}, status=401)
         zone = request.query.get("zone", "")
-        fault = await self._faulty("data", self._body(zone, None))
+        fault = await self._faulty(request, "data",
+                                   lambda value, when: self._body(zone, value, when),
+                                   self.zones.get(zone, 302.0))
         if fault is not None:
             return fault
         if zone not in self.zones and self.fallback_zone in self.zones:
             zone = self.fallback_zone
         if zone not in self.zones:
             return web.json_response({"error": f"Zone '{zone}' does not exist."}, status=404)
-        return web.json_response(self._body(zone, self.zones[zone]))
+        return self._answer(self._body(zone, self.zones[zone]))
 
 
 class FakeWattTime(_FakeAPI):
@@ -279,16 +394,16 @@ class FakeWattTime(_FakeAPI):
         app.router.add_get(self.LOGIN, self._login)
         app.router.add_get(self.FORECAST, self._forecast)
 
-    async def _login(self, request: web.Request) -> web.Response:
+    async def _login(self, request: web.Request) -> web.StreamResponse:
         if self._basic_auth(request.headers.get("Authorization", "")) != (
                 self.username, self.password):
             return web.json_response({"error": "Unauthorized"}, status=401)
-        fault = await self._faulty("login", {"token": None})
+        fault = await self._faulty(request, "login", lambda value, when: {"token": None}, 0.0)
         if fault is not None:
             return fault
         token = f"wt-bearer-{next(self._serial)}-abcdef0123456789"
         self.tokens[token] = self.clock() + self.TOKEN_LIFETIME_SECONDS
-        return web.json_response({"token": token})
+        return self._answer({"token": token})
 
     @staticmethod
     def _basic_auth(header: str) -> tuple[str, str] | None:
@@ -301,12 +416,14 @@ class FakeWattTime(_FakeAPI):
             return None
         return user, password
 
-    def _body(self, region: str, value: float | None, horizon_hours: float) -> dict[str, Any]:
+    def _body(self, region: str, value: float | None, horizon_hours: float,
+              when: str | None = None) -> dict[str, Any]:
         now = self.clock()
         start = now - now % 300
         points = int(horizon_hours * 12) + 1
         return {
-            "data": [{"point_time": iso(start + 300 * i).replace("Z", "+00:00"),
+            "data": [{"point_time": iso(start + 300 * i).replace("Z", "+00:00")
+                      if when is None else when,
                       "value": value} for i in range(points)],
             "meta": {
                 "data_point_period_seconds": 300,
@@ -320,7 +437,7 @@ class FakeWattTime(_FakeAPI):
             },
         }
 
-    async def _forecast(self, request: web.Request) -> web.Response:
+    async def _forecast(self, request: web.Request) -> web.StreamResponse:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         expires = self.tokens.get(token) if scheme == "Bearer" else None
         if expires is None or self.clock() >= expires:
@@ -330,7 +447,9 @@ class FakeWattTime(_FakeAPI):
             horizon = float(request.query.get("horizon_hours", "24"))
         except ValueError:
             return web.json_response({"error": "bad horizon_hours"}, status=400)
-        fault = await self._faulty("data", self._body(region, None, horizon))
+        fault = await self._faulty(
+            request, "data", lambda value, when: self._body(region, value, horizon, when),
+            self.moer.get(region, 1000.0))
         if fault is not None:
             return fault
         if region not in self.moer:
@@ -338,4 +457,4 @@ class FakeWattTime(_FakeAPI):
                 {"error": f"Forbidden: no access to region {region}"}, status=403)
         if request.query.get("signal_type") != "co2_moer":
             return web.json_response({"error": "unsupported signal_type"}, status=400)
-        return web.json_response(self._body(region, self.moer[region], horizon))
+        return self._answer(self._body(region, self.moer[region], horizon))
