@@ -17,11 +17,18 @@ from typing import NoReturn
 from exporter import __version__, carbon, intensity, logs
 from exporter.config import CarbonSettings, ConfigError, Settings, load_file_config
 from exporter.sampler import Kubernetes, Sampler, read_cpu_model
-from exporter.server import ExporterState, parse_listen_address, serve
+from exporter.server import (
+    ExporterState,
+    ServerLimits,
+    parse_listen_address,
+    serve,
+    stall_threshold,
+)
 from exporter.sources.base import EnergySource, Status
 from exporter.sources.estimate import ESTIMABLE, EstimateSource
 from exporter.sources.nvml import NvmlSource
 from exporter.sources.rapl import RaplSource
+from exporter.watchdog import read_timeout_for
 from exporter.webconfig import load_web_config
 
 DEFAULT_LISTEN_ADDRESS = ":9835"
@@ -53,6 +60,26 @@ def _interval(text: str) -> float:
     return value
 
 
+def _max_connections(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a number between 1 and 65535, got {text!r}")
+    return value
+
+
+def _header_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
+    if not math.isfinite(value) or not 0.05 <= value <= 600:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0.05 and 600, got {text!r}")
+    return value
+
+
 def _listen_address(text: str) -> str:
     try:
         parse_listen_address(text)
@@ -80,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web.config.file", dest="web_config_file", type=Path, default=None,
                    help="exporter-toolkit web config: TLS, basic auth, headers "
                         "(docs/web-config.md); default: plain HTTP")
+    p.add_argument("--web.max-connections", dest="max_connections", type=_max_connections,
+                   default=ServerLimits.max_connections,
+                   help="open connections at once; more are answered 503 and closed "
+                        f"(default {ServerLimits.max_connections})")
+    p.add_argument("--web.read-header-timeout", dest="read_header_timeout",
+                   type=_header_timeout, default=ServerLimits.read_header_timeout,
+                   help="seconds a connection has to send its request headers (with TLS, "
+                        "as long again for the handshake; default "
+                        f"{ServerLimits.read_header_timeout:g})")
     p.add_argument("--log.level", dest="log_level", choices=logs.LEVELS, default="info",
                    help="only log messages at this level or above (default info)")
     for name, what in COLLECTORS.items():
@@ -108,6 +144,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         config_file=args.config_file,
         file=load_file_config(args.config_file),
         web_config_file=args.web_config_file,
+        max_connections=args.max_connections,
+        read_header_timeout_seconds=args.read_header_timeout,
     )
 
 
@@ -169,7 +207,8 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
                    attribution=settings.file.attribution, node=settings.node_name,
                    cpu_model=read_cpu_model(settings.procfs), kubernetes=kubernetes,
                    embodied=settings.file.embodied, pue=settings.file.pue,
-                   process_metrics=process_metrics, clock=clock, timer=timer)
+                   process_metrics=process_metrics, clock=clock, timer=timer,
+                   read_timeout_seconds=read_timeout_for(settings.interval_seconds))
 
 
 def build_intensity(settings: CarbonSettings) -> intensity.FallbackChain:
@@ -276,6 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(state, listen_address=settings.listen_address,
                                  interval_seconds=settings.interval_seconds,
                                  ssl_context=web_config.ssl_context,
-                                 middlewares=web_config.middlewares()))
+                                 middlewares=web_config.middlewares(),
+                                 limits=ServerLimits(
+                                     max_connections=settings.max_connections,
+                                     read_header_timeout=settings.read_header_timeout_seconds),
+                                 stall_seconds=stall_threshold(settings.interval_seconds)))
     finally:
         sampler.close()

@@ -274,6 +274,10 @@ class Settings:
     config_file: Path | None
     file: FileConfig
     web_config_file: Path | None = None
+    max_connections: int = 256
+    """`--web.max-connections` (exporter.server.ServerLimits)."""
+    read_header_timeout_seconds: float = 10.0
+    """`--web.read-header-timeout`."""
 
 
 def _describe(value: object) -> str:

@@ -144,6 +144,11 @@ def _number(value: float) -> str:
 
 
 def _escape_value(value: str) -> str:
+    """A label value as the text formats write it. A lone surrogate (JSON allows `\\ud800`, so a
+    hostile API server can send one) cannot be encoded as UTF-8: it becomes `?` here rather
+    than failing every render; names are also cleaned where they enter (exporter.workloads)."""
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 

@@ -285,7 +285,7 @@ def parse_models_config(data: object, *, key: str = "models") -> tuple[ModelRule
 # Matching
 
 
-def _clean(value: str) -> str:
+def clean_label_value(value: str) -> str:
     """A plain str fit for a label value: no lone surrogates, stripped, at most 256 chars."""
     text = value.encode("utf-8", "replace").decode("utf-8")
     return text.strip()[:MAX_VALUE_CHARS].rstrip()
@@ -410,7 +410,7 @@ def _hit(rule: ModelRule, labels: Mapping[str, str], annotations: Mapping[str, s
             if m is None or m.group("model") is None:
                 continue
             value = m.group("model")
-        model = _clean(value)
+        model = clean_label_value(value)
         if model:
             return model
     return ""
@@ -449,7 +449,7 @@ def _owner(meta: Mapping[str, Any], labels: Mapping[str, str]) -> tuple[str, str
             if not isinstance(kind, str) or not isinstance(name, str):
                 return "", ""
             kind, name = _resolve_owner(kind, name, labels)
-            return _clean(kind), _clean(name)
+            return clean_label_value(kind), clean_label_value(name)
     return "", ""
 
 

@@ -18,8 +18,9 @@ from exporter.gpus import Allocation, plan_gpus
 from exporter.intensity.chain import FallbackChain
 from exporter.kube.pods import PodView
 from exporter.ledger import Labels, Ledger
-from exporter.sources.base import EnergySource, Status
+from exporter.sources.base import EnergySource, Reading, Status
 from exporter.sources.gpu import GpuReading
+from exporter.watchdog import Guard
 from exporter.workloads import Container, WorkloadSample, WorkloadTracker
 
 log = logs.get("sampler")
@@ -105,10 +106,11 @@ class Sampler:
                  node: str, cpu_model: str, kubernetes: Kubernetes | None = None,
                  embodied: EmbodiedSettings | None = None, pue: PueSettings | None = None,
                  on_node: Callable[[dict[str, str], str], None] | None = None,
-                 process_metrics: bool = True,
+                 process_metrics: bool = True, read_timeout_seconds: float = 5.0,
                  clock: Callable[[], float] = time.monotonic,
                  timer: Callable[[], float] = time.perf_counter) -> None:
-        self._sources = [(s, st) for s, st in zip(sources, statuses, strict=True) if st.enabled]
+        self._sources = [(s, st, Guard(s.name, s.read, timeout_seconds=read_timeout_seconds))
+                         for s, st in zip(sources, statuses, strict=True) if st.enabled]
         self.states = tuple(SourceState(s.name, st) for s, st in zip(sources, statuses,
                                                                      strict=True))
         self._intensity = intensity
@@ -136,6 +138,7 @@ class Sampler:
         self._gpu_info: tuple[str, str] = ("", "0")
         self._api_errors = 0
         self._malformed = 0
+        self._read_throttle = logs.Throttle(log)
         self.ledger = Ledger()
         self._renderer = Renderer(self.ledger, node=node, process_metrics=process_metrics)
         self._publish_static(statuses=statuses, sources=sources)
@@ -172,7 +175,11 @@ class Sampler:
             self._kubernetes.pods.stop()
             if self._kubernetes.podresources is not None:
                 self._kubernetes.podresources.close()
-        for source, _ in self._sources:
+        for source, _, guard in self._sources:
+            guard.close()
+            if guard.blocked:  # closing under a read that never returned could hang the exit
+                log.warning(f"source {source.name}: a read is still blocked; not closed")
+                continue
             closer = getattr(source, "close", None)
             if closer is not None:
                 closer()
@@ -202,9 +209,10 @@ class Sampler:
 
         energy: dict[str, float] = {}
         gpu_readings: tuple[GpuReading, ...] = ()
-        for source, status in self._sources:
-            reading = source.read(now)
-            gpu_readings = getattr(source, "gpus", gpu_readings)
+        for source, status, guard in self._sources:
+            reading = self._read(source, guard, now)
+            if not guard.blocked:  # a blocked read's thread owns the source's state
+                gpu_readings = getattr(source, "gpus", gpu_readings)
             ledger.set("footprint_source_up", (source.name,), 1.0 if reading.up else 0.0)
             if not reading.up:
                 ledger.add("footprint_exporter_errors_total", (source.name, "read"), 1.0)
@@ -255,6 +263,27 @@ class Sampler:
         self._stats = TickStats(self._stats.count + 1,
                                 self._stats.seconds + (self._timer() - started))
         return snapshot
+
+    def _read(self, source: EnergySource, guard: Guard[Reading], now: float) -> Reading:
+        """The source's reading, or a down one when its read is blocked or raised."""
+        outcome = guard.run(now)
+        if outcome.started_hang:
+            self.ledger.add("footprint_exporter_errors_total", (source.name, "timeout"), 1.0)
+            log.warning(f"source {source.name}: a read did not return within "
+                        f"{guard.timeout_seconds:g} s (a hung driver, or a FIFO or device "
+                        "file where a counter should be?); the source is down and the tick "
+                        "goes on without it until the read returns")
+        elif outcome.late:
+            log.info(f"source {source.name}: the blocked read returned; its energy is counted "
+                     "at this tick")
+        if outcome.error is not None:
+            self._read_throttle.fault(source.name, f"source {source.name}: read failed with "
+                                      f"{type(outcome.error).__name__}: {outcome.error}; the "
+                                      "source is down this tick, the others go on (a bug: "
+                                      "please report it)")
+        elif outcome.value is not None:
+            self._read_throttle.recovered(source.name, f"source {source.name}: reading again")
+        return outcome.value if outcome.value is not None else Reading(up=False)
 
     def _sample_workloads(self, now: float) -> tuple[WorkloadSample | None, float]:
         """Containers and their CPU time this tick; (None, 0) without a cluster or before sync."""

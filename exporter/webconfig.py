@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
+import concurrent.futures
+import contextlib
+import enum
 import hashlib
 import hmac
 import re
 import secrets
 import ssl
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import bcrypt
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter import logs
-from exporter.config import ConfigError, read_yaml
+from exporter.config import ConfigError, describe_secret, read_yaml
+from exporter.intensity.credentials import shown_path
 from exporter.server import healthz, readyz
 
 log = logs.get("webconfig")
@@ -95,7 +101,7 @@ def _mapping(value: object, key: str, allowed: tuple[str, ...]) -> Mapping[str, 
         return {}
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key or 'the top level'}: expected a mapping, "
-                          f"got {_describe(value)}")
+                          f"got {describe_secret(value)}")
     for k in value:
         full = f"{key}.{k}" if key else str(k)
         if full in UNSUPPORTED:
@@ -106,12 +112,6 @@ def _mapping(value: object, key: str, allowed: tuple[str, ...]) -> Mapping[str, 
     return value
 
 
-def _string(value: object, key: str, expected: str = "a string") -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: expected {expected}, got {_describe(value)}")
-    return value
-
-
 def _choice(value: object, key: str, choices: Mapping[str, object]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {_describe(value)}")
@@ -119,13 +119,17 @@ def _choice(value: object, key: str, choices: Mapping[str, object]) -> str:
 
 
 def _readable(value: object, key: str, base: Path) -> Path:
-    path = base / _string(value, key, "a file name")
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a file name, got {describe_secret(value)}")
+    path = base / value
     try:
         with path.open("rb") as f:
             f.read(1)
     except OSError as exc:
-        raise ConfigError(f"{key}: expected a readable file, got {str(path)!r} "
-                          f"({exc.strerror})") from None
+        # key_file given a pasted PEM key must not print the key
+        where = "" if Path(value).is_absolute() else f" in {base}"
+        raise ConfigError(f"{key}: expected a readable file, got {shown_path(Path(value))}"
+                          f"{where} ({exc.strerror})") from None
     return path
 
 
@@ -258,12 +262,13 @@ def parse_users(data: object) -> Mapping[str, bytes]:
         return types.MappingProxyType({})
     if not isinstance(data, Mapping):
         raise ConfigError(f"{key}: expected a mapping of user name to bcrypt hash, "
-                          f"got {_describe(data)}")
+                          f"got {describe_secret(data)}")
     users = {}
     for user, hashed in data.items():
         if not isinstance(user, str) or not user or ":" in user:
+            # `alice:password` as a key would be a password: never shown
             raise ConfigError(f"{key}: expected user names as strings without ':', "
-                              f"got {user!r}")
+                              f"got {describe_secret(user)}")
         match = BCRYPT_HASH.fullmatch(hashed) if isinstance(hashed, str) else None
         if match is None or not 4 <= int(match.group(1)) <= 31:
             got = (f"a string of {len(hashed)} characters" if isinstance(hashed, str)
@@ -295,44 +300,205 @@ def _checkpw(password: bytes, hashed: bytes) -> bool:
         return False
 
 
-class BasicAuth:
-    """Checks `Authorization: Basic` against bcrypt hashes, one bcrypt at a time, off the event
-    loop; a user's last good password is remembered as a SHA-256 of `user:password`."""
+class Verdict(enum.Enum):
+    """What basic auth decided for one request."""
 
-    def __init__(self, users: Mapping[str, bytes]) -> None:
+    OK = "ok"
+    DENIED = "denied"  # 401
+    BUSY = "busy"  # 429: no bcrypt worker within the wait, or the queue is full
+
+
+BCRYPT_WORKERS = 2
+"""bcrypt checks at once, each in a thread of its own (docs/web-config.md, "Basic auth")."""
+BCRYPT_WAITING_PER_CLIENT = 4
+"""Checks one client address may have waiting for a worker; more are answered 429 at once."""
+BCRYPT_WAITING_TOTAL = 64
+"""Checks waiting from all clients together; more are answered 429 at once."""
+BCRYPT_MAX_WAIT_SECONDS = 5.0
+"""The longest a check waits for a worker (half Prometheus' default scrape timeout); then 429."""
+
+_BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+T = TypeVar("T")
+
+
+class BcryptPool:
+    """A few worker threads for bcrypt, shared fairly between client addresses.
+
+    At most `workers` checks run at once, and one client holds at most `workers - 1` of them
+    (at least 1), so with 2 workers a flood from one address leaves a worker to everyone else.
+    Checks that cannot start wait in one FIFO queue per client, served round-robin across
+    clients; a queue holds at most `waiting_per_client` (all queues `waiting_total`), and a
+    check waits at most `max_wait_seconds`: beyond either bound it is shed (None), never
+    queued without end. Everything but the bcrypt itself runs in the event loop's thread.
+    """
+
+    def __init__(self, workers: int = BCRYPT_WORKERS, *,
+                 waiting_per_client: int = BCRYPT_WAITING_PER_CLIENT,
+                 waiting_total: int = BCRYPT_WAITING_TOTAL,
+                 max_wait_seconds: float = BCRYPT_MAX_WAIT_SECONDS) -> None:
+        self.workers = workers
+        self.per_client = max(1, workers - 1)
+        self.waiting_per_client = waiting_per_client
+        self.waiting_total = waiting_total
+        self.max_wait_seconds = max_wait_seconds
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._busy = 0
+        self._running: collections.Counter[str] = collections.Counter()
+        self._lanes: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self._waiting = 0
+
+    @property
+    def busy(self) -> int:
+        """Checks running now."""
+        return self._busy
+
+    @property
+    def waiting(self) -> int:
+        """Checks waiting for a worker now."""
+        return self._waiting
+
+    async def run(self, client: str, call: Callable[[], T]) -> T | None:
+        """`call()` in a worker thread; None when shed. The worker counts as busy until the
+        call returns, even if the request is cancelled (the client went away) meanwhile."""
+        if not await self._acquire(client):
+            return None
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                self.workers, thread_name_prefix="bcrypt")
+        try:
+            future = self._executor.submit(call)
+        except BaseException:
+            self._release(client)
+            raise
+
+        def done(_: concurrent.futures.Future[T]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to free
+                loop.call_soon_threadsafe(self._release, client)
+
+        future.add_done_callback(done)
+        return await asyncio.wrap_future(future)
+
+    def _startable(self, client: str) -> bool:
+        return self._busy < self.workers and self._running[client] < self.per_client
+
+    def _take(self, client: str) -> None:
+        self._busy += 1
+        self._running[client] += 1
+
+    async def _acquire(self, client: str) -> bool:
+        lane = self._lanes.get(client)
+        if lane is None and self._startable(client):
+            self._take(client)
+            return True
+        if len(lane or ()) >= self.waiting_per_client or self._waiting >= self.waiting_total:
+            return False
+        if lane is None:
+            lane = self._lanes[client] = collections.deque()
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        lane.append(turn)
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(self.max_wait_seconds):
+                await turn
+        except TimeoutError:
+            if turn.done() and not turn.cancelled():
+                return True  # granted as the wait ran out: the worker is ours
+            self._leave(client, turn)
+            return False
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release(client)
+            else:
+                self._leave(client, turn)
+            raise
+        return True
+
+    def _leave(self, client: str, turn: asyncio.Future[None]) -> None:
+        lane = self._lanes.get(client)
+        if lane is not None and turn in lane:
+            lane.remove(turn)
+            self._waiting -= 1
+            if not lane:
+                del self._lanes[client]
+
+    def _release(self, client: str) -> None:
+        self._busy -= 1
+        self._running[client] -= 1
+        if self._running[client] <= 0:
+            del self._running[client]
+        while self._busy < self.workers:
+            eligible = (c for c in self._lanes if self._running[c] < self.per_client)
+            client_or_none = next(eligible, None)
+            if client_or_none is None:
+                return
+            client = client_or_none
+            lane = self._lanes.pop(client)
+            turn = lane.popleft()
+            self._waiting -= 1
+            if lane:
+                self._lanes[client] = lane  # to the back: round-robin between clients
+            if not turn.done():
+                turn.set_result(None)
+                self._take(client)
+
+
+def decoy_hash(users: Mapping[str, bytes]) -> bytes:
+    """A bcrypt hash no password matches, at the highest cost among `users`: an unknown user
+    costs the same bcrypt as the most expensive known one (a random salt and checksum: no
+    hashing needed to make it)."""
+    cost = max((int(h[4:6]) for h in users.values()), default=10)
+    checksum = "".join(secrets.choice(_BCRYPT_ALPHABET) for _ in range(31))
+    return bcrypt.gensalt(cost) + checksum.encode("ascii")
+
+
+class BasicAuth:
+    """Checks `Authorization: Basic` against bcrypt hashes in a small pool of worker threads
+    (`BcryptPool`); a user's last good password is remembered as a SHA-256 of `user:password`
+    and answered without bcrypt or waiting."""
+
+    def __init__(self, users: Mapping[str, bytes], pool: BcryptPool | None = None) -> None:
         self._users = users
         self._verified: dict[str, bytes] = {}
-        self._lock = asyncio.Lock()
-        self._decoy: bytes | None = None
+        self.pool = pool or BcryptPool()
+        self.decoy = decoy_hash(users)
 
     def _cached(self, user: str, digest: bytes) -> bool:
         return hmac.compare_digest(self._verified.get(user, b""), digest)
 
-    async def check(self, header: str | None) -> bool:
+    async def check(self, header: str | None, client: str = "") -> bool:
         """True when the header names a user and the password matches that user's hash."""
+        return await self.verdict(header, client) is Verdict.OK
+
+    async def verdict(self, header: str | None, client: str = "") -> Verdict:
+        """OK, DENIED, or BUSY when the check was shed; `client` is the peer's address, the
+        key the pool shares its workers by."""
         found = _credentials(header) if header else None
         if found is None:
-            return False
+            return Verdict.DENIED
         user, password = found
         digest = hashlib.sha256(user.encode("utf-8") + b":" + password).digest()
         if self._cached(user, digest):
+            return Verdict.OK
+        # shed or not before the user is looked up: a 429 says nothing about who exists
+        matched = await self.pool.run(client, lambda: self._verify(user, password, digest))
+        if matched is None:
+            return Verdict.BUSY
+        return Verdict.OK if matched else Verdict.DENIED
+
+    def _verify(self, user: str, password: bytes, digest: bytes) -> bool:
+        """In a worker thread: the bcrypt, unless the same password was verified meanwhile."""
+        if self._cached(user, digest):
             return True
-        loop = asyncio.get_running_loop()
-        async with self._lock:  # bcrypt is costly on purpose: never run several at once
-            if self._cached(user, digest):
-                return True
-            hashed = self._users.get(user)
-            if hashed is None:  # an unknown user costs a bcrypt too, so timing names no one
-                if self._decoy is None:
-                    cost = max(int(h[4:6]) for h in self._users.values())
-                    self._decoy = await loop.run_in_executor(
-                        None, bcrypt.hashpw, secrets.token_bytes(16), bcrypt.gensalt(cost))
-                await loop.run_in_executor(None, _checkpw, password, self._decoy)
-                return False
-            if not await loop.run_in_executor(None, _checkpw, password, hashed):
-                return False
-            self._verified[user] = digest
-            return True
+        hashed = self._users.get(user)
+        if hashed is None:  # an unknown user costs a bcrypt too, so timing names no one
+            _checkpw(password, self.decoy)
+            return False
+        if not _checkpw(password, hashed):
+            return False
+        self._verified[user] = digest
+        return True
 
 
 @dataclass(frozen=True)
@@ -359,22 +525,32 @@ class WebConfig:
         headers = ", ".join(self.headers) or "none"
         return f"{tls}, {auth} (/healthz and /readyz exempt), extra headers: {headers}"
 
-    def middlewares(self) -> tuple[Middleware, ...]:
-        """The aiohttp middleware for basic auth and headers; none when neither is set."""
+    def middlewares(self, pool: BcryptPool | None = None) -> tuple[Middleware, ...]:
+        """The aiohttp middleware for basic auth and headers; none when neither is set. `pool`:
+        the bcrypt workers (default `BcryptPool()`)."""
         if not self.users and not self.headers:
             return ()
-        auth = BasicAuth(self.users) if self.users else None
+        auth = BasicAuth(self.users, pool) if self.users else None
         extra = self.headers
 
         @web.middleware
         async def web_config(request: web.Request, handler: Handler) -> web.StreamResponse:
             try:
-                if (auth is not None and request.match_info.handler not in UNAUTHENTICATED
-                        and not await auth.check(request.headers.get(hdrs.AUTHORIZATION))):
+                verdict = Verdict.OK
+                if auth is not None and request.match_info.handler not in UNAUTHENTICATED:
+                    verdict = await auth.verdict(request.headers.get(hdrs.AUTHORIZATION),
+                                                 request.remote or "")
+                if verdict is Verdict.DENIED:
                     log.debug(f"401 for {request.method} {request.path} from {request.remote}")
                     response: web.StreamResponse = web.Response(
                         status=401, text="Unauthorized\n",
                         headers={hdrs.WWW_AUTHENTICATE: "Basic"})
+                elif verdict is Verdict.BUSY:
+                    log.debug(f"429 for {request.method} {request.path} from {request.remote}: "
+                              "every bcrypt worker busy")
+                    response = web.Response(
+                        status=429, text="Too Many Requests: authentication is busy, retry\n",
+                        headers={hdrs.RETRY_AFTER: "1"})
                 else:
                     response = await handler(request)
             except web.HTTPException as exc:

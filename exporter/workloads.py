@@ -16,7 +16,7 @@ from typing import Any
 from exporter import logs
 from exporter.attribution import Workload
 from exporter.kube.pods import Pod, PodView, parse_cpu_quantity
-from exporter.models import ModelMatch, ModelRule, match_pod
+from exporter.models import ModelMatch, ModelRule, clean_label_value, match_pod
 from exporter.usage.cgroups import (
     CgroupReader,
     UnknownRuntime,
@@ -112,8 +112,10 @@ def containers_of(pod: Pod, match: ModelMatch) -> tuple[list[Container], list[Pr
         except ValueError as exc:
             problems.append(Problem("malformed_pod", f"{where} container {name}: {exc}"))
             request = 0.0
-        out.append(Container(
-            namespace=metadata["namespace"], pod=metadata["name"], container=name,
+        out.append(Container(  # names cleaned as model values are: a lone surrogate in any
+            # of them would make the whole exposition unencodable
+            namespace=clean_label_value(metadata["namespace"]),
+            pod=clean_label_value(metadata["name"]), container=clean_label_value(name),
             model=match.model, phase=match.phase, model_source=match.model_source,
             owner_kind=match.owner_kind, owner_name=match.owner_name,
             cpu_request_cores=request, container_id=container_id))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,13 @@ PERMISSION_HINT = (
     "energy_uj is readable by root only since Linux 5.10 (CVE-2020-8694): run the exporter as "
     "UID 0 (the chart does), or pass --no-collector.rapl to use the usage estimate")
 
+MAX_FILE_BYTES = 64
+"""Bytes read of a counter file: a u64 is 20 digits. A file that is larger (garbage, or not a
+sysfs attribute at all) is never read whole."""
+MAX_ZONE_WATTS = 10_000.0
+"""For a zone whose max_energy_range_uj is 0 (no range to check values against): a step that
+implies more than this is garbage, not energy. A 2-socket server's packages draw under 1 kW."""
+
 log = logs.get("rapl")
 
 
@@ -32,9 +40,19 @@ def _zone_sort_key(zone: str) -> tuple[int, ...]:
     return tuple(int(part, 16) for part in zone.split(":")[1:])
 
 
+def _read_small(path: Path) -> str:
+    """At most MAX_FILE_BYTES + 1 bytes of a sysfs attribute, as text."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, MAX_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    return data.decode("ascii", errors="replace")
+
+
 def _read_uint(path: Path) -> int:
     try:
-        text = path.read_text(encoding="ascii", errors="replace")
+        text = _read_small(path)
     except PermissionError:
         raise ZoneError(f"permission denied reading {path}: {PERMISSION_HINT}") from None
     except OSError as exc:
@@ -42,6 +60,9 @@ def _read_uint(path: Path) -> int:
             exc.strerror)
         raise ZoneError(f"cannot read {path}: {reason}") from None
     value = text.strip()
+    if len(text) > MAX_FILE_BYTES:
+        raise ZoneError(f"{path} holds more than {MAX_FILE_BYTES} bytes, not a counter in "
+                        "microjoules")
     if not value.isdigit():
         shown = value[:40] + ("..." if len(value) > 40 else "")
         raise ZoneError(f"{path} holds {shown!r}, not a counter in microjoules")
@@ -55,6 +76,7 @@ class _Zone:
     max_uj: int
     last_uj: int | None = None
     total_uj: int = 0
+    last_now: float = 0.0
 
 
 class RaplSource:
@@ -106,12 +128,16 @@ class RaplSource:
         for zone in sorted(present - set(self._zones), key=_zone_sort_key):
             path = self._root / zone
             try:
-                name = (path / "name").read_text(encoding="ascii", errors="replace").strip()
+                name = _read_small(path / "name").strip()
                 max_uj = _read_uint(path / "max_energy_range_uj")
             except (OSError, ZoneError) as exc:
                 self._fault(zone, f"zone {zone} skipped: {exc}")
                 continue
             domain = "package" if PACKAGE_NAME.match(name) else name
+            if not max_uj:
+                log.warning(f"zone {zone} has max_energy_range_uj 0: its wraps cannot be "
+                            f"corrected (each restarts the baseline) and a step above "
+                            f"{MAX_ZONE_WATTS:g} W is refused as garbage")
             if domain not in KNOWN_DOMAINS:
                 log.info(f"zone {zone} has unknown domain {name!r}: published per zone, "
                          "not added to node energy")
@@ -139,7 +165,6 @@ class RaplSource:
                 up = False
                 self._fault(zone, f"zone {zone} down: {exc}")
                 continue
-            self._throttle.recovered(zone, f"zone {zone} readable again")
             if z.last_uj is not None:
                 if value >= z.last_uj:
                     step = value - z.last_uj
@@ -147,11 +172,20 @@ class RaplSource:
                     step = z.max_uj - z.last_uj + value
                 else:
                     step = 0  # no known range to correct with: restart the baseline
+                if not z.max_uj and step > MAX_ZONE_WATTS * 1e6 * max(now - z.last_now, 1.0):
+                    up = False
+                    self._fault(zone, f"zone {zone} down: {z.path / 'energy_uj'} rose by "
+                                      f"{step} uJ in {max(now - z.last_now, 0.0):g} s, above "
+                                      f"{MAX_ZONE_WATTS:g} W with no max_energy_range_uj to "
+                                      "check it against; baseline restarted")
+                    z.last_uj, z.last_now = value, now
+                    continue
                 z.total_uj += step
                 component = COMPONENT_OF_DOMAIN.get(z.domain)
                 if component is not None:
                     delta_uj[component] = delta_uj.get(component, 0) + step
-            z.last_uj = value
+            self._throttle.recovered(zone, f"zone {zone} readable again")
+            z.last_uj, z.last_now = value, now
         totals = [ZoneTotal(zone, z.domain, z.total_uj / 1e6)
                   for zone, z in sorted({**self._gone, **self._zones}.items(),
                                         key=lambda kv: _zone_sort_key(kv[0]))]

@@ -1,0 +1,113 @@
+"""A bound on each source's read: a read that does not return in time costs the tick no more.
+
+A sysfs attribute served by a hung driver, a FIFO put where `energy_uj` should be, or an NVML
+call stuck in the kernel blocks its thread for as long as it likes. Each source therefore reads
+in a daemon thread of its own: the tick waits for the reading at most `timeout_seconds`, then
+marks the source down and goes on with the others. While that read is still blocked the source
+stays down and is not asked again (its state belongs to the blocked thread). When the read
+returns at last, its reading (energy since the previous one, as every source reports it) is
+used at the next tick, so no joule is lost or counted twice. The threads are daemons: a read
+that never returns never holds up the exit either.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, wait
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+MIN_TIMEOUT_SECONDS = 0.5
+MAX_TIMEOUT_SECONDS = 10.0
+
+
+def read_timeout_for(interval_seconds: float) -> float:
+    """Half the tick interval, at least 0.5 s (a loaded 2-core host can take that long to
+    schedule a read) and at most 10 s: a hung source is down from the tick it hangs in, the
+    tick still fits its interval at the default 5 s, and /healthz never fails for it."""
+    return min(max(interval_seconds / 2.0, MIN_TIMEOUT_SECONDS), MAX_TIMEOUT_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    """What one guarded call gave this tick."""
+
+    value: T | None = None
+    """The result, or None when the call is still running or raised."""
+    hung: bool = False
+    """The call has not returned: started this tick and timed out, or still blocked since."""
+    started_hang: bool = False
+    """This tick's call is the one that timed out (log it and count it once)."""
+    late: bool = False
+    """The result is from a call that timed out at an earlier tick and has since returned."""
+    error: BaseException | None = None
+
+
+class Guard(Generic[T]):
+    """Runs `call(arg)` in a daemon thread of its own, waiting at most `timeout_seconds`."""
+
+    def __init__(self, name: str, call: Callable[[float], T], *, timeout_seconds: float) -> None:
+        if not timeout_seconds > 0 or not math.isfinite(timeout_seconds):
+            raise ValueError("timeout_seconds must be a positive number")
+        self.name = name
+        self.timeout_seconds = timeout_seconds
+        self._call = call
+        self._jobs: queue.SimpleQueue[tuple[float, Future[T]] | None] = queue.SimpleQueue()
+        self._pending: Future[T] | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def blocked(self) -> bool:
+        """A call is running that has not returned in time (and has not returned since)."""
+        return self._pending is not None and not self._pending.done()
+
+    def run(self, arg: float) -> Outcome[T]:
+        """The call's result this tick; never waits longer than the timeout."""
+        pending = self._pending
+        if pending is not None:
+            if not pending.done():
+                return Outcome(hung=True)
+            self._pending = None
+            return self._outcome(pending, late=True)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name=f"read-{self.name}",
+                                            daemon=True)
+            self._thread.start()
+        future: Future[T] = Future()
+        self._jobs.put((arg, future))
+        done, _ = wait((future,), self.timeout_seconds)
+        if not done:
+            self._pending = future
+            return Outcome(hung=True, started_hang=True)
+        return self._outcome(future, late=False)
+
+    @staticmethod
+    def _outcome(future: Future[T], *, late: bool) -> Outcome[T]:
+        error = future.exception()
+        if error is not None:
+            return Outcome(error=error, late=late)
+        return Outcome(value=future.result(), late=late)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            arg, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._call(arg))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        """Let the thread end once its current call (if any) returns; never waits for it."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread = None
