@@ -3,12 +3,18 @@
 Like client-go's reflector: list once, then watch from the list's resourceVersion with bookmarks
 on, resuming from the last resourceVersion seen whenever a watch ends; re-list only on 410 Gone.
 Errors back off exponentially with jitter; meanwhile the last known pods are kept.
+
+`stop()` never waits on a response's reader: a read blocked in the watch thread holds the
+reader's lock until the next byte arrives, which on a quiet watch can be minutes. It shuts the
+socket under the response down instead, which wakes that read at once (TLS included).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -27,6 +33,10 @@ class ApiError(Exception):
 
 class Gone(Exception):
     """410 Gone: the resourceVersion we resume from is too old; list again."""
+
+
+class _Stopped(Exception):
+    """stop() was called: end the watch thread quietly (no error counted, nothing logged)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +125,14 @@ class PodWatcher:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """End the watch thread; wait for it at most `timeout` seconds (it is a daemon).
+
+        The response being read (a watch, or a list or node body) is interrupted by shutting
+        its socket down, never by closing it: closing waits for the reader's lock, which the
+        watch thread holds until the server sends something. A request still waiting for its
+        response headers cannot be reached; the join's timeout bounds it."""
         self._stopping.set()
-        response = self._response
-        if response is not None:
-            response.close()  # unblocks the watch read
+        _interrupt(self._response)  # set before reading: see _request for the other half
         self._thread.join(timeout)
 
     def view(self) -> PodView:
@@ -136,10 +150,12 @@ class PodWatcher:
                 self._watch()
                 delay = self._backoff[0]
             except Gone:
+                if self._stopping.is_set():
+                    break
                 log.info("pod watch expired (410 Gone): listing again")
                 self._rv = None
             except Exception as exc:
-                if self._stopping.is_set():
+                if self._stopping.is_set():  # _Stopped, or a read cut short by stop()
                     break
                 with self._lock:
                     self._up = False
@@ -152,12 +168,34 @@ class PodWatcher:
                 delay = min(delay * 2, self._backoff[1])
 
     def _request(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """The response, its headers read; its body is read by the caller, who hands it back
+        with `_done`. Published in `self._response` so that stop() can interrupt it."""
+        if self._stopping.is_set():
+            raise _Stopped()
         response = call(*args, _preload_content=False, **kwargs)
+        self._response = response
+        # stop() sets _stopping, then reads _response; this stores _response, then reads
+        # _stopping: either stop() interrupts this response, or this sees the stop.
+        if self._stopping.is_set():
+            self._done(response)
+            raise _Stopped()
         if not 200 <= response.status <= 299:
-            body = response.data[:300].decode("utf-8", "replace")
-            response.release_conn()
+            try:
+                body = response.data[:300].decode("utf-8", "replace")
+            finally:
+                self._done(response)
             raise ApiError(f"HTTP {response.status}: {_status_message(body)}")
         return response
+
+    def _done(self, response: Any) -> None:
+        """Give the connection back to the pool, or close it once stopping (stop() may have
+        shut its socket down). Only the watch thread calls this: the reader's lock is free."""
+        self._response = None
+        if self._stopping.is_set():
+            with contextlib.suppress(Exception):
+                response.close()
+        else:
+            response.release_conn()
 
     def _list(self) -> None:
         response = self._request(self._api.list_pod_for_all_namespaces,
@@ -167,7 +205,7 @@ class PodWatcher:
         except ValueError:
             raise ApiError("the pod list is not JSON: is the server a Kubernetes API?") from None
         finally:
-            response.release_conn()
+            self._done(response)
         rv = (data.get("metadata") or {}).get("resourceVersion")
         if not isinstance(rv, str) or not isinstance(data.get("items"), list):
             raise ApiError("the pod list has no resourceVersion or items")
@@ -195,8 +233,10 @@ class PodWatcher:
             try:
                 return node_facts(json.loads(response.data))
             finally:
-                response.release_conn()
+                self._done(response)
         except Exception as exc:
+            if self._stopping.is_set():
+                raise _Stopped() from None
             self._throttle.fault("node", f"cannot read Node {self._node}: {_describe(exc)}; "
                                          "zone, region and allocatable CPU stay unknown")
             return None
@@ -208,7 +248,6 @@ class PodWatcher:
             resource_version=self._rv, allow_watch_bookmarks=True, timeout_seconds=timeout,
             _request_timeout=(10, timeout + 30))
         self.watches += 1
-        self._response = response
         try:
             with self._lock:
                 self._up = True
@@ -217,8 +256,7 @@ class PodWatcher:
                     return
                 self._apply(json.loads(line))
         finally:
-            self._response = None
-            response.release_conn()
+            self._done(response)
 
     def _apply(self, event: Mapping[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object")
@@ -250,6 +288,29 @@ class PodWatcher:
             self._malformed += 1
         self._throttle.fault("malformed", "skipped an object without metadata.uid: "
                                           f"{str(obj)[:120]}")
+
+
+def _socket_of(response: Any) -> socket.socket | None:
+    """The TCP socket a urllib3 response reads from, without taking any lock."""
+    sock = getattr(getattr(response, "connection", None), "sock", None)  # urllib3 2.x
+    if sock is None:  # urllib3 1.x, or a connection already handed back: http.client's reader
+        sock = getattr(getattr(getattr(getattr(response, "_fp", None), "fp", None), "raw",
+                               None), "_sock", None)
+    sock = getattr(sock, "socket", sock)  # urllib3's SSLTransport (TLS in TLS) wraps a socket
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _interrupt(response: Any) -> None:
+    """Wake a read blocked on `response` in another thread: shut its socket down for both
+    directions (the blocked recv returns end-of-file; the server sees the client go). The
+    plain socket's shutdown is called even on an ssl.SSLSocket, whose own shutdown() would
+    also drop its TLS state under the reading thread; the TLS read sees end-of-file too."""
+    if response is None:
+        return
+    sock = _socket_of(response)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed, or never connected
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _uid(obj: object) -> str | None:

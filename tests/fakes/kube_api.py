@@ -1,9 +1,10 @@
 """A protocol-faithful fake Kubernetes API server for the pod-watcher tests.
 
-`FakeKubeAPI` serves plain HTTP on 127.0.0.1 from its own thread and asyncio event loop, so
-the real `kubernetes` client (or aiohttp, or a subprocess given `write_kubeconfig()`) can talk
-to it while synchronous or async test code mutates its state. It reproduces these behaviours
-of a real kube-apiserver (watch cache enabled, JSON only):
+`FakeKubeAPI` serves plain HTTP on 127.0.0.1 (or HTTPS, as a real apiserver does, given
+`tls_cert`/`tls_key` and the `tls_ca` that signed them) from its own thread and asyncio event
+loop, so the real `kubernetes` client (or aiohttp, or a subprocess given `write_kubeconfig()`)
+can talk to it while synchronous or async test code mutates its state. It reproduces these
+behaviours of a real kube-apiserver (watch cache enabled, JSON only):
 
 * `GET /api/v1/pods` lists pods of all namespaces as a `PodList` whose
   `metadata.resourceVersion` is the current global RV; items are ordered by namespace/name
@@ -57,6 +58,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import ssl
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
@@ -206,8 +208,14 @@ class FakeKubeAPI:
 
     def __init__(self, *, node_name: str = "node-a", node_labels: dict[str, str] | None = None,
                  allocatable_cpu: str = "16", allocatable_memory: str = "64Gi",
-                 bookmark_interval: float = 1.0, max_events: int = 100_000) -> None:
+                 bookmark_interval: float = 1.0, max_events: int = 100_000,
+                 tls_cert: Path | None = None, tls_key: Path | None = None,
+                 tls_ca: Path | None = None) -> None:
+        if (tls_cert is None) != (tls_key is None) or (tls_ca is not None and tls_cert is None):
+            raise ValueError("HTTPS needs tls_cert and tls_key (and tls_ca for the kubeconfig)")
         self.node_name = node_name
+        self._tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+        self._tls_ca = tls_ca
         self.bookmark_interval = bookmark_interval
         self.max_events = max_events
         self._lock = threading.RLock()
@@ -241,7 +249,7 @@ class FakeKubeAPI:
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. `http://127.0.0.1:43125` (only once started)."""
+        """Base URL, e.g. `http://127.0.0.1:43125` or `https://...` (only once started)."""
         if not self._url:
             raise RuntimeError("FakeKubeAPI is not started")
         return self._url
@@ -293,12 +301,16 @@ class FakeKubeAPI:
         self.stop()
 
     def write_kubeconfig(self, path: Path) -> Path:
-        """Write a kubeconfig (plain HTTP, bearer token, current-context set) for this server."""
+        """Write a kubeconfig (bearer token, current-context set, and with HTTPS the CA given as
+        `tls_ca`, else the server's own certificate) for this server."""
+        cluster: JSON = {"server": self.url}
+        if self._tls is not None:
+            cluster["certificate-authority"] = str(self._tls_ca or self._tls[0])
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "preferences": {},
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "fake", "cluster": cluster}],
             "users": [{"name": "fake", "user": {"token": TOKEN}}],
             "contexts": [{"name": "fake",
                           "context": {"cluster": "fake", "user": "fake", "namespace": "default"}}],
@@ -447,11 +459,15 @@ class FakeKubeAPI:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0,
                                handler_cancellation=True, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        context = None
+        if self._tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*self._tls)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
         await site.start()
         self._runner = runner
         host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if context is not None else 'http'}://{host}:{port}"
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
