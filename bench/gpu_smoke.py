@@ -10,8 +10,17 @@ them with the trapezoid rule over exactly the spans the source's reads cover, so
 source's joules (energy counter, or its own power integration on old GPUs) can be compared
 with an independent figure. It also records the processes and SM utilisation the source saw.
 
+It also measures what NVML costs the source (``nvml_cost`` in the output): every pynvml call
+the source makes goes through a timing wrapper, so each read's time is split into reads that
+only take energy and power and reads that also refresh the processes, utilisation and MIG
+layout (median and p99, per read and per GPU), with each function's own time, and the
+amortised cost per GPU per read, as run and projected for the exporter's defaults (5 s tick,
+``PROCESSES_EVERY_S``). ``--processes-every`` defaults to 2.5 s here (every fifth read) so that
+a 30 s run has a dozen refreshing reads to measure.
+
 Run from the repository root; the project need not be pip-installed:
     python3 bench/gpu_smoke.py --seconds 30
+    python3 bench/gpu_smoke.py --fake-gpus 8 --seconds 10   # no GPU: the tests' fake NVML
 
 Output: one JSON object on stdout, also written to ``$OUT/gpu_smoke.json`` when ``OUT`` is
 set; progress goes to stderr. Exit codes: 0 done; 2 pynvml (nvidia-ml-py) not importable;
@@ -24,23 +33,35 @@ import argparse
 import importlib.metadata
 import itertools
 import json
+import math
 import os
 import platform
 import statistics
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.sources.nvml import NO_DRIVER, NvmlSource
+from exporter.sources.nvml import NO_DRIVER, PROCESSES_EVERY_S, NvmlSource
 
 TICK_S = 0.5
 SAMPLE_S = 0.1
 FIELD_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT
 MATMUL_N = 8192
+SMOKE_PROCESSES_EVERY_S = 2.5
+"""This script's default cadence: every fifth read, for enough refreshing reads to measure."""
+EXPORTER_TICK_S = 5.0
+"""The exporter's default --collector.interval, for the projected amortised cost."""
+GOAL_MS_PER_GPU = 1.0
+"""Issue 11: NVML at most about 1 ms per GPU per tick, amortised."""
+REFRESH_CALL = "nvmlDeviceGetComputeRunningProcesses"
+"""A read that made this call refreshed processes (on at least one GPU)."""
 
 
 def log(msg: str) -> None:
@@ -116,6 +137,119 @@ class Load:
             self._thread.join(timeout=30)
 
 
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(pct / 100 * len(ordered))) - 1]
+
+
+class TimedNvml(ModuleType):
+    """The pynvml module as the source sees it: each `nvml*` function timed and counted.
+
+    Everything else (the `NVMLError_*` classes, constants) passes through untouched. The
+    wrapper adds about a microsecond per call, against the milliseconds measured."""
+
+    def __init__(self, nv: Any) -> None:
+        super().__init__("pynvml")
+        self._nv = nv
+        self.seconds: dict[str, list[float]] = {}
+        self.read_calls: Counter[str] = Counter()
+        """Calls since `start_read()`."""
+
+    def start_read(self) -> None:
+        self.read_calls = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._nv, name)
+        if not (name.startswith("nvml") and callable(value)):
+            return value
+        spent = self.seconds.setdefault(name, [])
+        function: Callable[..., Any] = value
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent.append(time.perf_counter() - t0)
+                self.read_calls[name] += 1
+
+        self.__dict__[name] = timed  # found directly from now on
+        return timed
+
+
+def read_stats(seconds: list[float], gpus: int) -> dict[str, Any]:
+    if not seconds:
+        return {"count": 0}
+    ms = [s * 1000.0 for s in seconds]
+    return {"count": len(ms), "ms_median": round(statistics.median(ms), 4),
+            "ms_p99": round(percentile(ms, 99), 4), "ms_mean": round(statistics.fmean(ms), 4),
+            "ms_max": round(max(ms), 4),
+            "ms_per_gpu_median": round(statistics.median(ms) / gpus, 4),
+            "ms_per_gpu_p99": round(percentile(ms, 99) / gpus, 4)}
+
+
+def nvml_cost(calls_s: dict[str, list[float]], reads: list[tuple[float, bool]], gpus: int,
+              processes_every_s: float) -> dict[str, Any]:
+    """Per-read NVML cost, energy-only reads apart from refreshing ones, and amortised;
+    `calls_s`: each function's call times during the reads (the probe's left out)."""
+    gpus = max(gpus, 1)
+    energy = [s for s, refreshed in reads if not refreshed]
+    refresh = [s for s, refreshed in reads if refreshed]
+    every = [s for s, _ in reads]
+    out: dict[str, Any] = {
+        "gpus": gpus, "tick_s": TICK_S, "processes_every_s": processes_every_s,
+        "reads": {"energy_only": read_stats(energy, gpus),
+                  "with_refresh": read_stats(refresh, gpus), "all": read_stats(every, gpus)},
+    }
+    if every:
+        out["amortised_ms_per_read"] = round(statistics.fmean(every) * 1000.0, 4)
+        out["amortised_ms_per_gpu"] = round(statistics.fmean(every) * 1000.0 / gpus, 4)
+    if energy and refresh:
+        # the exporter's defaults: one read in (PROCESSES_EVERY_S / 5 s) refreshes
+        share = min(1.0, EXPORTER_TICK_S / PROCESSES_EVERY_S) if PROCESSES_EVERY_S else 1.0
+        e, r = statistics.fmean(energy), statistics.fmean(refresh)
+        projected = (e + (r - e) * share) * 1000.0 / gpus
+        out["projected_at_exporter_defaults"] = {
+            "tick_s": EXPORTER_TICK_S, "processes_every_s": PROCESSES_EVERY_S,
+            "refreshing_share": round(share, 4), "ms_per_gpu": round(projected, 4),
+            "goal_ms_per_gpu": GOAL_MS_PER_GPU, "goal_met": projected <= GOAL_MS_PER_GPU}
+    n_reads = max(len(reads), 1)
+    functions = {}
+    for name, spent in sorted(calls_s.items()):
+        ms = [s * 1000.0 for s in spent]
+        if not ms:
+            continue  # called at the probe only (nvmlInit, nvmlDeviceGetName, ...)
+        functions[name] = {"calls": len(ms), "calls_per_read": round(len(ms) / n_reads, 3),
+                           "ms_median": round(statistics.median(ms), 4),
+                           "ms_p99": round(percentile(ms, 99), 4),
+                           "ms_total": round(sum(ms), 3)}
+    out["per_function"] = functions
+    return out
+
+
+def fake_pynvml(gpus: int) -> Any:
+    """The tests' fake NVML (tests/fakes/fake_nvml.py): `gpus` H100s with one process each."""
+    from tests.fakes.fake_nvml import FakeNvml, FakeProcess, h100
+
+    boards = [h100(f"GPU-00000000-0000-4000-8000-{i:012x}") for i in range(gpus)]
+    for i, board in enumerate(boards):
+        board.processes = [FakeProcess(4000 + i)]
+    return FakeNvml(boards)
+
+
+def drive_fake(nv: Any, now: float) -> None:
+    """Fake time follows the clock; each process gets a utilisation sample per call."""
+    if nv.time == 0.0:
+        nv.time = now
+    if now > nv.time:
+        nv.advance(now - nv.time)
+        for i, board in enumerate(nv.gpus):
+            for process in board.processes:
+                nv.add_sample(board, process.pid, 40 + (i * 7) % 60)
+            del board.samples[:-8]  # the fake filters its whole list at each call
+
+
 class PowerSampler:
     """PowerUsage and field 186 of every GPU, through the source's own pynvml module."""
 
@@ -169,18 +303,32 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0,
                         help="idle for a third of it, then load (default 30)")
     parser.add_argument("--no-load", action="store_true", help="never start the matmul load")
+    parser.add_argument("--processes-every", type=float, default=SMOKE_PROCESSES_EVERY_S,
+                        metavar="SECONDS",
+                        help="the source's processes_every_s: seconds between process "
+                             f"refreshes (default {SMOKE_PROCESSES_EVERY_S:g}; the exporter's "
+                             f"is {PROCESSES_EVERY_S:g}; 0: every read)")
+    parser.add_argument("--fake-gpus", type=int, default=0, metavar="N",
+                        help="no GPU needed: N fake H100s (tests/fakes/fake_nvml.py), no load")
     args = parser.parse_args()
 
-    try:
-        import pynvml  # type: ignore[import-not-found]
-    except ImportError as exc:
-        print(f"pynvml (package nvidia-ml-py) is not importable: {exc}", file=sys.stderr)
-        return 2
+    fake = args.fake_gpus > 0
+    if fake:
+        pynvml: Any = fake_pynvml(args.fake_gpus)
+        args.no_load = True
+    else:
+        try:
+            import pynvml  # type: ignore[import-not-found, no-redef, unused-ignore]
+        except ImportError as exc:
+            print(f"pynvml (package nvidia-ml-py) is not importable: {exc}", file=sys.stderr)
+            return 2
     started_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    source = NvmlSource(nvml=pynvml)
+    timed = TimedNvml(pynvml)
+    source = NvmlSource(nvml=timed, processes_every_s=args.processes_every)
     t_probe = time.perf_counter()
     status = source.probe()
     probe_s = time.perf_counter() - t_probe
+    probe_calls = {name: len(spent) for name, spent in timed.seconds.items()}
     if not status.enabled:
         print(status.detail, file=sys.stderr)
         return 3 if status.detail == NO_DRIVER else 4
@@ -190,6 +338,7 @@ def main() -> int:
         "started_utc": started_utc,
         "host": {"python": platform.python_version(), "platform": platform.platform(),
                  "pid": os.getpid()},
+        "nvml": "fake (tests/fakes/fake_nvml.py)" if fake else "pynvml",
         "nvidia_ml_py_version": package_version("nvidia-ml-py"),
         "driver_version": str(pynvml.nvmlSystemGetDriverVersion()),
         "source_status": {"enabled": status.enabled, "detail": status.detail,
@@ -210,15 +359,25 @@ def main() -> int:
 
     ticks: list[dict[str, Any]] = []
     read_s: list[float] = []
+    reads: list[tuple[float, bool]] = []
     clock = time.monotonic
+
+    def sample(now: float) -> None:
+        if fake:
+            drive_fake(pynvml, now)
+        sampler.sample(now)
 
     def tick(phase: str) -> None:
         now = clock()
-        sampler.sample(now)
+        sample(now)
+        timed.start_read()
         t0 = time.perf_counter()
         reading = source.read(now)
-        read_s.append(time.perf_counter() - t0)
-        ticks.append({"t": now, "phase": phase, "up": reading.up,
+        spent = time.perf_counter() - t0
+        refreshed = timed.read_calls[REFRESH_CALL] > 0
+        read_s.append(spent)
+        reads.append((spent, refreshed))
+        ticks.append({"t": now, "phase": phase, "up": reading.up, "refreshed": refreshed,
                       "joules": dict(reading.joules),
                       "gpus": {g.uuid: g for g in source.gpus}})
 
@@ -239,11 +398,12 @@ def main() -> int:
             if n % round(TICK_S / SAMPLE_S) == 0:
                 tick(phase)
             else:
-                sampler.sample(clock())
+                sample(clock())
             if clock() - start >= length and n % round(TICK_S / SAMPLE_S) == 0:
                 break
         boundaries[phase] = (start, ticks[-1]["t"])
     load.stop()
+    calls_s = {name: spent[probe_calls.get(name, 0):] for name, spent in timed.seconds.items()}
     source.close()
 
     per_gpu: list[dict[str, Any]] = []
@@ -291,7 +451,9 @@ def main() -> int:
                 row["sm_util_mean"] = round(statistics.fmean(values), 1) if values else None
                 row["sm_util_min_max"] = [min(values), max(values)] if values else None
                 row["is_this_script"] = row["pid"] == os.getpid()
-            processes[phase] = {"reads": len(phase_ticks), "processes": list(seen.values())}
+            processes[phase] = {"reads": len(phase_ticks),
+                                "refreshing_reads": sum(t["refreshed"] for t in phase_ticks),
+                                "processes": list(seen.values())}
         entry["processes"] = processes
         per_gpu.append(entry)
 
@@ -303,6 +465,8 @@ def main() -> int:
         "power_sample_call_s": {"median": round(statistics.median(sampler.call_s), 5),
                                 "max": round(max(sampler.call_s), 5)} if sampler.call_s else None,
         "power_sample_errors": sampler.errors,
+        "nvml_cost": nvml_cost(calls_s, reads, len(sampler.handles),
+                               source.processes_every_s),
         "per_gpu": per_gpu,
         "torch": load.info,
         "elapsed_s": round(clock() - ticks[0]["t"], 2) if ticks else 0.0,

@@ -19,7 +19,6 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 MODES = ("dynamic", "idle")
-IDLE_POLICIES = ("requests", "none")
 BY_CPU = frozenset({"cpu", "dram"})
 """Components split by CPU time and requests; the others are handled apart (gpu) or kept."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import math
 import os
 import socket
@@ -15,7 +16,7 @@ from types import ModuleType
 from typing import NoReturn
 
 from exporter import __version__, carbon, intensity, logs
-from exporter.config import CarbonSettings, ConfigError, Settings, load_file_config
+from exporter.config import COMPONENTS, CarbonSettings, ConfigError, Settings, load_file_config
 from exporter.sampler import Kubernetes, Sampler, read_cpu_model
 from exporter.server import (
     ExporterState,
@@ -24,10 +25,8 @@ from exporter.server import (
     serve,
     stall_threshold,
 )
+from exporter.sources import registry
 from exporter.sources.base import EnergySource, Status
-from exporter.sources.estimate import ESTIMABLE, EstimateSource
-from exporter.sources.nvml import NvmlSource
-from exporter.sources.rapl import RaplSource
 from exporter.watchdog import read_timeout_for
 from exporter.webconfig import load_web_config
 
@@ -35,11 +34,10 @@ DEFAULT_LISTEN_ADDRESS = ":9835"
 """Not node_exporter's 9100, dcgm-exporter's 9400, nor Kepler's 9102 or 28282."""
 
 COLLECTORS = {
-    "rapl": "RAPL energy counters from <path.sysfs>/class/powercap",
-    "estimate": "utilisation-based estimate for cpu/dram where no sensor covers them",
-    "nvml": "NVIDIA GPU energy, power and processes through NVML",
+    **{spec.flag: spec.help for spec in registry.SOURCES},
     "kubernetes": "pods of this node from the Kubernetes API, CPU time from cgroups",
 }
+"""Every `--[no-]collector.<name>` flag: the energy sources of the registry, then the pods."""
 
 log = logs.get("main")
 
@@ -162,32 +160,29 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
                   clock: Callable[[], float] = time.monotonic,
                   timer: Callable[[], float] = time.perf_counter,
                   nvml_module: ModuleType | None = None) -> Sampler:
-    """Probe each source once, in order, so the estimate covers only what no sensor does."""
+    """Make and probe each source of the registry once, in its order; each owns the
+    components it reports that no source before it took (exporter/sources/registry.py)."""
     sources: list[EnergySource] = []
     statuses: list[Status] = []
-    sensed: frozenset[str] = frozenset()
-    if settings.collectors["rapl"]:
-        rapl = RaplSource(settings.sysfs)
-        status = rapl.probe()
-        sources.append(rapl)
+    uncovered = frozenset(COMPONENTS)
+    for spec in registry.SOURCES:
+        source = spec.create(registry.SourceContext(
+            sysfs=settings.sysfs, procfs=settings.procfs, file=settings.file,
+            uncovered=uncovered, nvml_module=nvml_module))  # tests hand in a fake NVML
+        if not settings.collectors[spec.flag]:
+            status = Status(False, f"disabled by --no-collector.{spec.flag}", present=False)
+        else:
+            status = source.probe()
+            if status.enabled:
+                owned = status.components & spec.components & uncovered
+                if owned != status.components:
+                    taken = ", ".join(sorted(status.components - owned))
+                    status = dataclasses.replace(
+                        status, enabled=bool(owned), components=owned,
+                        detail=f"{status.detail}; {taken} left to the source before it")
+                uncovered -= owned
+        sources.append(source)
         statuses.append(status)
-        if status.enabled:
-            sensed = status.components
-    else:
-        statuses.append(Status(False, "disabled by --no-collector.rapl", present=False))
-        sources.append(RaplSource(settings.sysfs))
-    nvml = NvmlSource(nvml=nvml_module)  # tests hand in a fake NVML module
-    if settings.collectors["nvml"]:
-        statuses.append(nvml.probe())
-    else:
-        statuses.append(Status(False, "disabled by --no-collector.nvml", present=False))
-    sources.append(nvml)
-    estimate = EstimateSource(settings.procfs, settings.file.estimate, ESTIMABLE - sensed)
-    if settings.collectors["estimate"]:
-        statuses.append(estimate.probe())
-    else:
-        statuses.append(Status(False, "disabled by --no-collector.estimate", present=False))
-    sources.append(estimate)
     for source, status in zip(sources, statuses, strict=True):
         _log_status(source.name, status)
     covered = frozenset().union(*(s.components for s in statuses if s.enabled))

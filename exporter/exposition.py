@@ -1,4 +1,5 @@
-"""The metric contract (docs/metrics.md) and its rendering to bytes, once per tick."""
+"""The ledger rendered to bytes, once per tick, in the text and OpenMetrics formats; the
+families themselves are declared in exporter.metrics."""
 
 from __future__ import annotations
 
@@ -12,86 +13,14 @@ from prometheus_client.exposition import generate_latest as render_text
 from prometheus_client.openmetrics.exposition import generate_latest as render_openmetrics
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
 from exporter.ledger import Ledger
+from exporter.metrics import FAMILIES, TICK_DURATION
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 NODE = "node"
-
-
-@dataclass(frozen=True, slots=True)
-class Spec:
-    """One metric family: its type, help text and label names (besides `node`)."""
-
-    kind: str
-    help: str
-    labels: tuple[str, ...] = ()
-
-
-SPECS: dict[str, Spec] = {
-    "footprint_node_energy_joules_total": Spec(
-        "counter", "Energy the node used, per component, without double counting.",
-        ("component", "source")),
-    "footprint_rapl_energy_joules_total": Spec(
-        "counter", "Energy of each RAPL zone as read, wraparound corrected.", ("zone", "domain")),
-    "footprint_gpu_energy_joules_total": Spec(
-        "counter", "Energy of each physical GPU (NVML's counter, or integrated power).",
-        ("gpu", "uuid", "product")),
-    "footprint_gpu_power_watts": Spec(
-        "gauge", "NVML power reading of each GPU at the last tick.", ("gpu", "uuid", "product")),
-    "footprint_node_co2e_grams_total": Spec(
-        "counter", "Operational emissions of the node's energy at the intensity in force.",
-        ("component", "source")),
-    "footprint_unattributed_energy_joules_total": Spec(
-        "counter", "Node energy no container was charged for.", ("component", "mode")),
-    "footprint_unattributed_co2e_grams_total": Spec(
-        "counter", "Operational emissions of unattributed energy.", ("component", "mode")),
-    "footprint_grid_intensity_grams_per_kwh": Spec(
-        "gauge", "Grid carbon intensity in force for this node, gCO2e per kWh.",
-        ("zone", "provider")),
-    "footprint_grid_intensity_last_update_timestamp_seconds": Spec(
-        "gauge", "Unix time the live intensity value in force is for (its age: time() - this).",
-        ("provider",)),
-    "footprint_embodied_grams": Spec(
-        "gauge", "Manufacturing emissions of this node's hardware, grams CO2e.",
-        ("component", "gpu")),
-    "footprint_embodied_lifetime_seconds": Spec(
-        "gauge", "Seconds of use the embodied emissions are spread over (life x usage)."),
-    "footprint_pue": Spec(
-        "gauge", "Power usage effectiveness of the data centre the node is in."),
-    "footprint_node_info": Spec(
-        "gauge", "Facts about the node.",
-        ("zone", "region", "instance_type", "cpu_model", "gpu_product", "gpu_count")),
-    "footprint_source_up": Spec(
-        "gauge", "Whether each input worked at the last tick (1) or not (0).", ("source",)),
-    "footprint_container_energy_joules_total": Spec(
-        "counter", "Energy attributed to one container.",
-        ("namespace", "pod", "container", "model", "phase", "component", "mode")),
-    "footprint_container_co2e_grams_total": Spec(
-        "counter", "Operational emissions of the energy attributed to one container.",
-        ("namespace", "pod", "container", "model", "phase", "component", "mode")),
-    "footprint_container_allocation_ratio": Spec(
-        "gauge", "The container's share of the node's resource (CPU requests / allocatable).",
-        ("namespace", "pod", "container", "model", "phase", "resource")),
-    "footprint_container_info": Spec(
-        "gauge", "How the container was matched to a model.",
-        ("namespace", "pod", "container", "model", "model_source", "phase", "owner_kind",
-         "owner_name")),
-    "footprint_exporter_errors_total": Spec(
-        "counter", "Faults by source and reason: failed reads, bad pods, missing cgroups.",
-        ("source", "reason")),
-    "footprint_exporter_build_info": Spec(
-        "gauge", "The exporter's version.", ("version", "python_version")),
-}
-CONTAINER_SERIES = ("footprint_container_energy_joules_total",
-                    "footprint_container_co2e_grams_total",
-                    "footprint_container_allocation_ratio", "footprint_container_info")
-"""Every family whose labels start with (namespace, pod, container)."""
-TICK_DURATION = "footprint_exporter_tick_duration_seconds"
-TICK_DURATION_HELP = "Time each tick took: read sources, attribute, render."
 
 
 @dataclass(frozen=True)
@@ -138,9 +67,20 @@ class Snapshot:
 
 
 def _number(value: float) -> str:
-    """Go's float formatting, as Prometheus' own clients write sample values."""
-    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
-    return text
+    """Go's float formatting, as Prometheus' own clients write sample values: exactly
+    prometheus_client's floatToGoString (tests/test_exposition.py compares them on random and
+    edge values), without its float() and three comparisons before the common case."""
+    value = float(value)  # an int (a gauge set to 1) is written as 1.0
+    text = repr(value)
+    if value > 0:
+        dot = text.find(".")
+        if dot > 6:  # Go switches to exponents sooner than Python
+            mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+            return f"{mantissa}e+{dot - 1:02d}"
+        return "+Inf" if text == "inf" else text
+    if value != value:
+        return "NaN"
+    return "-Inf" if text == "-inf" else text
 
 
 def _escape_value(value: str) -> str:
@@ -169,7 +109,9 @@ class Renderer:
     def __init__(self, ledger: Ledger, *, node: str, process_metrics: bool) -> None:
         self._ledger = ledger
         self._node = node
-        self._prefixes: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._lines: dict[tuple[str, tuple[str, ...]], tuple[float, str]] = {}
+        """Each live series' last value and rendered line: an unchanged value is not
+        formatted again."""
         self._process: CollectorRegistry | None = None
         if process_metrics:
             self._process = CollectorRegistry(auto_describe=False)
@@ -180,11 +122,12 @@ class Renderer:
         return name + "{" + ",".join(f'{k}="{_escape_value(v)}"' for k, v in pairs) + "}"
 
     def render(self, stats: TickStats) -> Snapshot:
-        text: list[str] = []
-        om: list[str] = []
-        old, new = self._prefixes, {}
+        text: list[bytes] = []
+        om: list[bytes] = []
+        old: dict[tuple[str, tuple[str, ...]], tuple[float, str]] = self._lines
+        new: dict[tuple[str, tuple[str, ...]], tuple[float, str]] = {}
         node = self._node
-        for name, spec in SPECS.items():
+        for name, spec in FAMILIES.items():
             store = self._ledger.counters if spec.kind == "counter" else self._ledger.gauges
             series = store.get(name)
             if not series:
@@ -192,28 +135,40 @@ class Renderer:
             names = (NODE, *spec.labels)
             base = name.removesuffix("_total") if spec.kind == "counter" else name
             text.append(f"# HELP {name} {_escape_help(spec.help, openmetrics=False)}\n"
-                        f"# TYPE {name} {spec.kind}\n")
+                        f"# TYPE {name} {spec.kind}\n".encode())
+            unit = f"# UNIT {base} {spec.unit}\n" if spec.unit else ""
             om.append(f"# HELP {base} {_escape_help(spec.help, openmetrics=True)}\n"
-                      f"# TYPE {base} {spec.kind}\n")
+                      f"# TYPE {base} {spec.kind}\n{unit}".encode())
             lines = []
             for labels, value in series.items():
                 key = (name, labels)
-                prefix = old.get(key) or self._prefix(name, names, (node, *labels))
-                new[key] = prefix
-                lines.append(f"{prefix} {_number(value)}\n")
-            body = "".join(lines)
+                cached = old.get(key)
+                if cached is None:
+                    line = (f"{self._prefix(name, names, (node, *labels))} "
+                            f"{_number(value)}\n")
+                    cached = (value, line)
+                elif cached[0] != value or value != value:
+                    line = cached[1]
+                    line = f"{line[:line.rindex(' ')]} {_number(value)}\n"
+                    cached = (value, line)
+                new[key] = cached
+                lines.append(cached[1])
+            body = "".join(lines).encode()  # once, for both formats
             text.append(body)
             om.append(body)  # a counter's samples keep `_total` in OpenMetrics too
         summary_labels = f'{{node="{_escape_value(node)}"}}'
         for out, is_om in ((text, False), (om, True)):
-            out.append(f"# HELP {TICK_DURATION} "
-                       f"{_escape_help(TICK_DURATION_HELP, openmetrics=is_om)}\n"
-                       f"# TYPE {TICK_DURATION} summary\n"
-                       f"{TICK_DURATION}_count{summary_labels} {_number(stats.count)}\n"
-                       f"{TICK_DURATION}_sum{summary_labels} {_number(stats.seconds)}\n")
-        self._prefixes = new
-        text_bytes = "".join(text).encode()
-        om_bytes = "".join(om).encode()
+            name = TICK_DURATION.name
+            unit = f"# UNIT {name} {TICK_DURATION.unit}\n" if is_om else ""
+            out.append(f"# HELP {name} "
+                       f"{_escape_help(TICK_DURATION.help, openmetrics=is_om)}\n"
+                       f"# TYPE {name} summary\n{unit}"
+                       f"{name}_count{summary_labels} {_number(stats.count)}\n"
+                       f"{name}_sum{summary_labels} {_number(stats.seconds)}\n"
+                       .encode())
+        self._lines = new
+        text_bytes = b"".join(text)
+        om_bytes = b"".join(om)
         if self._process is not None:
             text_bytes += render_text(self._process)
             process_om: bytes = render_openmetrics(self._process)  # type: ignore[no-untyped-call]

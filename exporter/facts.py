@@ -19,7 +19,7 @@ CLOUD_PUE = {"aws": 1.135, "gcp": 1.1, "azure": 1.185}
 
 
 @dataclass(frozen=True, slots=True)
-class NodeFacts:
+class LifecycleFacts:
     """The numbers published as footprint_embodied_*, footprint_pue."""
 
     server_grams: float
@@ -30,8 +30,8 @@ class NodeFacts:
     pue_source: str
 
 
-def node_facts(*, embodied: EmbodiedSettings, pue: PueSettings, labels: Mapping[str, str],
-               provider_id: str, zone: str, gpus: Sequence[tuple[str, str]]) -> NodeFacts:
+def lifecycle_facts(*, embodied: EmbodiedSettings, pue: PueSettings, labels: Mapping[str, str],
+               provider_id: str, zone: str, gpus: Sequence[tuple[str, str]]) -> LifecycleFacts:
     """`gpus` is (index, product) per GPU. An override whose node_labels all match wins."""
     server, per_gpu = embodied.server_grams, None
     for override in embodied.overrides:
@@ -53,6 +53,6 @@ def node_facts(*, embodied: EmbodiedSettings, pue: PueSettings, labels: Mapping[
         value, source = CLOUD_PUE[cloud], f"{cloud} (Cloud Carbon Footprint)"
     else:
         value, source = pue.default, "default"
-    return NodeFacts(server_grams=server, gpu_grams=tuple(grams),
+    return LifecycleFacts(server_grams=server, gpu_grams=tuple(grams),
                      lifetime_seconds=embodied.lifetime_years * embodied.usage_ratio
                      * SECONDS_PER_YEAR, pue=value, pue_source=source)

@@ -56,6 +56,3 @@ class Throttle:
     def recovered(self, key: str, message: str) -> None:
         if self._last.pop(key, None) is not None:
             self._log.info(message)
-
-    def active(self, key: str) -> bool:
-        return key in self._last

@@ -13,7 +13,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.config import ConfigError
+from exporter.schema import (
+    ConfigError,
+    check_keys,
+    expect_list,
+    expect_mapping,
+    string,
+)
 
 PHASES = ("inference", "training", "other")
 SOURCES = ("label", "annotation", "arg", "subcommand", "env", "image")
@@ -29,13 +35,15 @@ EXPLICIT_PHASE_KEY = "footprint.dev/phase"
 RESERVED_SOURCE_NAMES = ("owner", "none")
 """model_source values match_pod itself publishes; a rule may not take them as its name."""
 
-_RULE_FIELDS = ("name", "source", "key", "phase", "when", "phase_key", "selector", "pattern")
-_REQUIRED_FIELDS = {
+RULE_FIELDS = ("name", "source", "key", "phase", "when", "phase_key", "selector", "pattern")
+"""The keys of one rule in `models.rules`, in ModelRule's order."""
+REQUIRED_FIELDS = {
     "name": "a non-empty string",
     "source": "one of " + ", ".join(SOURCES),
     "key": "a non-empty string",
     "phase": "one of " + ", ".join(PHASES),
 }
+"""The keys a rule must have, and what each is."""
 _LABEL_KEY = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 _SELECTOR_EXPECTED = "a label selector of comma-separated key, !key, key=value or key!=value"
@@ -52,10 +60,6 @@ class _FieldError(Exception):
         super().__init__(f"{name}: {message}")
         self.field = name
         self.message = message
-
-
-def _describe(value: object) -> str:
-    return repr(value) if not isinstance(value, Mapping | list) else type(value).__name__
 
 
 def _one_of(choices: Sequence[str]) -> str:
@@ -229,23 +233,13 @@ DEFAULT_RULES: tuple[ModelRule, ...] = (
 
 
 def _rule_from(item: object, where: str) -> ModelRule:
-    if not isinstance(item, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {_describe(item)}")
-    for name in item:
-        if name not in _RULE_FIELDS:
-            raise ConfigError(
-                f"{where}.{name}: unknown key (expected one of: {', '.join(_RULE_FIELDS)})")
-    for name, expected in _REQUIRED_FIELDS.items():
-        if name not in item:
+    data = expect_mapping(item, where)
+    check_keys(data, where, RULE_FIELDS)
+    for name, expected in REQUIRED_FIELDS.items():
+        if name not in data:
             raise ConfigError(f"{where}.{name}: missing (expected {expected})")
-    values: dict[str, str] = {}
-    for name in _RULE_FIELDS:
-        if name not in item:
-            continue
-        value = item[name]
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}.{name}: expected a string, got {_describe(value)}")
-        values[name] = value
+    values = {name: string(data[name], f"{where}.{name}") for name in RULE_FIELDS
+              if name in data}
     try:
         return ModelRule(**values)
     except ValueError as exc:
@@ -253,32 +247,12 @@ def _rule_from(item: object, where: str) -> ModelRule:
 
 
 def parse_rules(data: object, *, key: str = "models.rules") -> tuple[ModelRule, ...]:
-    """Validate a YAML list of rule mappings; raise ConfigError naming the first bad key."""
+    """Validate a YAML list of rule mappings (`models.rules`, read by exporter.config); raise
+    ConfigError naming the first bad key."""
     if data is None:
         return ()
-    if not isinstance(data, list):
-        raise ConfigError(f"{key}: expected a list of rule mappings, got {_describe(data)}")
-    return tuple(_rule_from(item, f"{key}[{i}]") for i, item in enumerate(data))
-
-
-def parse_models_config(data: object, *, key: str = "models") -> tuple[ModelRule, ...]:
-    """The `models:` section: user `rules` first, then DEFAULT_RULES unless `default_rules` is
-    false. None (no section) means the defaults alone."""
-    if data is None:
-        return DEFAULT_RULES
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{key}: expected a mapping, got {_describe(data)}")
-    allowed = ("rules", "default_rules")
-    for name in data:
-        if name not in allowed:
-            raise ConfigError(
-                f"{key}.{name}: unknown key (expected one of: {', '.join(allowed)})")
-    use_defaults = data.get("default_rules", True)
-    if not isinstance(use_defaults, bool):
-        raise ConfigError(
-            f"{key}.default_rules: expected true or false, got {_describe(use_defaults)}")
-    rules = parse_rules(data.get("rules"), key=f"{key}.rules")
-    return rules + DEFAULT_RULES if use_defaults else rules
+    items = expect_list(data, key, expected="a list of rule mappings")
+    return tuple(_rule_from(item, f"{key}[{i}]") for i, item in enumerate(items))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,8 +24,16 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter import logs
-from exporter.config import ConfigError, describe_secret, read_yaml
 from exporter.intensity.credentials import shown_path
+from exporter.schema import (
+    ConfigError,
+    boolean,
+    choice,
+    describe,
+    describe_secret,
+    read_yaml,
+    section,
+)
 from exporter.server import healthz, readyz
 
 log = logs.get("webconfig")
@@ -84,6 +92,8 @@ UNSUPPORTED = ("rate_limit", "auth_excluded_paths", "tls_server_config.cert",
                "tls_server_config.key", "tls_server_config.client_ca",
                "tls_server_config.client_allowed_sans", "tls_server_config.curve_preferences")
 """Toolkit keys this exporter refuses by name rather than ignores (docs/web-config.md)."""
+_REFUSED = dict.fromkeys(UNSUPPORTED,
+                         "not supported by footprint-exporter (see docs/web-config.md)")
 
 BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
 
@@ -91,31 +101,9 @@ UNAUTHENTICATED = (healthz, readyz)
 """Handlers served without basic auth: Kubernetes probes cannot easily send credentials."""
 
 
-def _describe(value: object) -> str:
-    return repr(value) if not isinstance(value, Mapping | list) else type(value).__name__
-
-
 def _mapping(value: object, key: str, allowed: tuple[str, ...]) -> Mapping[str, object]:
-    """A section (`key` "" is the top level) whose keys are all in `allowed`."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key or 'the top level'}: expected a mapping, "
-                          f"got {describe_secret(value)}")
-    for k in value:
-        full = f"{key}.{k}" if key else str(k)
-        if full in UNSUPPORTED:
-            raise ConfigError(f"{full}: not supported by footprint-exporter "
-                              "(see docs/web-config.md)")
-        if k not in allowed:
-            raise ConfigError(f"{full}: unknown key (expected one of: {', '.join(allowed)})")
-    return value
-
-
-def _choice(value: object, key: str, choices: Mapping[str, object]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {_describe(value)}")
-    return value
+    """A section (`key` "" is the top level) whose keys are all in `allowed`; never echoed."""
+    return section(value, key, allowed, secret=True, unsupported=_REFUSED)
 
 
 def _readable(value: object, key: str, base: Path) -> Path:
@@ -168,9 +156,9 @@ def parse_tls(data: object, base: Path) -> TlsSettings | None:
     private = _readable(tls["key_file"], f"{key}.key_file", base)
     auth = tls.get("client_auth_type", "NoClientCert")
     auth = CLIENT_AUTH_ALIASES.get(auth, auth) if isinstance(auth, str) else auth
-    auth = _choice(auth, f"{key}.client_auth_type", CLIENT_AUTH_TYPES)
-    lo = _choice(tls.get("min_version", "TLS12"), f"{key}.min_version", TLS_VERSIONS)
-    hi = _choice(tls.get("max_version", "TLS13"), f"{key}.max_version", TLS_VERSIONS)
+    auth = choice(auth, f"{key}.client_auth_type", CLIENT_AUTH_TYPES)
+    lo = choice(tls.get("min_version", "TLS12"), f"{key}.min_version", TLS_VERSIONS)
+    hi = choice(tls.get("max_version", "TLS13"), f"{key}.max_version", TLS_VERSIONS)
     if TLS_VERSIONS[hi] < TLS_VERSIONS[lo]:
         raise ConfigError(f"{key}.max_version: expected a version >= min_version ({lo}), "
                           f"got {hi!r}")
@@ -209,8 +197,8 @@ def parse_tls(data: object, base: Path) -> TlsSettings | None:
     if suites is not None:
         if not isinstance(suites, list) or not suites:
             raise ConfigError(f"{key}.cipher_suites: expected a list of Go cipher suite names, "
-                              f"got {_describe(suites)}")
-        names = [CIPHER_SUITES[_choice(s, f"{key}.cipher_suites", CIPHER_SUITES)]
+                              f"got {describe(suites)}")
+        names = [CIPHER_SUITES[choice(s, f"{key}.cipher_suites", CIPHER_SUITES)]
                  for s in suites]
         tls12 = [n for n in names if n is not None]
         if tls12:
@@ -220,11 +208,8 @@ def parse_tls(data: object, base: Path) -> TlsSettings | None:
                 raise ConfigError(f"{key}.cipher_suites: expected suites this OpenSSL "
                                   f"({ssl.OPENSSL_VERSION}) offers, got {suites!r} "
                                   f"({_ssl_reason(exc)})") from None
-    prefer = tls.get("prefer_server_cipher_suites", True)
-    if not isinstance(prefer, bool):
-        raise ConfigError(f"{key}.prefer_server_cipher_suites: expected true or false, "
-                          f"got {_describe(prefer)}")
-    if prefer:
+    if boolean(tls.get("prefer_server_cipher_suites", True),
+               f"{key}.prefer_server_cipher_suites"):
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     else:
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -235,8 +220,8 @@ def parse_headers(data: object) -> Mapping[str, str]:
     """`http_server_config`: the response headers, restricted to the toolkit's list."""
     key = "http_server_config"
     http = _mapping(data, key, HTTP_KEYS)
-    if "http2" in http and not isinstance(http["http2"], bool):
-        raise ConfigError(f"{key}.http2: expected true or false, got {_describe(http['http2'])}")
+    if "http2" in http:
+        boolean(http["http2"], f"{key}.http2")
     headers = _mapping(http.get("headers"), f"{key}.headers", tuple(HEADERS))
     out = {}
     for name, value in headers.items():
@@ -245,12 +230,10 @@ def parse_headers(data: object) -> Mapping[str, str]:
             continue  # the toolkit: unset if blank
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # `X-XSS-Protection: 0`, read as a string as Go's YAML does
-        allowed = HEADERS[name]
-        if allowed and value not in allowed:
-            raise ConfigError(f"{where}: expected one of {', '.join(allowed)}, "
-                              f"got {_describe(value)}")
+        if HEADERS[name]:
+            choice(value, where, HEADERS[name])
         if not isinstance(value, str) or any(c in value for c in "\r\n"):
-            raise ConfigError(f"{where}: expected a one-line string, got {_describe(value)}")
+            raise ConfigError(f"{where}: expected a one-line string, got {describe(value)}")
         out[name] = value
     return types.MappingProxyType(out)
 

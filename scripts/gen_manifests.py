@@ -3,11 +3,13 @@
     .venv/bin/python scripts/gen_manifests.py [--out DIR]
 
 Helm reads only files inside a chart, so `rules/footprint.rules.yaml` and `dashboards/*.json`
-are copied to `charts/footprint-exporter/files/`; the chart is then rendered with its default
-values (release `footprint-exporter`, namespace `monitoring`) into
-`manifests/footprint-exporter.yaml`, with `manifests/kustomization.yaml` beside it. The output
-is deterministic: tests/test_chart.py runs this script into a temporary directory and compares.
-Run it (and commit its output) after changing the chart, the rule pack or a dashboard.
+are copied to `charts/footprint-exporter/files/`, and the `config` section of its
+values.schema.json is written from exporter/config.py (scripts/gen_values_schema.py); the
+chart is then rendered with its default values (release `footprint-exporter`, namespace
+`monitoring`) into `manifests/footprint-exporter.yaml`, with `manifests/kustomization.yaml`
+beside it. The output is deterministic: tests/test_chart.py runs this script into a temporary
+directory and compares. Run it (and commit its output) after changing the chart, the rule
+pack, a dashboard or a setting in exporter/config.py.
 `--out DIR` writes under DIR instead of the repository (the same relative paths).
 """
 
@@ -20,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from gen_values_schema import generate as generate_values_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = Path("charts/footprint-exporter")
@@ -93,7 +96,7 @@ def manifests(chart_dir: Path) -> dict[Path, bytes]:
 
 def generate(root: Path) -> dict[Path, bytes]:
     """Every file this script writes, by path under the repository, from the sources in root."""
-    files = chart_files(root)
+    files = chart_files(root) | generate_values_schema(root)
     with tempfile.TemporaryDirectory() as tmp:
         # Render a copy whose files/ is fresh, so the output never depends on stale copies.
         chart_dir = Path(tmp) / CHART.name

@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import posixpath
 import re
 import subprocess
 import sys
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -740,6 +741,200 @@ def test_the_config_schema_matches_the_exporter_settings() -> None:
     # The chart sets the pod-resources socket itself (podResources), so values may not.
     assert schema_fields(config) == (
         config_fields(exporter_config.FileConfig) - {"kubernetes.pod_resources_socket"})
+
+
+CHART_SETS = {"kubernetes.pod_resources_socket"}
+"""Config keys the chart writes itself (podResources), so `config:` values may not set them."""
+
+
+def _types(node: Obj) -> set[str]:
+    given = node.get("type")
+    return set(given) if isinstance(given, list) else {given}
+
+
+def _bounds_disagree(node: Obj, minimum: object, maximum: object, path: str) -> Iterator[str]:
+    for name, want in (("minimum", minimum), ("maximum", maximum)):
+        if node.get(name) != want:
+            yield f"{path}: {name} {node.get(name)!r} in the schema, {want!r} in exporter.config"
+
+
+def _rules_disagree(node: Obj, path: str) -> Iterator[str]:
+    from exporter import models
+
+    items = node.get("items", {})
+    if _types(node) != {"array"} or items.get("additionalProperties") is not False:
+        yield f"{path}: expected an array of closed objects, got {node}"
+        return
+    properties = items.get("properties", {})
+    if list(properties) != list(models.RULE_FIELDS):
+        yield f"{path}: rule keys {list(properties)}, parse_rules takes {models.RULE_FIELDS}"
+    if items.get("required") != list(models.REQUIRED_FIELDS):
+        yield f"{path}: required {items.get('required')}, parse_rules needs " \
+              f"{list(models.REQUIRED_FIELDS)}"
+    for name, choices in (("source", models.SOURCES), ("phase", models.PHASES)):
+        if properties.get(name, {}).get("enum") != list(choices):
+            yield f"{path}.{name}: enum {properties.get(name, {}).get('enum')}, not {choices}"
+
+
+def _overrides_disagree(node: Obj, path: str) -> Iterator[str]:
+    items = node.get("items", {})
+    properties = items.get("properties", {})
+    if _types(node) != {"array"} or items.get("additionalProperties") is not False:
+        yield f"{path}: expected an array of closed objects, got {node}"
+    if list(properties) != list(exporter_config.OVERRIDE_KEYS):
+        yield f"{path}: keys {list(properties)}, not {exporter_config.OVERRIDE_KEYS}"
+    if items.get("required") != ["node_labels"]:
+        yield f"{path}: required {items.get('required')}, not ['node_labels']"
+    grams = {f.name: f.metadata for f in dataclasses.fields(exporter_config.EmbodiedSettings)}
+    for name in ("server_grams", "gpu_grams"):
+        yield from _bounds_disagree(properties.get(name, {}), grams[name]["min"],
+                                    grams[name]["max"], f"{path}[].{name}")
+
+
+def config_disagreements(cls: Any, node: Obj, prefix: str = "") -> Iterator[str]:
+    """Where the JSON schema `node` and the settings dataclass `cls` differ: keys at every
+    level, types, nullability, enums, minimum and maximum, a closed object for each section."""
+    where = prefix.rstrip(".") or "config"
+    if node.get("additionalProperties") is not False:
+        yield f"{where}: the schema lets unknown keys through"
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if prefix + f.name not in CHART_SETS}
+    properties = node.get("properties", {})
+    for name in fields.keys() - properties.keys():
+        yield f"{prefix}{name}: a setting the schema lacks"
+    for name in properties.keys() - fields.keys():
+        chart_sets = prefix + name in CHART_SETS
+        yield f"{prefix}{name}: " + ("set by the chart, so not a value" if chart_sets
+                                     else "in the schema, not a setting")
+    for name in fields.keys() & properties.keys():
+        yield from _field_disagreements(hints[name], fields[name].metadata, properties[name],
+                                        prefix + name)
+
+
+def _field_disagreements(hint: Any, meta: Any, node: Obj, path: str) -> Iterator[str]:
+    types = _types(node)
+    args = typing.get_args(hint)
+    if type(None) in args:
+        (hint,) = (a for a in args if a is not type(None))
+    # A section written as `carbon:` alone (null) means every default.
+    nullable = type(None) in args or dataclasses.is_dataclass(hint)
+    if ("null" in types) != nullable:
+        yield f"{path}: null {'refused' if nullable else 'allowed'} by the schema"
+    types.discard("null")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if types != {"object"}:
+            yield f"{path}: type {types}, a section is an object"
+        yield from config_disagreements(hint, node, f"{path}.")
+        return
+    if ("choices" in meta or "enum" in node) and node.get("enum") != list(
+            meta.get("choices", ())):
+        yield f"{path}: enum {node.get('enum')}, exporter.config has {meta.get('choices')}"
+    if hint is float:
+        if types != {"number"}:
+            yield f"{path}: type {types}, not number"
+        yield from _bounds_disagree(node, meta.get("min"), meta.get("max"), path)
+    elif hint is str:
+        if types != {"string"}:
+            yield f"{path}: type {types}, not string"
+    elif hint is bool:
+        if types != {"boolean"}:
+            yield f"{path}: type {types}, not boolean"
+    elif origin is tuple and args == (str, Ellipsis):
+        if types != {"array"} or node.get("items", {}).get("type") != "string":
+            yield f"{path}: not an array of strings"
+    elif origin is Mapping and args == (str, float):
+        if types != {"object"}:
+            yield f"{path}: type {types}, not object"
+        if "keys" in meta:
+            if node.get("additionalProperties") is not False:
+                yield f"{path}: the schema lets keys other than {meta['keys']} through"
+            if list(node.get("properties", {})) != list(meta["keys"]):
+                yield f"{path}: keys {list(node.get('properties', {}))}, not {meta['keys']}"
+            values = list(node.get("properties", {}).values())
+        else:
+            values = [node.get("additionalProperties") or {}]
+        for value in values:
+            if value.get("type") != "number":
+                yield f"{path}: values typed {value.get('type')}, not number"
+            yield from _bounds_disagree(value, meta.get("min"), meta.get("max"), f"{path}.*")
+    elif args and args[0] is exporter_config.ModelRule:
+        yield from _rules_disagree(node, path)
+    elif path == "embodied.overrides":
+        yield from _overrides_disagree(node, path)
+    else:
+        yield f"{path}: {hint!r} has no check here: add one"
+
+
+def test_the_config_schema_agrees_with_the_validator() -> None:
+    """Same keys at every level, types, enums and bounds in the chart's schema as in the
+    dataclasses exporter.config validates with (scripts/gen_values_schema.py writes it)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert not list(config_disagreements(exporter_config.FileConfig,
+                                         schema["properties"]["config"]))
+
+
+def _bounded_values(node: Obj, path: str) -> Iterator[tuple[str, Obj]]:
+    """(dotted path, schema) of each number and each choice under a config schema node."""
+    if "properties" in node and "object" in _types(node):
+        for key, child in node["properties"].items():
+            yield from _bounded_values(child, f"{path}.{key}" if path else key)
+    elif isinstance(node.get("additionalProperties"), dict):
+        yield from _bounded_values(node["additionalProperties"], f"{path}.SOMEKEY")
+    elif "enum" in node or "number" in _types(node):
+        yield path, node
+
+
+def _document(path: str, value: object) -> Obj:
+    doc: Obj = {}
+    *parents, last = path.split(".")
+    inner = doc
+    for key in parents:
+        inner = inner.setdefault(key, {})
+    inner[last] = value
+    return doc
+
+
+def _config_error(path: str, value: object) -> str:
+    try:
+        exporter_config.parse_file_config(_document(path, value))
+    except exporter_config.ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+def test_the_validator_enforces_the_bounds_and_choices_the_schema_states() -> None:
+    """What Helm lets through, the exporter takes, and what it refuses, the exporter refuses
+    too, with the same bounds in its message."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    checked = 0
+    for path, node in _bounded_values(schema["properties"]["config"], ""):
+        checked += 1
+        if "enum" in node:
+            for ok in node["enum"]:
+                assert not _config_error(path, ok).startswith(f"{path}:"), (path, ok)
+            assert _config_error(path, "not-a-choice") == (
+                f"{path}: expected one of {', '.join(node['enum'])}, got 'not-a-choice'")
+            continue
+        lo, hi = node.get("minimum"), node.get("maximum")
+        parts = ([f">= {lo:g}"] if lo is not None else []) + (
+            [f"<= {hi:g}"] if hi is not None else [])
+        expected = f"{path}: expected a number " + " and ".join(parts)
+        for edge, outside in ((lo, -math.inf), (hi, math.inf)):
+            if edge is None:
+                continue
+            assert not _config_error(path, edge).startswith(expected), (path, edge)
+            beyond = math.nextafter(float(edge), outside)
+            assert _config_error(path, beyond) == f"{expected}, got {beyond!r}", path
+        assert _config_error(path, "x") == f"{expected}, got 'x'", path
+    assert checked >= 25
+
+
+def test_the_config_schema_is_generated() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_values_schema.py"),
+                             "--check"], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_schema_rejects_unknown_and_mistyped_values(helm: ModuleType) -> None:

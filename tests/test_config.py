@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -114,5 +116,83 @@ def test_bad_config_file_in_a_real_process(tmp_path: Path) -> None:
 def test_collector_flags_switch_sources() -> None:
     settings = cli.parse_settings(["--no-collector.rapl", "--collector.interval", "0.5"])
     assert settings.collectors == {"rapl": False, "estimate": True, "nvml": True,
-                                   "kubernetes": True}
+                                   "hwmon": True, "kubernetes": True}
     assert settings.interval_seconds == 0.5
+
+
+# --- one schema, one place per default -------------------------------------------------------
+
+
+def test_the_providers_and_the_chain_take_their_defaults_from_the_config() -> None:
+    from exporter.config import CarbonSettings, ElectricityMapsSettings, WattTimeSettings
+    from exporter.intensity import DEFAULT_MAX_AGE_SECONDS, ElectricityMaps, FallbackChain, WattTime
+    from exporter.kube import podresources
+
+    for provider, settings in ((ElectricityMaps, ElectricityMapsSettings()),
+                               (WattTime, WattTimeSettings())):
+        parameters = inspect.signature(provider).parameters
+        for name in ("base_url", "timeout_seconds", "refresh_seconds"):
+            assert parameters[name].default == getattr(settings, name), (provider, name)
+    assert (ElectricityMapsSettings().refresh_seconds, WattTimeSettings().refresh_seconds) == (
+        900.0, 300.0)
+    max_age = inspect.signature(FallbackChain).parameters["max_age_seconds"].default
+    assert max_age == DEFAULT_MAX_AGE_SECONDS == CarbonSettings().max_age_seconds == 7200.0
+    assert not hasattr(podresources, "DEFAULT_SOCKET")  # the config's default is the only one
+    assert parse_file_config(None).kubernetes.pod_resources_socket == (
+        "/var/lib/kubelet/pod-resources/kubelet.sock")
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """The exporter modules a module imports, anywhere in it (inside functions too), with the
+    packages whose __init__ that runs."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    out = set()
+    for name in found:
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            ancestor = ".".join(parts[:i])
+            if not package.startswith(ancestor):  # a module's own packages are already there
+                out.add(ancestor)
+    return out
+
+
+def test_the_exporter_package_has_no_import_cycle() -> None:
+    modules = {}
+    for path in (REPO / "exporter").rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = {name: {m for m in _imports(path, name.rpartition(".")[0]) if m in modules} - {name}
+             for name, path in modules.items()}
+    assert graph["exporter.schema"] == set()  # imports nothing from the project
+    assert "exporter.config" not in graph["exporter.models"]
+    assert "exporter.config" not in graph["exporter.webconfig"]
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        seen = set()
+        while stack:
+            name, path = stack.pop()
+            for dep in graph[name]:
+                if dep == start:
+                    return [*path, start]
+                if dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, [*path, dep]))
+        return None
+
+    cycles = [c for c in map(cycle_from, sorted(graph)) if c is not None]
+    assert not cycles, " ; ".join(" -> ".join(c) for c in cycles)
+
+
+@pytest.mark.parametrize("module", ["exporter.schema", "exporter.config", "exporter.models",
+                                    "exporter.webconfig"])
+def test_each_config_module_imports_on_its_own(module: str) -> None:
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

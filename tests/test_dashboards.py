@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.exposition import SPECS, TICK_DURATION
+from exporter.metrics import FAMILIES as SPECS
+from exporter.metrics import TICK_DURATION as SUMMARY
 from tests.support import REPO, require_binary
 
 DASHBOARDS = REPO / "dashboards"
@@ -170,7 +171,7 @@ def recorded_names(pack: Path = RULES) -> frozenset[str]:
 
 
 def known_names() -> frozenset[str]:
-    published = set(SPECS) | {f"{TICK_DURATION}_sum", f"{TICK_DURATION}_count"}
+    published = set(SPECS) | {f"{SUMMARY.name}_sum", f"{SUMMARY.name}_count"}
     return frozenset(published | recorded_names() | EXTERNAL)
 
 

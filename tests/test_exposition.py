@@ -16,15 +16,14 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
-from exporter.exposition import (
-    SPECS,
-    TICK_DURATION,
-    TICK_DURATION_HELP,
-    Renderer,
-    TickStats,
-)
+from exporter.exposition import Renderer, TickStats, _number
 from exporter.ledger import Ledger
+from exporter.metrics import FAMILIES as SPECS
+from exporter.metrics import TICK_DURATION as SUMMARY
+
+TICK_DURATION, TICK_DURATION_HELP = SUMMARY.name, SUMMARY.help
 
 hostile = st.text(st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
     ['a"b', "back\\slash", "new\nline", "x" * 10_000, "", "ümlaut ✓"])
@@ -44,11 +43,12 @@ class Reference(Collector):
             if not store.get(name):
                 continue
             cls = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
-            family = cls(name, spec.help, labels=("node", *spec.labels))
+            family = cls(name, spec.help, labels=("node", *spec.labels), unit=spec.unit)
             for labels, value in store[name].items():
                 family.add_metric((self.node, *labels), value)
             yield family
-        summary = SummaryMetricFamily(TICK_DURATION, TICK_DURATION_HELP, labels=("node",))
+        summary = SummaryMetricFamily(TICK_DURATION, TICK_DURATION_HELP, labels=("node",),
+                                      unit=SUMMARY.unit)
         summary.add_metric((self.node,), count_value=self.stats.count,
                            sum_value=self.stats.seconds)
         yield summary
@@ -83,3 +83,33 @@ def test_cached_prefixes_follow_the_ledger() -> None:
         in first
     ledger.retire(("footprint_unattributed_energy_joules_total",), ("cpu",))
     assert "component=" not in renderer.render(TickStats()).text.decode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.floats() | st.integers(-10**6, 10**18) | st.sampled_from(
+    [0.0, -0.0, 1e6, 1234567.0, 12345678.9, 1e16, 1e22, 5e-324, float("inf"), float("-inf")]))
+def test_number_is_floattogostring(value: float) -> None:
+    assert _number(value) == floatToGoString(value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_cached_lines_follow_changing_values(data: st.DataObject) -> None:
+    """One renderer over several ticks: a value that changes, stays or goes is written as
+    prometheus_client would write the ledger of that tick."""
+    ledger = Ledger()
+    renderer = Renderer(ledger, node="n", process_metrics=False)
+    name = "footprint_container_energy_joules_total"
+    keys = data.draw(st.lists(st.tuples(*[hostile] * len(SPECS[name].labels)), unique=True,
+                              min_size=1, max_size=5))
+    for tick in range(4):
+        series = ledger.counters[name]
+        for key in keys:
+            if data.draw(st.booleans()):
+                series[key] = data.draw(values)
+            elif data.draw(st.booleans()):
+                series.pop(key, None)
+        stats = TickStats(count=tick, seconds=0.5 * tick)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Reference(ledger, "n", stats))
+        assert renderer.render(stats).text == generate_latest(registry)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from exporter.config import ConfigError, parse_file_config
-from exporter.facts import SECONDS_PER_YEAR, node_facts
+from exporter.facts import SECONDS_PER_YEAR, lifecycle_facts
 from exporter.intensity.zones import cloud_of
 
 
@@ -13,7 +13,7 @@ def facts(config: object = None, *, labels: dict[str, str] | None = None,
           provider_id: str = "", zone: str = "unknown",
           gpus: tuple[tuple[str, str], ...] = ()):  # type: ignore[no-untyped-def]
     file = parse_file_config(config)
-    return node_facts(embodied=file.embodied, pue=file.pue, labels=labels or {},
+    return lifecycle_facts(embodied=file.embodied, pue=file.pue, labels=labels or {},
                       provider_id=provider_id, zone=zone, gpus=gpus)
 
 

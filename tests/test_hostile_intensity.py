@@ -26,7 +26,7 @@ from exporter.intensity import (
     DEFAULT_MAX_AGE_SECONDS,
     ElectricityMaps,
     FallbackChain,
-    Reading,
+    IntensityReading,
     WattTime,
     world_average,
 )
@@ -282,10 +282,10 @@ class StubLive:
     zone = "DE"
 
     def __init__(self) -> None:
-        self.value: Reading | None = None
+        self.value: IntensityReading | None = None
         self.up = True
 
-    def reading(self) -> Reading | None:
+    def reading(self) -> IntensityReading | None:
         return self.value
 
     def start(self) -> None:
@@ -295,8 +295,9 @@ class StubLive:
         pass
 
 
-def stub_reading(grams: float, observed: float) -> Reading:
-    return Reading(Intensity(grams, "DE", "electricitymaps"), observed, observed, "lifecycle")
+def stub_reading(grams: float, observed: float) -> IntensityReading:
+    return IntensityReading(Intensity(grams, "DE", "electricitymaps"), observed, observed,
+                            "lifecycle")
 
 
 def test_chain_never_takes_a_future_or_absurd_reading_as_fresh(

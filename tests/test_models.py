@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.config import ConfigError
+from exporter.config import ConfigError, load_file_config, parse_file_config
 from exporter.models import (
     DEFAULT_RULES,
     MAX_VALUE_CHARS,
@@ -16,7 +17,6 @@ from exporter.models import (
     ModelMatch,
     ModelRule,
     match_pod,
-    parse_models_config,
     parse_rules,
 )
 from tests.support import REPO
@@ -391,15 +391,21 @@ def test_user_rules_before_defaults_win() -> None:
     assert match(p, DEFAULT_RULES + user).model_source == "vllm"
 
 
+def models_section(data: object) -> tuple[ModelRule, ...]:
+    """The rules in force for a config file whose `models:` section is `data`."""
+    return parse_file_config({"models": data}).models.effective_rules
+
+
 def test_models_section() -> None:
     data = {"rules": [{"name": "sglang", "source": "arg", "key": "--model-path",
                        "phase": "inference", "when": "sglang"}]}
-    rules = parse_models_config(data)
+    rules = models_section(data)
     assert [r.name for r in rules[:2]] == ["sglang", "explicit"]
     assert rules[1:] == DEFAULT_RULES
-    assert parse_models_config({**data, "default_rules": False}) == rules[:1]
-    assert parse_models_config(None) == DEFAULT_RULES
-    assert parse_models_config({"rules": None}) == DEFAULT_RULES
+    assert models_section({**data, "default_rules": False}) == rules[:1]
+    assert models_section(None) == DEFAULT_RULES
+    assert models_section({"rules": None}) == DEFAULT_RULES
+    assert parse_file_config({}).models.effective_rules == DEFAULT_RULES
     sglang = container("lmsysorg/sglang:v0.4.0", command=["python3", "-m", "sglang.launch_server"],
                        args=["--model-path", LLAMA])
     assert match(pod(sglang), rules).model_source == "sglang"
@@ -474,18 +480,34 @@ def test_parse_rules_errors(data: object, message: str) -> None:
     assert str(info.value) == expected
 
 
-def test_parse_models_config_errors() -> None:
+def test_models_section_errors() -> None:
     with pytest.raises(ConfigError, match=r"^models: expected a mapping, got list$"):
-        parse_models_config([])
+        models_section([])
     with pytest.raises(ConfigError, match=r"^models\.default: unknown key \(expected one of: "
                                           r"rules, default_rules\)$"):
-        parse_models_config({"default": False})
+        models_section({"default": False})
     with pytest.raises(ConfigError, match=r"^models\.default_rules: expected true or false, "
                                           r"got 'no'$"):
-        parse_models_config({"default_rules": "no"})
+        models_section({"default_rules": "no"})
     with pytest.raises(ConfigError, match=r"^models\.rules\[0\]\.source: "):
-        parse_models_config({"rules": [{"name": "a", "source": "x", "key": "k",
-                                        "phase": "other"}]})
+        models_section({"rules": [{"name": "a", "source": "x", "key": "k", "phase": "other"}]})
+
+
+def test_models_section_from_a_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "footprint.yaml"
+    path.write_text("models:\n  default_rules: false\n  rules:\n    - name: team\n"
+                    "      source: label\n      key: example.com/model\n      phase: training\n")
+    config = load_file_config(path)
+    assert config.models.effective_rules == (
+        ModelRule("team", "label", "example.com/model", "training"),)
+    assert isinstance(config.models.rules[0], ModelRule)
+    path.write_text("models:\n  rules:\n    - {name: team, source: labels, key: k, "
+                    "phase: other}\n")
+    with pytest.raises(ConfigError) as info:
+        load_file_config(path)
+    assert str(info.value) == (
+        f"--config.file {path}: models.rules[0].source: expected one of label, annotation, "
+        "arg, subcommand, env, image, got 'labels'")
 
 
 def test_rule_constructor_validates() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,13 @@ from hypothesis import strategies as st
 
 from exporter.sources import nvml as nvml_module
 from exporter.sources.gpu import GpuProcessUse, GpuReading, MigSlice
-from exporter.sources.nvml import MIG_RESCAN_READS, NO_DRIVER, NO_PYNVML, NvmlSource
+from exporter.sources.nvml import (
+    MIG_RESCAN_READS,
+    NO_DRIVER,
+    NO_PYNVML,
+    PROCESSES_EVERY_S,
+    NvmlSource,
+)
 from tests.fakes import fake_nvml
 from tests.fakes.fake_nvml import (
     MIB,
@@ -31,9 +38,11 @@ from tests.fakes.fake_nvml import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def started(*gpus: fake_nvml.FakeGpu) -> tuple[FakeNvml, NvmlSource]:
+def started(*gpus: fake_nvml.FakeGpu,
+            every: float = PROCESSES_EVERY_S) -> tuple[FakeNvml, NvmlSource]:
+    """A probed source; `every`: its processes_every_s (0: processes at every read)."""
     fake = FakeNvml(gpus)
-    source = NvmlSource(nvml=fake)
+    source = NvmlSource(nvml=fake, processes_every_s=every)
     status = source.probe()
     assert status.enabled, status.detail
     return fake, source
@@ -382,7 +391,7 @@ def test_close_shuts_nvml_down_once() -> None:
 def test_processes_memory_and_sm_util_with_last_seen() -> None:
     gpu = h100()
     gpu.processes = [FakeProcess(414, 1_151_336_448), FakeProcess(500, None)]
-    fake, source = started(gpu)
+    fake, source = started(gpu, every=0)  # processes at every read
     asked: list[int] = []
     real = fake.nvmlDeviceGetProcessUtilization
 
@@ -432,7 +441,7 @@ def test_sm_util_is_the_mean_of_a_backlog() -> None:
 
 def test_no_processes_is_an_empty_list_and_not_available_memory_is_none() -> None:
     gpu = h100()
-    _fake, source = started(gpu)
+    _fake, source = started(gpu, every=0)  # processes at every read
     source.read(1.0)
     assert source.gpus[0].processes == ()
     gpu.processes = [FakeProcess(9, fake_nvml.NVML_VALUE_NOT_AVAILABLE_ulonglong),
@@ -440,6 +449,277 @@ def test_no_processes_is_an_empty_list_and_not_available_memory_is_none() -> Non
     source.read(2.0)
     assert [(p.pid, p.used_memory_bytes) for p in source.gpus[0].processes] == [(9, None),
                                                                                  (10, 0)]
+
+
+# ---- cadence: energy every read, processes every processes_every_s ----------------------
+
+PER_REFRESH = ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetProcessUtilization",
+               "nvmlDeviceGetMigMode")
+"""The calls a process refresh makes per GPU (MIG capable, MIG off: no enumeration)."""
+
+
+def eight_busy_h100s() -> list[fake_nvml.FakeGpu]:
+    gpus = [h100(f"GPU-00000000-0000-4000-8000-00000000000{i}") for i in range(8)]
+    for i, gpu in enumerate(gpus):
+        gpu.processes = [FakeProcess(1000 + i)]
+    return gpus
+
+
+def test_call_counts_over_50_reads_of_8_gpus() -> None:
+    """The default cadence at the sampler's default 5 s tick: energy and power at each of the
+    50 reads, processes, utilisation and MIG mode at the probe, the first read, then every
+    30 s (reads at 35, 65, ..., 245 s): 10 refreshes per GPU instead of 51."""
+    gpus = eight_busy_h100s()
+    fake, source = started(*gpus)  # processes_every_s = PROCESSES_EVERY_S = 30
+    assert source.processes_every_s == PROCESSES_EVERY_S == 30.0
+    probe = fake.take_calls()
+    assert all(probe[name] == 8 for name in PER_REFRESH)
+    tick, reads = 5.0, 50
+    refresh_at = [tick] + [t for t in range(35, 251, 30)]  # first read, then every 30 s
+    assert len(refresh_at) == 9
+    refreshed: list[float] = []
+    for i in range(1, reads + 1):
+        now = tick * i
+        fake.advance(tick)
+        for gpu in gpus:
+            fake.add_sample(gpu, gpu.processes[0].pid, 40 + i)  # a sample per tick: complete
+        before = fake.calls["nvmlDeviceGetComputeRunningProcesses"]
+        reading = source.read(now)
+        assert reading.up
+        if fake.calls["nvmlDeviceGetComputeRunningProcesses"] > before:
+            refreshed.append(now)
+        assert all(len(g.processes) == 1 for g in source.gpus)  # held between refreshes
+    calls = fake.take_calls()
+    assert refreshed == refresh_at
+    assert calls["nvmlDeviceGetCount"] == reads
+    for name in ("nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPowerUsage",
+                 "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetUUID"):
+        assert calls[name] == 8 * reads, name
+    for name in PER_REFRESH:
+        assert calls[name] == 8 * len(refresh_at), name
+    assert calls["nvmlDeviceGetName"] == 0  # known GPUs are not named again
+    assert sum(calls.values()) == reads + 8 * (4 * reads + 3 * len(refresh_at))  # 1,866
+    # the energy is exact: each GPU's watts x 250 s, to the millijoule counter's resolution
+    for gpu, reading_ in zip(gpus, source.gpus, strict=True):
+        assert reading_.joules_total == pytest.approx(gpu.watts * tick * reads, abs=0.01)
+
+
+def test_processes_at_every_read_when_asked() -> None:
+    gpus = eight_busy_h100s()
+    fake, source = started(*gpus, every=0)
+    fake.take_calls()
+    for i in range(1, 51):
+        source.read(5.0 * i)
+    calls = fake.take_calls()
+    for name in (*PER_REFRESH, "nvmlDeviceGetTotalEnergyConsumption"):
+        assert calls[name] == 8 * 50, name
+    assert sum(calls.values()) == 50 + 8 * 7 * 50  # 2,850, against 1,866 at the default
+
+
+def test_the_refresh_is_the_read_nearest_the_period() -> None:
+    """Ticks jitter: a 5 s tick 2 ms early still refreshes at 30 s, not a tick later."""
+    gpu = h100()
+    gpu.processes = [FakeProcess(7)]
+    fake, source = started(gpu, every=30.0)
+    refreshed = []
+    for i in range(1, 26):
+        now = 5.0 * i + (-0.002 if i % 2 else 0.003)
+        fake.add_sample(gpu, 7, 50)
+        fake.advance(0.2)
+        before = fake.calls["nvmlDeviceGetComputeRunningProcesses"]
+        source.read(now)
+        if fake.calls["nvmlDeviceGetComputeRunningProcesses"] > before:
+            refreshed.append(i)
+    assert refreshed == [1, 7, 13, 19, 25]  # every sixth tick, from the first read
+    # time going back (a restarted clock) restarts the schedule at once
+    before = fake.calls["nvmlDeviceGetComputeRunningProcesses"]
+    source.read(1.0)
+    assert fake.calls["nvmlDeviceGetComputeRunningProcesses"] == before + 1
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
+def test_the_cadence_must_be_a_finite_number_of_seconds(bad: float) -> None:
+    with pytest.raises(ValueError, match="processes_every_s"):
+        NvmlSource(nvml=FakeNvml([h100()]), processes_every_s=bad)
+
+
+def test_energy_is_the_same_whatever_the_cadence() -> None:
+    """Two sources on the same GPUs, one refreshing at every read: identical joules."""
+    gpus = [h100(), p100(), a100_mig()]
+    gpus[0].processes = [FakeProcess(1), FakeProcess(2)]
+    gpus[2].processes = [FakeProcess(3, 1 << 30, 2, 0)]
+    fake = FakeNvml(gpus)
+    every_read, slow = NvmlSource(nvml=fake, processes_every_s=0), NvmlSource(nvml=fake)
+    assert every_read.probe().enabled and slow.probe().enabled
+    for i in range(1, 40):
+        fake.set_watts(gpus[i % 3], 100.0 + 17 * i)
+        fake.advance(1.0)
+        fake.add_sample(gpus[0], 1, i % 100)
+        a, b = every_read.read(float(i)), slow.read(float(i))
+        assert (a.up, a.joules) == (b.up, b.joules)
+        assert [g.joules for g in every_read.gpus] == [g.joules for g in slow.gpus]
+        assert [g.power_watts for g in every_read.gpus] == [g.power_watts for g in slow.gpus]
+    # 3 GPUs: 40 lists for the one (probe + 39 reads), 3 for the other (probe, 1 s, 31 s)
+    assert fake.calls["nvmlDeviceGetComputeRunningProcesses"] == 3 * 40 + 3 * 3
+
+
+def test_between_refreshes_the_latest_known_shares_hold() -> None:
+    """The utilisation NVML returns at a refresh is every sample since lastSeen (the whole
+    period, where the driver keeps a backlog); the shares then hold until the next one."""
+    gpu = h100()
+    gpu.util_backlog = True
+    gpu.processes = [FakeProcess(10), FakeProcess(20)]
+    fake, source = started(gpu, every=10.0)
+
+    def shares() -> dict[int, float | None]:
+        return {p.pid: p.sm_util for p in source.gpus[0].processes}
+
+    for now in range(1, 12):  # 70/30 at first, 20/80 from 5 s on
+        fake.advance(1.0)
+        fake.add_sample(gpu, 10, 70 if now < 5 else 20)
+        fake.add_sample(gpu, 20, 30 if now < 5 else 80)
+        source.read(float(now))
+        if now == 1:  # the first read refreshes: only its own second's samples
+            assert shares() == {10: 70.0, 20: 30.0}
+        elif now < 11:  # held: the latest known shares
+            assert shares() == {10: 70.0, 20: 30.0}, now
+    # at 11 s: every sample since the first read's newest, 2..11 s: 3 x 70 + 7 x 20, and so on
+    assert shares() == {10: pytest.approx((3 * 70 + 7 * 20) / 10),
+                        20: pytest.approx((3 * 30 + 7 * 80) / 10)}
+
+
+def test_process_changes_show_within_the_period() -> None:
+    gpu = h100()
+    gpu.processes = [FakeProcess(10)]
+    fake, source = started(gpu, every=10.0)
+    fake.add_sample(gpu, 10, 50)
+    source.read(1.0)
+    assert [p.pid for p in source.gpus[0].processes] == [10]
+    fake.advance(1.0)
+    gpu.processes.append(FakeProcess(20))  # starts after the refresh ...
+    fake.add_sample(gpu, 20, 60)
+    for now in range(2, 11):
+        fake.advance(1.0)
+        source.read(float(now))
+        assert [p.pid for p in source.gpus[0].processes] == [10], now  # ... unseen until
+    fake.add_sample(gpu, 10, 40)
+    fake.add_sample(gpu, 20, 60)
+    source.read(11.0)  # ... the next refresh, 10 s after the last one
+    assert source.gpus[0].processes == (GpuProcessUse(10, None, 1_050_673_152, 40.0),
+                                        GpuProcessUse(20, None, 1_050_673_152, 60.0))
+    # one that started and ended between two refreshes is seen only by its samples, at the
+    # refresh; from the next read on, the listed processes are held without it
+    gpu.processes = [FakeProcess(10)]
+    fake.advance(1.0)
+    fake.add_sample(gpu, 30, 90)
+    fake.add_sample(gpu, 10, 10)
+    for now in range(12, 22):
+        source.read(float(now))
+    assert [(p.pid, p.sm_util) for p in source.gpus[0].processes] == [(10, 10.0), (30, 90.0)]
+    source.read(22.0)
+    assert [(p.pid, p.sm_util) for p in source.gpus[0].processes] == [(10, 10.0)]
+
+
+def test_an_incomplete_refresh_is_retried_once_at_the_next_read() -> None:
+    """Processes listed but no utilisation sample yet (a refresh just before NVML's next
+    sample, or a process just started): asked again at the next read, once."""
+    gpu = h100()
+    gpu.processes = [FakeProcess(10), FakeProcess(20)]
+    fake, source = started(gpu, every=30.0)
+    fake.take_calls()
+    source.read(5.0)  # scheduled (first read); NotFound: no sample yet
+    assert [p.sm_util for p in source.gpus[0].processes] == [None, None]
+    source.read(10.0)  # the retry: still none
+    for now in (15.0, 20.0, 25.0):
+        source.read(now)  # no third try until the schedule says so
+    assert fake.take_calls()["nvmlDeviceGetProcessUtilization"] == 2
+    fake.add_sample(gpu, 10, 75)
+    fake.add_sample(gpu, 20, 25)
+    source.read(35.0)
+    assert [p.sm_util for p in source.gpus[0].processes] == [75.0, 25.0]
+    source.read(40.0)  # complete: no retry, the shares hold
+    assert [p.sm_util for p in source.gpus[0].processes] == [75.0, 25.0]
+    assert fake.take_calls()["nvmlDeviceGetProcessUtilization"] == 1
+    # an idle GPU (nothing listed) is complete without samples; so is one without per-process
+    # utilisation (MIG on)
+    gpu.processes = []
+    source.read(65.0)
+    source.read(70.0)
+    mig_fake, mig_source = started(a100_mig())
+    mig_fake.take_calls()
+    mig_source.read(5.0)
+    mig_source.read(10.0)
+    assert fake.take_calls()["nvmlDeviceGetComputeRunningProcesses"] == 1
+    assert mig_fake.take_calls()["nvmlDeviceGetComputeRunningProcesses"] == 1
+
+
+def test_a_failed_refresh_is_retried_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="footprint")
+    gpu = h100()
+    gpu.processes = [FakeProcess(10)]
+    fake, source = started(gpu, every=30.0)
+    real = fake.nvmlDeviceGetComputeRunningProcesses
+    failures = [2]
+
+    def flaky(handle: Any) -> list[Any]:
+        if failures[0] > 0:
+            failures[0] -= 1
+            raise NVMLError(fake_nvml.NVML_ERROR_UNKNOWN)
+        return real(handle)
+
+    fake.nvmlDeviceGetComputeRunningProcesses = flaky  # type: ignore[method-assign]
+    fake.add_sample(gpu, 10, 50)
+    gpu.energy_mj += 1_000
+    assert source.read(5.0).joules == {"gpu": 1.0}  # energy counts, processes unknown
+    assert source.gpus[0].processes == ()
+    source.read(10.0)  # the retry fails too: unknown until the schedule's next refresh
+    source.read(15.0)
+    assert source.gpus[0].processes == () and failures == [0]
+    source.read(35.0)
+    assert [p.pid for p in source.gpus[0].processes] == [10]
+    assert len(messages(caplog, "cannot list its MIG devices or processes")) == 1
+    assert len(messages(caplog, "processes readable again")) == 1
+
+
+def test_a_gpu_back_from_down_lists_its_processes_at_once() -> None:
+    gpu = h100()
+    gpu.processes = [FakeProcess(10)]
+    fake, source = started(gpu, every=30.0)
+    fake.add_sample(gpu, 10, 50)
+    source.read(5.0)
+    gpu.lost = True
+    source.read(10.0)
+    assert source.gpus[0].processes == ()
+    gpu.lost = False
+    gpu.processes = [FakeProcess(11)]  # a new job after the reset
+    fake.advance(5.0)
+    fake.add_sample(gpu, 11, 60)
+    source.read(15.0)
+    assert [(p.pid, p.sm_util) for p in source.gpus[0].processes] == [(11, 60.0)]
+
+
+def test_mig_layout_follows_the_refreshes() -> None:
+    """MIG mode and slices are read at refreshes; a process in a slice not known yet has the
+    slices enumerated again at the next read, not a period later."""
+    gpu = a100_mig()
+    fake, source = started(gpu, every=30.0)
+    assert fake.take_calls()["nvmlDeviceGetMaxMigDeviceCount"] == 1
+    source.read(5.0)  # first read: MIG mode read again, no enumeration (age 1)
+    for now in (10.0, 15.0, 20.0):
+        source.read(now)
+    calls = fake.take_calls()
+    assert (calls["nvmlDeviceGetMigMode"], calls["nvmlDeviceGetMaxMigDeviceCount"]) == (1, 0)
+    gpu.mig_slots[2] = fake_nvml.FakeMigDevice("MIG-new", "1g.5gb", 9, 0, 4_864 * MIB)
+    gpu.processes = [FakeProcess(7, 1, 9, 0)]
+    source.read(35.0)  # scheduled: lists the process, its slice is unknown
+    assert source.gpus[0].processes[0].mig_uuid is None
+    source.read(40.0)  # the retry enumerates
+    assert source.gpus[0].processes[0].mig_uuid == "MIG-new"
+    assert fake.take_calls()["nvmlDeviceGetMaxMigDeviceCount"] == 1
+    # re-carved without a process to say so: found within MIG_RESCAN_READS reads, at a refresh
+    for i in range(MIG_RESCAN_READS + 6):
+        source.read(45.0 + 5 * i)
+    assert fake.take_calls()["nvmlDeviceGetMaxMigDeviceCount"] == 1
 
 
 # ---- MIG ---------------------------------------------------------------------------------
@@ -468,7 +748,7 @@ def test_mig_slices_fractions_and_process_mapping() -> None:
 
 def test_mig_enumeration_is_occasional() -> None:
     gpu = a100_mig()
-    fake, source = started(gpu)
+    fake, source = started(gpu, every=0)  # processes at every read
     enumerations = fake.calls["nvmlDeviceGetMaxMigDeviceCount"]
     assert enumerations == 1
     for i in range(MIG_RESCAN_READS - 1):
@@ -490,7 +770,7 @@ def test_mig_enumeration_is_occasional() -> None:
 def test_mig_turned_off_empties_the_slices() -> None:
     gpu = a100_mig()
     gpu.processes = [FakeProcess(5)]
-    fake, source = started(gpu)
+    fake, source = started(gpu, every=0)  # processes at every read
     assert len(source.gpus[0].mig) == 3
     gpu.mig_mode = fake_nvml.NVML_DEVICE_MIG_DISABLE
     fake.advance(1.0)

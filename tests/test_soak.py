@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from exporter.exposition import CONTAINER_SERIES
+from exporter.metrics import CONTAINER_SERIES
 from exporter.sampler import Sampler
 from exporter.server import ExporterState, make_app
 from tests.fakes.kube_api import FakeKubeAPI

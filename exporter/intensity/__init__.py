@@ -18,7 +18,7 @@ from exporter.intensity.chain import (
 )
 from exporter.intensity.credentials import Secret
 from exporter.intensity.electricitymaps import ElectricityMaps
-from exporter.intensity.live import LiveProvider, Reading
+from exporter.intensity.live import IntensityReading, LiveProvider
 from exporter.intensity.watttime import WattTime
 from exporter.intensity.zones import REGIONS, ZoneDefault, cloud_of, zone_for
 
@@ -27,10 +27,10 @@ __all__ = [
     "REGIONS",
     "ElectricityMaps",
     "FallbackChain",
+    "IntensityReading",
     "IntensitySource",
     "LiveProvider",
     "LiveSource",
-    "Reading",
     "Secret",
     "WattTime",
     "ZoneDefault",

@@ -11,11 +11,12 @@ from typing import Protocol
 
 from exporter import logs
 from exporter.carbon import MAX_GRAMS_PER_KWH, Intensity
-from exporter.config import WORLD_AVERAGE_GRAMS_PER_KWH
-from exporter.intensity.live import FUTURE_TOLERANCE_SECONDS, Reading
+from exporter.config import WORLD_AVERAGE_GRAMS_PER_KWH, CarbonSettings
+from exporter.intensity.live import FUTURE_TOLERANCE_SECONDS, IntensityReading
 
-DEFAULT_MAX_AGE_SECONDS = 7200.0
-"""A live value older than 2 hours is no longer used (Electricity Maps data is hourly)."""
+DEFAULT_MAX_AGE_SECONDS = CarbonSettings().max_age_seconds
+"""A live value older than this is no longer used: `carbon.max_age_seconds`' default, defined
+in exporter.config (2 hours: Electricity Maps' data is hourly)."""
 
 
 class IntensitySource(Protocol):
@@ -36,7 +37,7 @@ class LiveSource(Protocol):
     @property
     def up(self) -> bool: ...
 
-    def reading(self) -> Reading | None: ...
+    def reading(self) -> IntensityReading | None: ...
 
     def start(self) -> None: ...
 
@@ -84,7 +85,7 @@ class FallbackChain:
         self._note(chosen, reading, why)
         return chosen
 
-    def _unusable(self, reading: Reading) -> str | None:
+    def _unusable(self, reading: IntensityReading) -> str | None:
         """Why a live reading cannot be in force now, or None when it can."""
         age = self._clock() - reading.observed_unix
         grams = reading.intensity.grams_per_kwh
@@ -118,7 +119,7 @@ class FallbackChain:
         if self.live is not None:
             self.live.stop()
 
-    def _note(self, chosen: Intensity, reading: Reading | None, why: str | None) -> None:
+    def _note(self, chosen: Intensity, reading: IntensityReading | None, why: str | None) -> None:
         """Log each change of the provider in force, once."""
         with self._lock:
             if chosen.provider == self._in_force:

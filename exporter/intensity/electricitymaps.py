@@ -13,20 +13,19 @@ from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 from exporter.carbon import Intensity
+from exporter.config import ElectricityMapsSettings
 from exporter.intensity.credentials import Secret
 from exporter.intensity.live import (
     Fault,
+    IntensityReading,
     LiveProvider,
-    Reading,
     parse_json_object,
     parse_number,
     parse_time,
 )
 
-DEFAULT_BASE_URL = "https://api.electricitymap.org"
-DEFAULT_REFRESH_SECONDS = 900.0
-"""15 minutes: the free tier's data is hourly, and its request quota is small."""
-DEFAULT_TIMEOUT_SECONDS = 10.0
+_DEFAULTS = ElectricityMapsSettings()
+"""Base URL, timeout and refresh period when not given: `carbon.electricitymaps`' defaults."""
 
 
 class ElectricityMaps(LiveProvider):
@@ -34,9 +33,9 @@ class ElectricityMaps(LiveProvider):
 
     name: ClassVar[str] = "electricitymaps"
 
-    def __init__(self, *, zone: str, token: Secret | str, base_url: str = DEFAULT_BASE_URL,
-                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-                 refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
+    def __init__(self, *, zone: str, token: Secret | str, base_url: str = _DEFAULTS.base_url,
+                 timeout_seconds: float = _DEFAULTS.timeout_seconds,
+                 refresh_seconds: float = _DEFAULTS.refresh_seconds,
                  clock: Callable[[], float] = time.time, trust_env: bool = True,
                  log: logging.Logger | None = None) -> None:
         super().__init__(base_url=base_url, zone=zone, timeout_seconds=timeout_seconds,
@@ -51,7 +50,7 @@ class ElectricityMaps(LiveProvider):
     def _secrets(self) -> Iterable[Secret]:
         return (self._token,)
 
-    async def _fetch(self) -> Reading:
+    async def _fetch(self) -> IntensityReading:
         self._token.reload()  # a rotated Secret is updated in place in the mounted file
         response = await self._get(f"{self.base_url}/v3/carbon-intensity/latest",
                                    params={"zone": self.zone},
@@ -71,7 +70,7 @@ class ElectricityMaps(LiveProvider):
             # The API falls back to the caller's IP location when it does not know a zone.
             raise Fault("malformed", f"answered for zone {zone!r}, not {self.zone!r}")
         basis = body.get("emissionFactorType")
-        return Reading(
+        return IntensityReading(
             intensity=Intensity(grams, self.zone, self.name),
             observed_unix=observed,
             fetched_unix=self._clock(),

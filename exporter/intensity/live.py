@@ -74,7 +74,7 @@ fresh."""
 
 
 @dataclass(frozen=True, slots=True)
-class Reading:
+class IntensityReading:
     """One good answer of a live provider."""
 
     intensity: Intensity
@@ -144,7 +144,7 @@ def parse_number(value: object, field: str) -> float:
     return float(value)
 
 
-def check_reading(reading: Reading, now_unix: float) -> Reading:
+def check_reading(reading: IntensityReading, now_unix: float) -> IntensityReading:
     """`reading` if it is plausible: Fault (malformed) for an intensity outside 0 to
     `MAX_GRAMS_PER_KWH`, or a time more than `FUTURE_TOLERANCE_SECONDS` ahead of `now_unix`."""
     grams = reading.intensity.grams_per_kwh
@@ -243,7 +243,7 @@ class LiveProvider:
         self._throttle = logs.Throttle(self._log, period_seconds=LOG_PERIOD_SECONDS, clock=clock)
         self._auth_throttle = logs.Throttle(self._log, period_seconds=math.inf, clock=clock)
         self._lock = threading.Lock()
-        self._reading: Reading | None = None
+        self._reading: IntensityReading | None = None
         self._up = False
         self._failures = 0
         self._next_at = -math.inf
@@ -254,7 +254,7 @@ class LiveProvider:
 
     # -- what the tick reads (any thread) ---------------------------------------------------
 
-    def reading(self) -> Reading | None:
+    def reading(self) -> IntensityReading | None:
         """The last good value, however old; None until the first fetch succeeds."""
         with self._lock:
             return self._reading
@@ -288,7 +288,7 @@ class LiveProvider:
             await self._session.close()
             self._session = None
 
-    def _succeeded(self, reading: Reading) -> float:
+    def _succeeded(self, reading: IntensityReading) -> float:
         with self._lock:
             self._reading = reading
             self._up = True
@@ -320,7 +320,7 @@ class LiveProvider:
             f"next try in {delay:.0f} s"))
         return delay
 
-    async def _fetch(self) -> Reading:
+    async def _fetch(self) -> IntensityReading:
         raise NotImplementedError
 
     async def _get(self, url: str, *, params: Mapping[str, str] | None = None,

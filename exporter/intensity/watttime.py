@@ -17,21 +17,20 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from exporter.carbon import Intensity
+from exporter.config import WattTimeSettings
 from exporter.intensity.credentials import Secret
 from exporter.intensity.live import (
     Fault,
+    IntensityReading,
     LiveProvider,
-    Reading,
     Response,
     parse_json_object,
     parse_number,
     parse_time,
 )
 
-DEFAULT_BASE_URL = "https://api.watttime.org"
-DEFAULT_REFRESH_SECONDS = 300.0
-"""5 minutes: WattTime publishes a new MOER every 5 minutes."""
-DEFAULT_TIMEOUT_SECONDS = 10.0
+_DEFAULTS = WattTimeSettings()
+"""Base URL, timeout and refresh period when not given: `carbon.watttime`'s defaults."""
 TOKEN_LIFETIME_SECONDS = 1800.0
 TOKEN_MARGIN_SECONDS = 60.0
 """Log in again this long before the token would expire, so no request meets an expired one."""
@@ -47,9 +46,9 @@ class WattTime(LiveProvider):
     name: ClassVar[str] = "watttime"
 
     def __init__(self, *, region: str, username: str, password: Secret | str,
-                 base_url: str = DEFAULT_BASE_URL,
-                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-                 refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
+                 base_url: str = _DEFAULTS.base_url,
+                 timeout_seconds: float = _DEFAULTS.timeout_seconds,
+                 refresh_seconds: float = _DEFAULTS.refresh_seconds,
                  clock: Callable[[], float] = time.time, trust_env: bool = True,
                  log: logging.Logger | None = None) -> None:
         super().__init__(base_url=base_url, zone=region, timeout_seconds=timeout_seconds,
@@ -69,7 +68,7 @@ class WattTime(LiveProvider):
     def _secrets(self) -> Iterable[Secret]:
         return (self._password,) if self._token is None else (self._password, self._token)
 
-    async def _fetch(self) -> Reading:
+    async def _fetch(self) -> IntensityReading:
         response = await self._forecast(await self._bearer())
         if response.status == 401:
             # Revoked or expired early: log in again, once.
@@ -110,7 +109,7 @@ class WattTime(LiveProvider):
             params={"region": self.zone, "signal_type": SIGNAL, "horizon_hours": "0"},
             headers={"Authorization": f"Bearer {token}"})
 
-    def _parse(self, body: Mapping[str, Any]) -> Reading:
+    def _parse(self, body: Mapping[str, Any]) -> IntensityReading:
         meta = body.get("meta")
         units = meta.get("units") if isinstance(meta, dict) else None
         if units is not None and units != UNITS:
@@ -120,7 +119,7 @@ class WattTime(LiveProvider):
             raise Fault("malformed", "answered without a data point")
         point = data[0]
         lbs_per_mwh = parse_number(point.get("value"), "value")
-        return Reading(
+        return IntensityReading(
             intensity=Intensity(lbs_per_mwh * GRAMS_PER_KWH_PER_LBS_PER_MWH, self.zone,
                                 self.name),
             observed_unix=parse_time(point.get("point_time"), "point_time"),

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 import grpc
 
 from exporter import logs
+from exporter.config import KubernetesSettings
 from exporter.kube import podresources_pb2 as pb
 from exporter.kube import podresources_pb2_grpc as pb_grpc
 
 log = logs.get("podresources")
 
-DEFAULT_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
-DEFAULT_PREFIXES = ("nvidia.com/gpu", "nvidia.com/mig-")
+DEFAULT_PREFIXES = KubernetesSettings().gpu_resources
+"""The config's default (`kubernetes.gpu_resources`), defined there once."""
 
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """What the kubelet's own pod-resources client accepts; gRPC's 4 MiB default is small for a

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from exporter.sources.gpu import GpuReading
+
 
 @dataclass(frozen=True, slots=True)
 class ZoneTotal:
@@ -25,6 +27,8 @@ class Reading:
     joules: Mapping[str, float] = field(default_factory=dict)
     """Energy per component (cpu, dram, gpu, platform) since the previous tick."""
     zones: tuple[ZoneTotal, ...] = ()
+    gpus: tuple[GpuReading, ...] = ()
+    """Per-GPU readings (energy, MIG slices, processes) of a GPU source, down GPUs included."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ class MigSlice:
 
 @dataclass(frozen=True, slots=True)
 class GpuProcessUse:
-    """One process on one GPU at one read."""
+    """One process on one GPU, as the last process refresh saw it."""
 
     pid: int
     """A host PID (NVML reports the host PID namespace's numbers)."""
@@ -31,8 +31,9 @@ class GpuProcessUse:
     used_memory_bytes: int | None
     """None where NVML cannot tell (and for a process seen only in utilisation samples)."""
     sm_util: float | None
-    """Mean SM utilisation (percent) over the samples NVML gave since the previous read; None
-    when there was no new sample or the GPU does not report per-process utilisation (MIG)."""
+    """Mean SM utilisation (percent) over the samples NVML gave at the last process refresh
+    (those since the refresh before); None when there was no new sample or the GPU does not
+    report per-process utilisation (MIG). Held between refreshes (docs/gpus.md#cadence)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +58,4 @@ class GpuReading:
     mig: tuple[MigSlice, ...] = ()
     """The board's MIG devices; empty when MIG is off."""
     processes: tuple[GpuProcessUse, ...] = ()
+    """Its processes as of the last refresh (every `processes_every_s`), empty when down."""

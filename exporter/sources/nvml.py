@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -19,7 +20,13 @@ NOT_MIG = 0xFFFFFFFF
 MIG_ENABLE = 1
 """NVML_DEVICE_MIG_ENABLE, the current mode of a board with MIG on."""
 MIG_RESCAN_READS = 60
-"""Reads between MIG enumerations while the mode stays on (instances can be re-carved)."""
+"""Reads between MIG enumerations while the mode stays on (instances can be re-carved); the
+enumeration itself waits for the next process refresh."""
+PROCESSES_EVERY_S = 30.0
+"""Default seconds (of the `now` given to `read`) between two refreshes of the process list,
+the per-process utilisation and the MIG layout (about 2.4 ms of the 5.9 ms one H100 read took;
+energy and power are read at every read). At the default 5 s tick, one read in six refreshes
+them; docs/gpus.md#cadence says what this means for attribution."""
 NOT_AVAILABLE = 0xFFFFFFFFFFFFFFFF
 """NVML_VALUE_NOT_AVAILABLE for usedGpuMemory (pynvml 11.5+ turns it into None itself)."""
 
@@ -58,6 +65,14 @@ class _Gpu:
     last_seen_us: int = 0
     """The newest per-process utilisation sample's timeStamp seen (epoch microseconds)."""
     processes: tuple[GpuProcessUse, ...] = ()
+    """What this read reports: at a refresh, the listed processes and any pid sampled but no
+    longer listed; between refreshes, `held`."""
+    held: tuple[GpuProcessUse, ...] = ()
+    """The processes listed at the last refresh, with the utilisation it found (pids only
+    sampled are left out: they had ended by then)."""
+    refresh_due: bool = True
+    """Refresh at the next read whatever the schedule: a new GPU, one back from down, or one
+    whose last scheduled refresh came back incomplete (once)."""
 
     def label(self) -> str:
         return f"GPU {self.index} ({self.product}, {self.uuid})"
@@ -73,11 +88,22 @@ class _Gpu:
 
 
 class NvmlSource:
-    """Every NVIDIA GPU NVML sees, keyed by UUID: energy, MIG slices and processes per read."""
+    """Every NVIDIA GPU NVML sees, keyed by UUID: energy and power at every read; processes,
+    their SM utilisation and MIG slices every `processes_every_s` of `now` (held between)."""
 
     name = "nvml"
 
-    def __init__(self, *, nvml: ModuleType | None = None) -> None:
+    def __init__(self, *, nvml: ModuleType | None = None,
+                 processes_every_s: float = PROCESSES_EVERY_S) -> None:
+        """`processes_every_s`: seconds of `now` between process refreshes (0: every read).
+        Energy and power are read at every read whatever it is."""
+        if not (math.isfinite(processes_every_s) and processes_every_s >= 0):
+            raise ValueError(f"processes_every_s must be a finite number >= 0, "
+                             f"not {processes_every_s!r}")
+        self.processes_every_s = float(processes_every_s)
+        self._refreshed_at: float | None = None
+        """The `now` of the last scheduled refresh (None: none with a `now` yet)."""
+        self._last_now: float | None = None
         self._nv: Any = nvml
         self._started = False
         self._gpus: dict[str, _Gpu] = {}
@@ -160,9 +186,22 @@ class NvmlSource:
         self._fault(gpu.uuid, f"{gpu.label()} {why}; its energy total is kept and the "
                               "other GPUs go on")
 
+    def _scheduled(self, now: float | None) -> bool:
+        """Whether this read refreshes every GPU's processes: the probe (the baseline), the
+        first read with a `now`, then the read nearest to `processes_every_s` after the last
+        scheduled refresh (within half a tick, so 5 s ticks refresh every 30 s, not 35)."""
+        if now is None or self.processes_every_s <= 0 or self._refreshed_at is None \
+                or now < self._refreshed_at:
+            return True
+        half_tick = 0.0
+        if self._last_now is not None and now > self._last_now:
+            half_tick = (now - self._last_now) / 2.0
+        return now + half_tick >= self._refreshed_at + self.processes_every_s
+
     def _read(self, now: float | None) -> Reading:
         nv = self._nv
         seen: set[str] = set()
+        scheduled = self._scheduled(now)
         try:
             count = int(nv.nvmlDeviceGetCount())
             self._count_ok = True
@@ -179,16 +218,20 @@ class NvmlSource:
                 identified = False
                 continue
             seen.add(gpu.uuid)
-            self._read_gpu(gpu, now)
+            self._read_gpu(gpu, now, scheduled)
         for gpu in self._gpus.values():
             if gpu.uuid not in seen:
                 self._down(gpu)
+        if now is not None:
+            if scheduled:
+                self._refreshed_at = now
+            self._last_now = now
         gpus = sorted(self._gpus.values(), key=lambda g: (g.index, g.uuid))
         self.gpus = tuple(g.reading() for g in gpus)
         up_gpus = [g for g in gpus if g.up]
         up = self._count_ok and identified and bool(gpus) and len(up_gpus) == len(gpus)
         joules = {"gpu": sum(g.step_mj for g in up_gpus) / 1000.0} if up_gpus else {}
-        return Reading(up=up, joules=joules)
+        return Reading(up=up, joules=joules, gpus=self.gpus)
 
     def _identify(self, index: int) -> _Gpu | None:
         nv = self._nv
@@ -221,8 +264,11 @@ class NvmlSource:
         gpu.up = False
         gpu.step_mj = 0.0
         gpu.last_mw = gpu.last_now = None  # integration restarts when it comes back
+        gpu.refresh_due = True  # its processes are listed again as soon as it is back
 
-    def _read_gpu(self, gpu: _Gpu, now: float | None) -> None:
+    def _read_gpu(self, gpu: _Gpu, now: float | None, scheduled: bool) -> None:
+        """Energy (and power) at every read; processes, utilisation and MIG at a refresh,
+        else the last refresh's processes (`held`)."""
         nv = self._nv
         try:
             self._energy(gpu, now)
@@ -232,17 +278,26 @@ class NvmlSource:
             return
         gpu.up = True
         self._throttle.recovered(gpu.uuid, f"{gpu.label()} readable again")
+        if gpu.mig_mode == MIG_ENABLE:
+            gpu.mig_age += 1
+        if not (scheduled or gpu.refresh_due):
+            gpu.processes = gpu.held
+            return
+        gpu.refresh_due = False
         extras = f"{gpu.uuid}/processes"
         try:
             self._mig(gpu)
-            gpu.processes = self._processes(gpu)
+            gpu.processes, complete = self._processes(gpu)
         except nv.NVMLError as exc:
-            gpu.processes = ()
+            gpu.processes = gpu.held = ()
+            complete = False
             self._throttle.fault(extras, f"{gpu.label()}: cannot list its MIG devices or "
                                          f"processes: {type(exc).__name__} ({exc}); its energy "
                                          "is still read but not attributed to containers")
         else:
             self._throttle.recovered(extras, f"{gpu.label()}: processes readable again")
+        if scheduled and not complete and self.processes_every_s > 0:
+            gpu.refresh_due = True  # once: a retry that is incomplete again waits its turn
 
     def _energy(self, gpu: _Gpu, now: float | None) -> None:
         nv = self._nv
@@ -291,7 +346,6 @@ class NvmlSource:
         if mode != MIG_ENABLE:
             gpu.mig_mode, gpu.mig = mode, ()
             return
-        gpu.mig_age += 1
         if gpu.mig_mode == mode and gpu.mig_age < MIG_RESCAN_READS and not gpu.mig_stale:
             return
         board = int(nv.nvmlDeviceGetMemoryInfo(gpu.handle).total)
@@ -313,19 +367,23 @@ class NvmlSource:
         gpu.mig = tuple(sorted(slices, key=lambda s: (s.gpu_instance_id, s.compute_instance_id)))
         gpu.mig_mode, gpu.mig_age, gpu.mig_stale = mode, 0, False
 
-    def _utilisation(self, gpu: _Gpu) -> dict[int, float]:
+    def _utilisation(self, gpu: _Gpu) -> tuple[dict[int, float], bool]:
+        """Mean SM utilisation per pid over the samples newer than `last_seen_us`, and whether
+        NVML said it has none newer (NotFound), which a retry can fix."""
         nv = self._nv
         try:
             samples = nv.nvmlDeviceGetProcessUtilization(gpu.handle, gpu.last_seen_us)
-        except (nv.NVMLError_NotFound, nv.NVMLError_NotSupported):
-            return {}  # NotFound: no sample newer than last_seen; NotSupported: MIG, old GPUs
+        except nv.NVMLError_NotFound:
+            return {}, True  # no sample newer than last_seen
+        except nv.NVMLError_NotSupported:
+            return {}, False  # MIG on, old GPUs: never any
         except nv.NVMLError as exc:
             if isinstance(exc, nv.NVMLError_GpuIsLost):
                 raise
             self._throttle.fault(f"{gpu.uuid}/utilisation",
                                  f"{gpu.label()}: no per-process utilisation: "
                                  f"{type(exc).__name__} ({exc}); its processes are still listed")
-            return {}
+            return {}, False
         values: dict[int, list[float]] = {}
         newest = gpu.last_seen_us
         for sample in samples:
@@ -335,12 +393,15 @@ class NvmlSource:
             newest = max(newest, stamp)
             values.setdefault(int(sample.pid), []).append(float(sample.smUtil))
         gpu.last_seen_us = newest
-        return {pid: sum(v) / len(v) for pid, v in values.items()}
+        return {pid: sum(v) / len(v) for pid, v in values.items()}, not values
 
-    def _processes(self, gpu: _Gpu) -> tuple[GpuProcessUse, ...]:
+    def _processes(self, gpu: _Gpu) -> tuple[tuple[GpuProcessUse, ...], bool]:
+        """This refresh's processes (sets `held`), and whether it is complete: False when
+        processes are listed but NVML had no new utilisation sample for any of them, or one
+        names a MIG slice not enumerated yet."""
         nv = self._nv
         listed = nv.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
-        util = self._utilisation(gpu)
+        util, no_sample = self._utilisation(gpu)
         slices = {(s.gpu_instance_id, s.compute_instance_id): s.uuid for s in gpu.mig}
         memory: dict[tuple[int, str | None], int | None] = {}
         for process in listed:
@@ -358,9 +419,15 @@ class NvmlSource:
                 before = memory[key]
                 used = before if used is None else used + (before or 0)
             memory[key] = used
+
+        def ordered(uses: list[GpuProcessUse]) -> tuple[GpuProcessUse, ...]:
+            return tuple(sorted(uses, key=lambda u: (u.pid, u.mig_uuid or "")))
+
         uses = [GpuProcessUse(pid, mig_uuid, used, util.get(pid))
                 for (pid, mig_uuid), used in memory.items()]
+        gpu.held = ordered(uses)
         listed_pids = {pid for pid, _ in memory}
         uses += [GpuProcessUse(pid, None, None, sm) for pid, sm in util.items()
                  if pid not in listed_pids]  # sampled, but no longer (or never) listed
-        return tuple(sorted(uses, key=lambda u: (u.pid, u.mig_uuid or "")))
+        complete = not (memory and no_sample) and not gpu.mig_stale
+        return ordered(uses), complete

@@ -22,6 +22,11 @@ installed. Behaviours follow docs/gpu-readings.md (real H100 readings):
   computeInstanceId are 0xFFFFFFFF with MIG off;
 - a lost GPU raises `NVMLError_GpuIsLost` from every call that names it (its handle, its MIG
   devices' handles, and `nvmlDeviceGetHandleByIndex` at its index).
+
+Every pynvml function the fake has counts its calls in `FakeNvml.calls` (a `Counter` keyed by
+the function's name; `nvmlInitWithFlags` counts as `nvmlInit`, the `_v3` process list as the
+plain one), whether the call succeeds or raises; `take_calls()` returns them and starts again
+from zero. That is how tests check what each read costs in NVML calls.
 """
 
 from __future__ import annotations
@@ -262,6 +267,7 @@ class FakeNvml(ModuleType):
         self.refcount = 0
         self.time = 0.0
         self.calls: Counter[str] = Counter()
+        """Calls per pynvml function name, failed ones included."""
         for gpu in self.gpus:
             self._attach(gpu)
 
@@ -300,6 +306,11 @@ class FakeNvml(ModuleType):
     def reset_counter(self, gpu: FakeGpu, to_mj: float = 1_234.0) -> None:
         """A driver reload: the energy counter starts again from about zero."""
         gpu.energy_mj = to_mj
+
+    def take_calls(self) -> Counter[str]:
+        """The calls counted since the last `take_calls()` (or the start); counting restarts."""
+        taken, self.calls = self.calls, Counter()
+        return taken
 
     def now_us(self) -> int:
         return WALL_START_US + round(self.time * 1e6)

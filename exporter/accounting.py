@@ -1,0 +1,168 @@
+"""The tick's pure step: what was read goes in, where every joule and gram went comes out.
+
+`account(inputs, state)` takes one tick's readings (each source's energy, the GPUs, the
+containers and their CPU time, who holds which GPU, the grid intensity in force) and the state
+kept between ticks (the idle baselines, when each container was last seen), and returns an
+immutable `TickResult`: the node's energy and grams per component and source, each container's
+per component and mode, the unattributed remainder, the GPU allocation ratios and the
+containers whose grace period ended. It does no I/O and touches no metric: the sampler reads,
+`exporter.metrics` publishes. Invariant (tests/test_accounting.py): for every component, the
+containers' joules plus the unattributed joules equal the node's, and the same for grams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from exporter import carbon
+from exporter.attribution import GpuUse, IdleBaseline, Workload, attribute_energy
+from exporter.carbon import Intensity
+from exporter.gpus import Allocation, plan_gpus
+from exporter.sources.base import ZoneTotal
+from exporter.sources.gpu import GpuReading
+
+
+@dataclass(frozen=True, slots=True)
+class SourceReading:
+    """One source's reading this tick, reduced to the components it owns."""
+
+    name: str
+    up: bool
+    joules: Mapping[str, float] = field(default_factory=dict)
+    """Energy per owned component since the previous reading."""
+    zones: tuple[ZoneTotal, ...] = ()
+    gpus: tuple[GpuReading, ...] = ()
+    """Per-GPU readings, from the source that owns `gpu`."""
+    timed_out: bool = False
+    """Its read did not return in time at this tick (exporter.watchdog); it is down."""
+
+
+@dataclass(frozen=True, slots=True)
+class TickInputs:
+    """Everything one tick read: no handle to anything that can do I/O."""
+
+    now: float
+    seconds: float
+    """Since the previous tick (0 at the first)."""
+    intensity: Intensity
+    sources: tuple[SourceReading, ...]
+    containers: tuple[Hashable, ...] = ()
+    """The containers seen this tick (their grace period restarts); () without a cluster."""
+    workloads: tuple[Workload, ...] = ()
+    node_busy_cpu_seconds: float = 0.0
+    allocatable_cores: float = 0.0
+    gpu_allocations: tuple[Allocation, ...] = ()
+    container_of_pid: Mapping[int, Hashable] = field(default_factory=dict)
+    idle_policy: str = "requests"
+    gpu_idle_watts: float | None = None
+    """A fixed idle baseline for every GPU (attribution.idle_watts.gpu), else learned."""
+    expire: bool = False
+    """Drop containers unseen for longer than the grace period (only with a cluster)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Energy:
+    """Joules and their grams at the intensity in force."""
+
+    joules: float
+    grams: float
+
+
+@dataclass(frozen=True, slots=True)
+class TickResult:
+    """Where one tick's energy went."""
+
+    intensity: Intensity
+    node: tuple[tuple[str, str, Energy], ...]
+    """(component, source, energy) per owned component of each source, in source order."""
+    gpus: tuple[GpuReading, ...]
+    containers: tuple[tuple[Hashable, str, str, Energy], ...]
+    """(container, component, mode, energy) for every non-zero part."""
+    unattributed: tuple[tuple[str, str, Energy], ...]
+    """(component, mode, energy): what no container was charged for."""
+    gpu_allocation_ratio: Mapping[Hashable, float]
+    """Each GPU holder's share of the node's GPUs (only when GPUs were read)."""
+    expired: tuple[Hashable, ...]
+    """Containers whose grace period ended this tick: their series go."""
+
+    def node_joules(self, component: str) -> float:
+        return sum(e.joules for c, _, e in self.node if c == component)
+
+
+class AccountState:
+    """What accounting keeps between ticks: idle baselines and when containers were seen."""
+
+    def __init__(self, baseline: IdleBaseline, *, grace_seconds: float = 0.0) -> None:
+        self.baseline = baseline
+        self.grace_seconds = grace_seconds
+        self.last_seen: dict[Hashable, float] = {}
+
+
+def _energy(joules: float, intensity: Intensity) -> Energy:
+    return Energy(joules, carbon.grams(joules, intensity))
+
+
+def _idle(state: AccountState, energy: Mapping[str, float], *, now: float,
+          seconds: float) -> dict[str, float]:
+    """Each component's idle joules this tick, learning its baseline from this tick's power."""
+    idle: dict[str, float] = {}
+    if seconds > 0:
+        for component, joules in energy.items():
+            state.baseline.observe(component, watts=joules / seconds, now=now)
+            idle[component] = state.baseline.watts(component) * seconds
+    return idle
+
+
+def _gpu_uses(inputs: TickInputs, state: AccountState,
+              gpus: Sequence[GpuReading]) -> tuple[tuple[GpuUse, ...], Mapping[Hashable, float]]:
+    idle: dict[str, float] = {}
+    if inputs.seconds > 0:
+        for g in gpus:
+            if g.up:
+                key = f"gpu:{g.uuid}"
+                state.baseline.observe(key, watts=g.joules / inputs.seconds, now=inputs.now)
+                watts = (inputs.gpu_idle_watts if inputs.gpu_idle_watts is not None
+                         else state.baseline.watts(key))
+                idle[g.uuid] = watts * inputs.seconds
+    plan = plan_gpus(gpus=gpus, idle_joules=idle, allocations=inputs.gpu_allocations,
+                     container_of_pid=inputs.container_of_pid)
+    return plan.uses, plan.allocation_ratio
+
+
+def account(inputs: TickInputs, state: AccountState) -> TickResult:
+    """One tick's accounting; mutates only `state` (baselines, last seen)."""
+    intensity = inputs.intensity
+    node: list[tuple[str, str, Energy]] = []
+    energy: dict[str, float] = {}
+    gpus: tuple[GpuReading, ...] = ()
+    for source in inputs.sources:
+        gpus = source.gpus or gpus
+        for component, joules in source.joules.items():
+            node.append((component, source.name, _energy(joules, intensity)))
+            energy[component] = energy.get(component, 0.0) + joules
+    idle = _idle(state, energy, now=inputs.now, seconds=inputs.seconds)
+    for key in inputs.containers:
+        state.last_seen[key] = inputs.now
+    uses: tuple[GpuUse, ...] = ()
+    ratio: Mapping[Hashable, float] = {}
+    if gpus:
+        energy.pop("gpu", None)  # attributed GPU by GPU instead
+        uses, ratio = _gpu_uses(inputs, state, gpus)
+    shares = attribute_energy(
+        energy_joules=energy, idle_joules=idle, workloads=inputs.workloads,
+        node_busy_cpu_seconds=inputs.node_busy_cpu_seconds,
+        allocatable_cores=inputs.allocatable_cores, idle_policy=inputs.idle_policy, gpus=uses)
+    expired: list[Hashable] = []
+    if inputs.expire:
+        grace = state.grace_seconds
+        expired = [k for k, seen in state.last_seen.items() if inputs.now - seen > grace]
+        for key in expired:
+            del state.last_seen[key]
+    return TickResult(
+        intensity=intensity, node=tuple(node), gpus=gpus,
+        containers=tuple((key, component, mode, _energy(joules, intensity))
+                         for (key, component, mode), joules in shares.containers.items()),
+        unattributed=tuple((component, mode, _energy(joules, intensity))
+                           for (component, mode), joules in shares.unattributed.items()),
+        gpu_allocation_ratio=ratio, expired=tuple(expired))

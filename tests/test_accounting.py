@@ -1,0 +1,151 @@
+"""The pure accounting step, without exposition: for any tick, every component's joules and grams
+are fully split between containers and the unattributed remainder; GPUs are attributed GPU by
+GPU; containers expire after their grace period; the state carries the idle baselines."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.accounting import AccountState, SourceReading, TickInputs, TickResult, account
+from exporter.attribution import IdleBaseline, Workload
+from exporter.carbon import JOULES_PER_KWH, Intensity
+from exporter.gpus import Allocation
+from exporter.sources.gpu import GpuProcessUse, GpuReading
+
+joules = st.floats(min_value=0.0, max_value=1e9, allow_nan=False, allow_infinity=False)
+amounts = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_infinity=False)
+grams_per_kwh = st.floats(min_value=0.0, max_value=5000.0, allow_nan=False)
+keys = st.tuples(st.just("ns"), st.text("abc", min_size=1, max_size=3), st.just("main"))
+
+
+def state(fixed: dict[str, float] | None = None, grace: float = 60.0) -> AccountState:
+    return AccountState(IdleBaseline(fixed_watts=fixed or {}, percentile=5.0,
+                                     window_seconds=3600.0), grace_seconds=grace)
+
+
+def gpu(uuid: str, joules: float, pids: tuple[int, ...] = ()) -> GpuReading:
+    return GpuReading(uuid=uuid, index=int(uuid[-1]), product="NVIDIA H100", up=True,
+                      joules=joules, joules_total=joules, power_watts=None, source="counter",
+                      mig=(), processes=tuple(GpuProcessUse(p, None, None, 50.0) for p in pids))
+
+
+def parts(result: TickResult, component: str) -> tuple[list[float], list[float]]:
+    found = [e for _, c, _, e in result.containers if c == component]
+    found += [e for c, _, e in result.unattributed if c == component]
+    return [e.joules for e in found], [e.grams for e in found]
+
+
+def assert_conserved(result: TickResult) -> None:
+    by_component: dict[str, tuple[float, float]] = {}
+    for component, _, energy in result.node:
+        j, g = by_component.get(component, (0.0, 0.0))
+        by_component[component] = (j + energy.joules, g + energy.grams)
+    for component, (node_joules, node_grams) in by_component.items():
+        split_joules, split_grams = parts(result, component)
+        assert all(p >= 0.0 for p in split_joules + split_grams)
+        assert math.isclose(math.fsum(split_joules), node_joules, rel_tol=1e-9, abs_tol=1e-9)
+        assert math.isclose(math.fsum(split_grams), node_grams, rel_tol=1e-9, abs_tol=1e-9)
+
+
+workloads = st.lists(st.builds(Workload, key=keys, cpu_seconds=amounts,
+                               cpu_request_cores=amounts),
+                     max_size=20, unique_by=lambda w: w.key)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cpu=joules, dram=joules, platform=joules, gpu_joules=st.lists(joules, max_size=4),
+       work=workloads, busy=amounts, allocatable=amounts, intensity=grams_per_kwh,
+       seconds=st.floats(0.0, 60.0), ticks=st.integers(1, 3),
+       policy=st.sampled_from(["requests", "none"]), holders=st.data())
+def test_every_joule_and_gram_is_split_exactly_once(
+        cpu: float, dram: float, platform: float, gpu_joules: list[float], work: list[Workload],
+        busy: float, allocatable: float, intensity: float, seconds: float, ticks: int,
+        policy: str, holders: st.DataObject) -> None:
+    gpus = tuple(gpu(f"GPU-{i}", j, pids=(100 + i,)) for i, j in enumerate(gpu_joules))
+    of_pid: dict[int, Hashable] = {}
+    allocations: list[Allocation] = []
+    for g in gpus:
+        if work and holders.draw(st.booleans()):
+            holder = holders.draw(st.sampled_from(work)).key
+            if holders.draw(st.booleans()):
+                allocations.append(Allocation(holder, g.uuid))
+            else:
+                of_pid[g.processes[0].pid] = holder
+    s = state()
+    for tick in range(ticks):
+        result = account(TickInputs(
+            now=1000.0 + tick * seconds, seconds=seconds if tick else 0.0,
+            intensity=Intensity(intensity, "FR", "static"),
+            sources=(SourceReading("rapl", True, {"cpu": cpu, "dram": dram,
+                                                  "platform": platform}),
+                     SourceReading("nvml", True, {"gpu": sum(gpu_joules)}, gpus=gpus)),
+            containers=tuple(w.key for w in work), workloads=tuple(work),
+            node_busy_cpu_seconds=busy, allocatable_cores=allocatable,
+            gpu_allocations=tuple(allocations), container_of_pid=of_pid, idle_policy=policy,
+            expire=True), s)
+        assert_conserved(result)
+        assert {c for c, _, _ in result.unattributed} >= {"cpu", "dram", "platform"}
+        assert not any(c == "platform" for _, c, _, _ in result.containers)  # overlaps cpu+dram
+        for _, _, energy in result.node:
+            assert math.isclose(energy.grams, energy.joules / JOULES_PER_KWH * intensity,
+                                rel_tol=1e-12, abs_tol=1e-300)
+
+
+def test_a_gpu_goes_to_its_holder_and_an_unheld_one_stays_unattributed() -> None:
+    held = ("ml", "llama-0", "main")
+    result = account(TickInputs(
+        now=10.0, seconds=1.0, intensity=Intensity(100.0, "FR", "static"),
+        sources=(SourceReading("nvml", True, {"gpu": 300.0},
+                               gpus=(gpu("GPU-0", 200.0), gpu("GPU-1", 100.0))),),
+        containers=(held,), workloads=(Workload(held, 0.0, 1.0),),
+        gpu_allocations=(Allocation(held, "GPU-0"),), idle_policy="requests",
+        gpu_idle_watts=50.0, expire=True), state())
+    charged = {(c, m): e.joules for k, c, m, e in result.containers if k == held}
+    assert charged == {("gpu", "idle"): 50.0, ("gpu", "dynamic"): 150.0}
+    unattributed = {(c, m): e.joules for c, m, e in result.unattributed}
+    assert unattributed == {("gpu", "idle"): 50.0, ("gpu", "dynamic"): 50.0}
+    assert result.gpu_allocation_ratio == {held: 0.5}
+    assert_conserved(result)
+
+
+def test_containers_expire_after_their_grace_period_only() -> None:
+    s = state(grace=30.0)
+    a, b = ("ns", "a", "main"), ("ns", "b", "main")
+
+    def tick(now: float, seen: tuple[Hashable, ...]) -> TickResult:
+        return account(TickInputs(now=now, seconds=1.0,
+                                  intensity=Intensity(0.0, "FR", "static"),
+                                  sources=(SourceReading("rapl", True, {"cpu": 1.0}),),
+                                  containers=seen, expire=True), s)
+
+    assert tick(0.0, (a, b)).expired == ()
+    assert tick(20.0, (a,)).expired == ()
+    assert tick(31.0, (a,)).expired == (b,)  # unseen for 31 s > 30 s
+    assert tick(40.0, (a,)).expired == ()  # once
+    assert tick(100.0, ()).expired == (a,)
+
+
+def test_no_expiry_without_a_cluster_and_the_baseline_is_learned_across_ticks() -> None:
+    s = state()
+    results = [account(TickInputs(now=float(t), seconds=1.0 if t else 0.0,
+                                  intensity=Intensity(0.0, "FR", "static"),
+                                  sources=(SourceReading("rapl", True, {"cpu": watts}),),
+                                  containers=(("ns", "a", "c"),) if t == 0 else ()), s)
+               for t, watts in enumerate([0.0, 80.0, 40.0, 60.0])]
+    assert all(r.expired == () for r in results)
+    idle = [next(e.joules for c, m, e in r.unattributed if (c, m) == ("cpu", "idle"))
+            for r in results]
+    assert idle == [0.0, 80.0, 40.0, 40.0]  # the 5th percentile of what was seen so far
+
+
+def test_a_down_source_contributes_nothing() -> None:
+    result = account(TickInputs(now=1.0, seconds=1.0, intensity=Intensity(50.0, "FR", "static"),
+                                sources=(SourceReading("rapl", False),
+                                         SourceReading("estimated", True, {"dram": 4.0}))),
+                     state())
+    assert [(c, s, e.joules) for c, s, e in result.node] == [("dram", "estimated", 4.0)]
+    assert result.node_joules("cpu") == 0.0
