@@ -18,8 +18,9 @@ does not share this process' GIL.
 
 Measured:
 
-- ``tick_cpu_ms``: thread CPU time (``time.thread_time``) of each ``Sampler.tick`` (the first
-  two ticks, which walk the cgroup tree and read every pid's cgroup, are reported apart);
+- ``tick_cpu_ms``: CPU time of each ``Sampler.tick``: its own thread's (``time.thread_time``)
+  plus the sources' read threads' (``read-*``, exporter/watchdog.py); the first two ticks,
+  which walk the cgroup tree and read every pid's cgroup, are reported apart;
 - ``scrape_ms``: client-side latency of every scrape (send + read whole body), all scrapers;
 - ``rss_mb``: VmRSS of this process at the end: it holds the exporter *and* the fake API
   server, the gRPC server, the fake NVML and the driver thread;
@@ -82,8 +83,8 @@ SLICES = 3
 SCRAPERS = 10
 WARMUP_TICKS = 2
 PROFILE_TICKS = 30
-GOALS = {"tick_cpu_p99_ms_max": 20.0, "scrape_p99_ms_max": 5.0, "rss_mb_max": 80.0,
-         "series_per_container_max": 16}
+GOALS = {"tick_cpu_p50_ms_max": 5.0, "tick_cpu_p99_ms_max": 10.0, "scrape_p99_ms_max": 5.0,
+         "rss_mb_max": 80.0, "series_per_container_max": 16}
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
     "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
@@ -116,6 +117,16 @@ def rss_mb(pid: int | str = "self") -> dict[str, float]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = round(int(rest.split()[0]) / 1024, 1)
     return out
+
+
+def reader_clocks() -> dict[int, int]:
+    """CPU clock ids of the sources' read threads (named `read-<source>`)."""
+    clocks = {}
+    for t in threading.enumerate():
+        if t.name.startswith("read-") and t.ident is not None:
+            with contextlib.suppress(OSError):
+                clocks[t.ident] = time.pthread_getcpuclockid(t.ident)
+    return clocks
 
 
 def percentile(samples: list[float], pct: float) -> float:
@@ -535,14 +546,22 @@ def run(minutes: float, child_seconds: float) -> dict[str, Any]:
             ticks: list[tuple[float, float]] = []  # (thread CPU ms, wall ms)
 
             def timed_tick() -> Any:
+                # The tick's own thread plus the sources' read threads (exporter/watchdog.py):
+                # both are the tick's CPU.
+                readers = reader_clocks()
+                before = {i: time.clock_gettime(c) for i, c in readers.items()}
                 cpu, wall = time.thread_time(), time.perf_counter()
                 snapshot = original_tick()
-                ticks.append(((time.thread_time() - cpu) * 1000,
-                              (time.perf_counter() - wall) * 1000))
+                used = time.thread_time() - cpu
+                for i, c in reader_clocks().items():
+                    with contextlib.suppress(OSError):  # the thread ended meanwhile
+                        used += time.clock_gettime(c) - before.get(i, 0.0)
+                ticks.append((used * 1000, (time.perf_counter() - wall) * 1000))
                 return snapshot
 
             sampler.tick = timed_tick  # type: ignore[method-assign]
             sampler.start()
+            cli.settle_memory()  # as cli.main does
             synced = time.monotonic() + 60
             kube = sampler._kubernetes
             assert kube is not None
@@ -584,6 +603,7 @@ def run(minutes: float, child_seconds: float) -> dict[str, Any]:
                 result["exporter_only"] = exporter_only(node, config, child_seconds, tmp)
             exporter_rss = (result.get("exporter_only") or {}).get("rss_mb")
             met = {
+                "tick_cpu_p50": result["tick_cpu_ms"]["p50"] <= GOALS["tick_cpu_p50_ms_max"],
                 "tick_cpu_p99": result["tick_cpu_ms"]["p99"] <= GOALS["tick_cpu_p99_ms_max"],
                 "scrape_p99": result["scrape_ms"]["p99_ms"] <= GOALS["scrape_p99_ms_max"],
                 "rss": (exporter_rss if exporter_rss is not None

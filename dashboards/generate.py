@@ -29,9 +29,18 @@ Panel = dict[str, Any]
 Target = dict[str, Any]
 
 # Selectors shared by many panels. Recorded series (rules/footprint.rules.yaml) have no `node`.
-MODEL_SEL = 'model=~"$model", phase=~"$phase"'
-NODE_SEL = 'node=~"$node"'
-JOB_NODE_SEL = 'job=~"$job", node=~"$node"'
+CLUSTER_SEL = 'cluster=~"$cluster"'
+"""Series carry `cluster` only where Prometheus adds it (a scrape relabel; external labels are
+not seen by queries): with "All" (`.*`) the matcher also matches series without the label."""
+MODEL_SEL = f'{CLUSTER_SEL}, model=~"$model", phase=~"$phase"'
+"""The recorded per-model series (model, phase, scope) have no namespace, pod or container."""
+CONTAINER_SEL = (f'{MODEL_SEL}, namespace=~"$namespace", pod=~"$pod", '
+                 'container=~"$container"')
+"""The exporter's container series carry every label the variables select."""
+NODE_SEL = f'{CLUSTER_SEL}, node=~"$node"'
+JOB_NODE_SEL = f'{CLUSTER_SEL}, job=~"$job", node=~"$node"'
+JOULES_PER_KWH = "3.6e6"
+TOP = 10
 # Platform (psys) overlaps cpu + dram: every sum over components leaves it out.
 NOT_PLATFORM = 'component!="platform"'
 
@@ -144,6 +153,9 @@ def stat(title: str, description: str, targets: list[Target], unit: str, *,
             "orientation": "auto",
             "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
             "textMode": "auto",
+            "percentChangeColorMode": "standard",
+            "showPercentChange": False,
+            "wideLayout": True,
         },
     }
 
@@ -162,6 +174,13 @@ def bargauge(title: str, description: str, targets: list[Target], unit: str, *,
                                     steps=steps),
         "options": {
             "displayMode": "gradient",
+            "legend": {"calcs": [], "displayMode": "list", "placement": "bottom",
+                       "showLegend": False},
+            "maxVizHeight": 300,
+            "minVizHeight": 16,
+            "minVizWidth": 8,
+            "namePlacement": "auto",
+            "sizing": "auto",
             "orientation": "horizontal",
             "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
             "showUnfilled": True,
@@ -173,16 +192,20 @@ def bargauge(title: str, description: str, targets: list[Target], unit: str, *,
 def table(title: str, description: str, targets: list[Target], unit: str, *,
           transformations: list[dict[str, Any]] | None = None,
           overrides: list[dict[str, Any]] | None = None,
-          decimals: int | None = None) -> Panel:
+          decimals: int | None = None, footer: tuple[str, ...] = ()) -> Panel:
+    """A table; `footer`: reducers shown under every column (Grafana 12 keeps the footer in
+    `fieldConfig.defaults.custom.footer`, no longer in `options.footer`)."""
+    fc = field_config(unit, decimals=decimals, overrides=overrides)
+    if footer:
+        fc["defaults"]["custom"] = {"footer": {"reducers": list(footer)}}
     return {
         "type": "table",
         "title": title,
         "description": description,
         "datasource": DATASOURCE,
         "targets": targets,
-        "fieldConfig": field_config(unit, decimals=decimals, overrides=overrides),
-        "options": {"cellHeight": "sm", "showHeader": True,
-                    "footer": {"show": False, "reducer": ["sum"], "fields": ""}},
+        "fieldConfig": fc,
+        "options": {"cellHeight": "sm", "frameIndex": 0, "showHeader": True},
         "transformations": transformations or [],
     }
 
@@ -206,7 +229,8 @@ def state_timeline(title: str, description: str, targets: list[Target]) -> Panel
         "fieldConfig": fc,
         "options": {"alignValue": "left", "mergeValues": True, "rowHeight": 0.9,
                     "showValue": "never",
-                    "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                    "legend": {"calcs": [], "displayMode": "list", "placement": "bottom",
+                               "showLegend": True},
                     "tooltip": {"mode": "single", "sort": "none"}},
     }
 
@@ -252,16 +276,35 @@ def layout(rows: list[tuple[str, list[tuple[Panel, int, int]]]]) -> list[Panel]:
 
 def datasource_variable() -> dict[str, Any]:
     return {"name": "datasource", "label": "Data source", "type": "datasource",
-            "query": "prometheus", "current": {}, "hide": 0, "includeAll": False, "multi": False,
+            "query": "prometheus", "hide": 0, "includeAll": False, "multi": False,
             "options": [], "refresh": 1, "regex": "", "skipUrlSync": False}
 
 
 def query_variable(name: str, label: str, query: str, *, multi: bool = True) -> dict[str, Any]:
     """A variable from `label_values(selector, label)`; "All" is the regex `.*`."""
     return {"name": name, "label": label, "type": "query", "datasource": DATASOURCE,
-            "query": query, "definition": query, "current": {}, "hide": 0,
+            "query": query, "hide": 0,
             "includeAll": multi, "allValue": ".*" if multi else None, "multi": multi,
             "options": [], "refresh": 2, "regex": "", "skipUrlSync": False, "sort": 1}
+
+
+def cluster_variable(series: str) -> dict[str, Any]:
+    """`cluster`, where Prometheus adds that label; with none, "All" (`.*`) matches every series
+    (Grafana has no "hide when single value": the variable stays visible)."""
+    return query_variable("cluster", "Cluster", f"label_values({series}, cluster)")
+
+
+def container_variables() -> list[dict[str, Any]]:
+    """cluster, namespace, model, phase, pod, container: each chained on the ones before."""
+    info = "footprint_container_info"
+    chain: list[str] = [CLUSTER_SEL]
+    out = [cluster_variable(info)]
+    for name, label in (("namespace", "Namespace"), ("model", "Model"), ("phase", "Phase"),
+                        ("pod", "Pod"), ("container", "Container")):
+        out.append(query_variable(name, label,
+                                  f"label_values({info}{{{', '.join(chain)}}}, {name})"))
+        chain.append(f'{name}=~"${name}"')
+    return out
 
 
 def dashboard(uid: str, title: str, description: str, variables: list[dict[str, Any]],
@@ -279,7 +322,7 @@ def dashboard(uid: str, title: str, description: str, variables: list[dict[str, 
         "id": None,
         "links": [{"asDropdown": True, "icon": "external link", "includeVars": False,
                    "keepTime": True, "tags": TAGS, "targetBlank": False,
-                   "title": "Footprint", "type": "dashboards"}],
+                   "title": "Footprint", "tooltip": "", "type": "dashboards"}],
         "panels": panels,
         "refresh": "1m",
         "schemaVersion": SCHEMA_VERSION,
@@ -305,9 +348,11 @@ def models() -> dict[str, Any]:
                 f'{{{MODEL_SEL}, scope="{scope}"}})')
 
     total_1d = inc1d("total")
-    energy_1d = f"sum by (model) (model:footprint_energy_joules:increase1d{{{MODEL_SEL}}})"
+    energy_1d = (f"sum by (model) (model:footprint_energy_joules:increase1d{{{MODEL_SEL}}})"
+                 f" / {JOULES_PER_KWH}")
     budget = (f'{inc1d("total")} / on (model) '
-              f'sum by (model) (model:footprint_co2e_daily_budget_grams{{model=~"$model"}})')
+              f'sum by (model) (model:footprint_co2e_daily_budget_grams'
+              f'{{{CLUSTER_SEL}, model=~"$model"}})')
     rows: list[tuple[str, list[tuple[Panel, int, int]]]] = [
         ("Last 24 hours", [
             (stat("CO2e, last 24 h",
@@ -315,17 +360,18 @@ def models() -> dict[str, Any]:
                   "(operational + infrastructure + embodied): "
                   "model:footprint_co2e_grams:increase1d{scope=\"total\"} from the rule pack.",
                   [target(f'sum(model:footprint_co2e_grams:increase1d'
-                          f'{{{MODEL_SEL}, scope="total"}})', "CO2e")], "g", decimals=1), 6, 5),
+                          f'{{{MODEL_SEL}, scope="total"}})', "CO2e")], "massg", decimals=1), 6, 5),
             (stat("Energy, last 24 h",
                   "Energy attributed to the selected models' containers over the last 24 hours "
                   "(cpu, dram and gpu; idle and dynamic), before PUE.",
-                  [target(f"sum(model:footprint_energy_joules:increase1d{{{MODEL_SEL}}})",
-                          "energy")], "joule", decimals=1), 6, 5),
-            (stat("Emission rate now",
+                  [target(f"sum(model:footprint_energy_joules:increase1d{{{MODEL_SEL}}})"
+                          f" / {JOULES_PER_KWH}", "energy")], "kwatth", decimals=2), 6, 5),
+            (stat("Emission rate now, per hour",
                   "Current emission rate of the selected models, every scope, in grams per "
-                  "hour (the 5-minute rate of the rule pack, x 3600).",
+                  "hour (the 5-minute rate of the rule pack, x 3600): grams per hour, shown in g, "
+                  "kg or t.",
                   [target(f'sum(model:footprint_co2e_grams:rate5m'
-                          f'{{{MODEL_SEL}, scope="total"}}) * 3600', "g/h")], "g/h",
+                          f'{{{MODEL_SEL}, scope="total"}}) * 3600', "CO2e per hour")], "massg",
                   decimals=2), 6, 5),
             (stat("Equivalent: km driven by car, last 24 h",
                   "The last 24 hours' CO2e of the selected models as the distance a typical "
@@ -342,12 +388,13 @@ def models() -> dict[str, Any]:
                         "lifetime). Each bar is the 24 hours ending at that time.",
                         [target(f'sum by (model, scope) (model:footprint_co2e_grams:increase1d'
                                 f'{{{MODEL_SEL}, scope!="total"}})', "{{model}} {{scope}}")],
-                        "g", stack=True, bars=True, interval="1h"), 24, 9),
-            (timeseries("Emission rate by model",
-                        "Each model's current emissions, every scope, in grams per hour.",
+                        "massg", stack=True, bars=True, interval="1h"), 24, 9),
+            (timeseries("Emission rate by model, per hour",
+                        "Each model's current emissions, every scope, in grams per hour "
+                        "(shown in g, kg or t).",
                         [target(f'sum by (model) (model:footprint_co2e_grams:rate5m'
                                 f'{{{MODEL_SEL}, scope="total"}}) * 3600', "{{model}}")],
-                        "g/h", stack=True), 12, 8),
+                        "massg", stack=True), 12, 8),
             (timeseries("Power by model",
                         "Power drawn by each model's containers: the rate of attributed energy "
                         "(joules per second = watts), cpu + dram + gpu, before PUE.",
@@ -355,15 +402,15 @@ def models() -> dict[str, Any]:
                                 f"{{{MODEL_SEL}}})", "{{model}}")], "watt", stack=True), 12, 8),
             (bargauge("Energy by model, last 24 h",
                       "Energy attributed to each model over the 24 hours ending now.",
-                      [target(energy_1d, "{{model}}", instant=True)], "joule"), 12, 8),
+                      [target(energy_1d, "{{model}}", instant=True)], "kwatth"), 12, 8),
             (bargauge("Operational CO2e by model over the selected range",
                       "Operational emissions only (no PUE overhead, no embodied share) over the "
                       "dashboard's time range, straight from the exporter's counters "
                       "(footprint_container_co2e_grams_total), so it works without the rule "
                       "pack.",
                       [target(f"sum by (model) (increase(footprint_container_co2e_grams_total"
-                              f"{{{MODEL_SEL}}}[$__range]))", "{{model}}", instant=True)],
-                      "g"), 12, 8),
+                              f"{{{CONTAINER_SEL}}}[$__range]))", "{{model}}", instant=True)],
+                      "massg"), 12, 8),
         ]),
         ("Efficiency", [
             (timeseries("CO2e per 1,000 tokens",
@@ -372,13 +419,13 @@ def models() -> dict[str, Any]:
                         "framework's metrics (vLLM, TGI). Empty for models whose server "
                         "publishes no token counts.",
                         [target(f"model:footprint_co2e_grams_per_1k_tokens:rate5m{{{MODEL_SEL}}}",
-                                "{{model}} {{phase}}")], "g", decimals=3), 12, 8),
+                                "{{model}} {{phase}}")], "massg", decimals=3), 12, 8),
             (timeseries("CO2e per request",
                         "Grams CO2e (every scope) per request completed, over 5 minutes: the "
                         "model's emission rate divided by its request rate from the serving "
                         "framework's metrics.",
                         [target(f"model:footprint_co2e_grams_per_request:rate5m{{{MODEL_SEL}}}",
-                                "{{model}} {{phase}}")], "g", decimals=3), 12, 8),
+                                "{{model}} {{phase}}")], "massg", decimals=3), 12, 8),
             (timeseries("Tokens generated per second",
                         "Tokens each model's inference servers generate per second, from their "
                         "own counters (vLLM's vllm:generation_tokens_total, else TGI's "
@@ -393,6 +440,29 @@ def models() -> dict[str, Any]:
                         [target(f"model:footprint_successful_requests:rate5m{{{MODEL_SEL}}}",
                                 "{{model}} {{phase}}")], "reqps"), 12, 7),
         ]),
+        (f"Top {TOP} by operational CO2e over the selected range", [
+            (bargauge(f"Top {TOP} containers",
+                      f"The {TOP} containers that emitted the most operational CO2e (grid "
+                      "intensity x attributed energy) over the dashboard's time range, from the "
+                      "exporter's counter footprint_container_co2e_grams_total.",
+                      [target(f"topk({TOP}, sum by (namespace, pod, container) (increase("
+                              f"footprint_container_co2e_grams_total{{{CONTAINER_SEL}}}"
+                              "[$__range])))", "{{namespace}}/{{pod}}/{{container}}",
+                              instant=True)], "massg"), 8, 10),
+            (bargauge(f"Top {TOP} pods",
+                      f"The {TOP} pods that emitted the most operational CO2e over the "
+                      "dashboard's time range (all their containers).",
+                      [target(f"topk({TOP}, sum by (namespace, pod) (increase("
+                              f"footprint_container_co2e_grams_total{{{CONTAINER_SEL}}}"
+                              "[$__range])))", "{{namespace}}/{{pod}}", instant=True)],
+                      "massg"), 8, 10),
+            (bargauge(f"Top {TOP} models",
+                      f"The {TOP} models whose containers emitted the most operational CO2e "
+                      "over the dashboard's time range.",
+                      [target(f"topk({TOP}, sum by (model) (increase("
+                              f"footprint_container_co2e_grams_total{{{CONTAINER_SEL}}}"
+                              "[$__range])))", "{{model}}", instant=True)], "massg"), 8, 10),
+        ]),
         ("Budget", [
             (bargauge("Daily budget used",
                       "Each model's last 24 hours of CO2e (every scope) as a share of its daily "
@@ -405,7 +475,9 @@ def models() -> dict[str, Any]:
                         "Rolling 24-hour CO2e (solid) and the daily budget (dashed) per model.",
                         [target(total_1d, "{{model}} actual"),
                          target('sum by (model) (model:footprint_co2e_daily_budget_grams'
-                                '{model=~"$model"})', "{{model}} budget", "B")], "g",
+                                '{cluster=~"$cluster", model=~"$model"})',
+                                "{{model}} budget", "B")],
+                        "massg",
                         overrides=[override("/ budget$/", ("custom.lineStyle",
                                                            {"fill": "dash", "dash": [10, 10]}),
                                             regex=True)]), 12, 9),
@@ -415,8 +487,9 @@ def models() -> dict[str, Any]:
                         "Rolling 24-hour emissions per Kubernetes namespace, stacked by scope "
                         "(namespace:footprint_co2e_grams:increase1d from the rule pack).",
                         [target('sum by (namespace, scope) (namespace:footprint_co2e_grams:'
-                                'increase1d{namespace=~"$namespace", scope!="total"})',
-                                "{{namespace}} {{scope}}")], "g", stack=True), 24, 8),
+                                'increase1d{cluster=~"$cluster", namespace=~"$namespace", '
+                                'scope!="total"})',
+                                "{{namespace}} {{scope}}")], "massg", stack=True), 24, 8),
         ]),
         ("Models", [
             (table("Models, last 24 h",
@@ -429,14 +502,15 @@ def models() -> dict[str, Any]:
                     target(energy_1d, ref="E", instant=True, table=True),
                     target(f"{total_1d} / {CAR_GRAMS_PER_KM}", ref="F", instant=True,
                            table=True)],
-                   "g", decimals=1,
+                   "massg", decimals=1,
                    transformations=merge_table(
                        {"model": "Model", "Value #A": "Operational", "Value #B": "Infrastructure",
                         "Value #C": "Embodied", "Value #D": "Total", "Value #E": "Energy",
                         "Value #F": "Car km"},
                        ["Model", "Operational", "Infrastructure", "Embodied", "Total", "Energy",
                         "Car km"]),
-                   overrides=[override("Energy", ("unit", "joule")),
+                   footer=("sum",),
+                   overrides=[override("Energy", ("unit", "kwatth")),
                               override("Car km", ("unit", "lengthkm"), ("decimals", 2))]),
              24, 10),
         ]),
@@ -445,13 +519,7 @@ def models() -> dict[str, Any]:
         "footprint-models", "Footprint / Models",
         "Energy and CO2e per ML model: daily emissions by scope, efficiency per token and "
         "request, budgets, equivalents. Needs the rule pack (rules/footprint.rules.yaml).",
-        [query_variable("model", "Model",
-                        "label_values(model:footprint_co2e_grams:increase1d, model)"),
-         query_variable("phase", "Phase",
-                        'label_values(model:footprint_co2e_grams:increase1d{model=~"$model"}, '
-                        'phase)'),
-         query_variable("namespace", "Namespace",
-                        "label_values(namespace:footprint_co2e_grams:increase1d, namespace)")],
+        container_variables(),
         layout(rows), time_from="now-7d")
 
 
@@ -482,7 +550,7 @@ def nodes() -> dict[str, Any]:
                   "force) over the dashboard's time range; no PUE, no embodied share.",
                   [target(f"sum(increase(footprint_node_co2e_grams_total"
                           f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__range]))", "CO2e",
-                          instant=True)], "g", decimals=1, graph=False), 6, 5),
+                          instant=True)], "massg", decimals=1, graph=False), 6, 5),
             (stat("Unattributed share now",
                   "Share of the selected nodes' energy (cpu + dram + gpu) that no container was "
                   "charged for: system processes, idle capacity nobody requested, unheld GPUs.",
@@ -556,12 +624,12 @@ def nodes() -> dict[str, Any]:
                         "and provider. provider=\"default\" means no intensity is configured and "
                         "the world average (475) is in force.",
                         [target(f"footprint_grid_intensity_grams_per_kwh{{{NODE_SEL}}}",
-                                "{{node}} {{zone}} ({{provider}})")], "g/kWh"), 12, 8),
+                                "{{node}} {{zone}} ({{provider}})")], "suffix:gCO2e/kWh"), 12, 8),
             (table("Intensity provider",
                    "Per node, the zone and provider of the intensity in force now, and its "
                    "value.",
                    [target("max by (node, zone, provider) (footprint_grid_intensity_grams_per_kwh"
-                           f"{{{NODE_SEL}}})", instant=True, table=True)], "g/kWh",
+                           f"{{{NODE_SEL}}})", instant=True, table=True)], "suffix:gCO2e/kWh",
                    transformations=merge_table({"Value": "gCO2e/kWh"},
                                                ["node", "zone", "provider", "gCO2e/kWh"])),
              6, 8),
@@ -586,7 +654,7 @@ def nodes() -> dict[str, Any]:
                    "component and GPU (footprint_embodied_grams); the rule pack amortises them "
                    "over the lifetime.",
                    [target(f"footprint_embodied_grams{{{NODE_SEL}}}", instant=True, table=True)],
-                   "g", decimals=0,
+                   "massg", decimals=0,
                    transformations=merge_table({"Value": "Embodied"},
                                                ["node", "component", "gpu", "Embodied"])),
              10, 8),
@@ -600,7 +668,7 @@ def nodes() -> dict[str, Any]:
                         "per hour of the hardware's existence, whatever its load.",
                         [target(f"sum by (node) (footprint_embodied_grams{{{NODE_SEL}}}) / on "
                                 "(node) max by (node) (footprint_embodied_lifetime_seconds"
-                                f"{{{NODE_SEL}}}) * 3600", "{{node}}")], "g/h"), 10, 8),
+                                f"{{{NODE_SEL}}}) * 3600", "{{node}}")], "massg"), 10, 8),
         ]),
         ("Node facts", [
             (table("Nodes",
@@ -617,11 +685,13 @@ def nodes() -> dict[str, Any]:
         "footprint-nodes", "Footprint / Nodes and GPUs",
         "Power and energy per node, component, source and GPU; what is left unattributed; grid "
         "intensity, PUE and embodied emissions.",
-        [query_variable("node", "Node", "label_values(footprint_node_info, node)"),
+        [cluster_variable("footprint_node_info"),
+         query_variable("node", "Node",
+                        f"label_values(footprint_node_info{{{CLUSTER_SEL}}}, node)"),
          query_variable("gpu", "GPU",
-                        'label_values(footprint_gpu_power_watts{node=~"$node"}, gpu)'),
+                        f"label_values(footprint_gpu_power_watts{{{NODE_SEL}}}, gpu)"),
          query_variable("namespace", "Namespace",
-                        'label_values(footprint_container_info{node=~"$node"}, namespace)')],
+                        f"label_values(footprint_container_info{{{NODE_SEL}}}, namespace)")],
         layout(rows), time_from="now-6h")
 
 
@@ -636,8 +706,9 @@ def exporter() -> dict[str, Any]:
             (stat("Targets up",
                   "Exporter targets Prometheus scraped successfully at its last scrape, of "
                   "all targets in the selected jobs.",
-                  [target('sum(up{job=~"$job"})', "up"),
-                   target('count(up{job=~"$job"})', "targets", "B")], "none", decimals=0,
+                  [target(f'sum(up{{{CLUSTER_SEL}, job=~"$job"}})', "up"),
+                   target(f'count(up{{{CLUSTER_SEL}, job=~"$job"}})', "targets", "B")],
+                  "none", decimals=0,
                   graph=False), 6, 5),
             (stat("Sources down",
                   "Inputs whose last read failed (footprint_source_up == 0) on the selected "
@@ -647,7 +718,8 @@ def exporter() -> dict[str, Any]:
             (stat("Footprint alerts firing",
                   "Alerts of the Footprint rule pack firing now (ALERTS{alertname=~\"Footprint.*"
                   "\"}).",
-                  [target('count(ALERTS{alertname=~"Footprint.*", alertstate="firing"}) '
+                  [target(f'count(ALERTS{{{CLUSTER_SEL}, alertname=~"Footprint.*", '
+                          'alertstate="firing"}) '
                           "or vector(0)", "firing")], "none", decimals=0,
                   steps=((1, "red"),), graph=False), 6, 5),
             (table("Versions",
@@ -693,7 +765,8 @@ def exporter() -> dict[str, Any]:
             (timeseries("Scrape duration",
                         "How long Prometheus takes to scrape each exporter target "
                         "(scrape_duration_seconds; the scrape serves the last tick's bytes).",
-                        [target('scrape_duration_seconds{job=~"$job"}', "{{instance}}")], "s"),
+                        [target(f'scrape_duration_seconds{{{CLUSTER_SEL}, job=~"$job"}}',
+                                "{{instance}}")], "s"),
              12, 8),
             (timeseries("Resident memory",
                         "The exporter process's resident memory "
@@ -710,7 +783,8 @@ def exporter() -> dict[str, Any]:
             (table("Footprint alerts",
                    "Alerts of the Footprint rule pack, pending or firing now, with their "
                    "labels.",
-                   [target('ALERTS{alertname=~"Footprint.*"}', instant=True, table=True)],
+                   [target(f'ALERTS{{{CLUSTER_SEL}, alertname=~"Footprint.*"}}', instant=True,
+                          table=True)],
                    "none",
                    transformations=[{"id": "organize", "options": {
                        "excludeByName": {"Time": True, "Value": True, "__name__": True}}}]),
@@ -718,7 +792,7 @@ def exporter() -> dict[str, Any]:
             (timeseries("Footprint alerts over time",
                         "How many Footprint alerts were pending or firing, by alert name.",
                         [target('count by (alertname, alertstate) '
-                                '(ALERTS{alertname=~"Footprint.*"})',
+                                f'(ALERTS{{{CLUSTER_SEL}, alertname=~"Footprint.*"}})',
                                 "{{alertname}} {{alertstate}}")], "none", decimals=0), 12, 8),
         ]),
     ]
@@ -726,9 +800,12 @@ def exporter() -> dict[str, Any]:
         "footprint-exporter", "Footprint / Exporter health",
         "Whether the Footprint exporters run well: targets and sources up, errors, tick and "
         "scrape times, memory and CPU, Footprint alerts.",
-        [query_variable("job", "Job", "label_values(footprint_exporter_build_info, job)"),
+        [cluster_variable("footprint_exporter_build_info"),
+         query_variable("job", "Job",
+                        f"label_values(footprint_exporter_build_info{{{CLUSTER_SEL}}}, job)"),
          query_variable("node", "Node",
-                        'label_values(footprint_exporter_build_info{job=~"$job"}, node)')],
+                        f'label_values(footprint_exporter_build_info{{{CLUSTER_SEL}, '
+                        'job=~"$job"}, node)')],
         layout(rows), time_from="now-6h")
 
 

@@ -277,6 +277,7 @@ class Settings:
     config_file: Path | None
     file: FileConfig
     web_config_file: Path | None = None
+    log_format: str = "logfmt"
     max_connections: int = 256
     """`--web.max-connections` (exporter.server.ServerLimits)."""
     read_header_timeout_seconds: float = 10.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -23,9 +24,26 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
-def setup(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """`{"time": ..., "level": ..., "logger": ..., "msg": ...}`, one object per line, as
+    node_exporter's `--log.format=json` writes it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        level = {"WARNING": "warn"}.get(record.levelname, record.levelname.lower())
+        line = {"time": f"{ts}.{int(record.msecs):03d}Z", "level": level,
+                "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            line["err"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+FORMATS = ("logfmt", "json")
+
+
+def setup(level: str, fmt: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger("footprint")
     root.handlers[:] = [handler]
     root.setLevel({"warn": logging.WARNING}.get(level, level.upper()))

@@ -162,6 +162,8 @@ class Publisher:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._container_labels: dict[tuple[str, str, str], tuple[Labels, Labels]] = {}
+        self._container_seen: dict[tuple[str, str, str], tuple[object, float]] = {}
+        """Each container as last published (the object and its ratio), to skip the rest."""
         self._gpu_ratio_labels: set[Labels] = set()
         self._gpu_info: tuple[str, str] = ("", "0")
         self._node_info: tuple[str, str, str, str] = ("", "", "", "")
@@ -254,7 +256,15 @@ class Publisher:
             self._add(ERRORS, (source, reason), 1.0)
 
     def containers(self, containers: Sequence[ContainerLike], allocatable_cores: float) -> None:
+        """Each container's info and CPU allocation ratio; a container seen as it was last
+        tick (the common case) costs one lookup."""
+        published = self._container_seen
         for c in containers:
+            ratio_value = (min(c.cpu_request_cores / allocatable_cores, 1.0)
+                           if allocatable_cores > 0 else 0.0)
+            seen = published.get(c.key)
+            if seen is not None and seen[0] is c and seen[1] == ratio_value:
+                continue  # the same Container object: labels and value unchanged
             info = (*c.key, c.model, c.model_source, c.phase, c.owner_kind, c.owner_name)
             ratio = (*c.key, c.model, c.phase, "cpu")
             previous = self._container_labels.get(c.key)
@@ -263,9 +273,8 @@ class Publisher:
                 self._drop(CONTAINER_ALLOCATION, previous[1])
             self._container_labels[c.key] = (info, ratio)
             self._set(CONTAINER_INFO, info, 1.0)
-            self._set(CONTAINER_ALLOCATION, ratio,
-                      min(c.cpu_request_cores / allocatable_cores, 1.0)
-                      if allocatable_cores > 0 else 0.0)
+            self._set(CONTAINER_ALLOCATION, ratio, ratio_value)
+            published[c.key] = (c, ratio_value)
 
     def gpus(self, readings: Sequence[GpuReading]) -> None:
         for g in readings:
@@ -307,6 +316,7 @@ class Publisher:
         for key in keys:
             prefix = cast(tuple[str, str, str], key)
             self._container_labels.pop(prefix, None)
+            self._container_seen.pop(prefix, None)
             self.ledger.retire(names, prefix)
 
     def facts(self, facts: LifecycleFacts) -> None:

@@ -15,7 +15,7 @@ from exporter.accounting import AccountState, SourceReading, TickInputs, account
 from exporter.attribution import IdleBaseline
 from exporter.config import AttributionSettings, EmbodiedSettings, PueSettings
 from exporter.exposition import Renderer, Snapshot, TickStats
-from exporter.facts import lifecycle_facts
+from exporter.facts import SECONDS_PER_YEAR, lifecycle_facts
 from exporter.gpus import Allocation
 from exporter.intensity.chain import FallbackChain
 from exporter.kube.pods import PodView
@@ -39,6 +39,17 @@ class SourceState:
 
     name: str
     status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class InputState:
+    """One row of the landing page's table of inputs."""
+
+    name: str
+    state: str
+    """on (an energy source in use), up (a service that answered), off, down or unknown."""
+    covers: str
+    detail: str
 
 
 def read_cpu_model(procfs: Path) -> str:
@@ -97,6 +108,15 @@ class Kubernetes:
     podresources: PodResources | None = None
 
 
+def _mass(grams: float) -> str:
+    """Grams in the unit people read: g, kg or t."""
+    if grams >= 1e6:
+        return f"{grams / 1e6:.3g} t"
+    if grams >= 1e3:
+        return f"{grams / 1e3:.3g} kg"
+    return f"{grams:.3g} g"
+
+
 def _first(labels: Mapping[str, str], keys: Sequence[str]) -> str:
     return next((labels[k] for k in keys if labels.get(k)), "")
 
@@ -145,6 +165,46 @@ class Sampler:
         self._renderer = Renderer(self.ledger, node=node, process_metrics=process_metrics)
         self._publish.static([(s.name, st) for s, st in zip(sources, statuses, strict=True)],
                              kubernetes=kubernetes is not None, cpu_model=cpu_model)
+
+    def inputs(self) -> list[InputState]:
+        """Every input and its state now, for the landing page: the energy sources (as probed,
+        and up or down at the last tick), the pod watch, the pod-resources API, the grid
+        intensity in force and the PUE. Cheap, and safe from the event loop's thread."""
+        rows = []
+        up = self.ledger.gauges.get("footprint_source_up", {})
+        for s in self.states:
+            state = ("off" if not s.status.enabled else
+                     "on" if up.get((s.name,), 1.0) == 1.0 else "down")
+            rows.append(InputState(s.name, state, ", ".join(sorted(s.status.components)),
+                                   s.status.detail))
+        k = self._kubernetes
+        if k is None:
+            rows.append(InputState("kubernetes", "off", "", "no cluster configured, or "
+                                   "--no-collector.kubernetes: all energy stays unattributed"))
+        else:
+            view = k.pods.view()
+            rows.append(InputState(
+                "kubernetes", "up" if view.up else "down", "pods",
+                f"{len(view.pods)} pods of this node known"
+                + ("" if view.synced else "; waiting for the first list")
+                + f"; {view.api_errors} failed API requests since start"))
+            if k.podresources is not None:
+                held = up.get(("podresources",))
+                rows.append(InputState(
+                    "podresources", "unknown" if held is None else
+                    "up" if held == 1.0 else "down", "gpu holders",
+                    "the kubelet's device allocations"))
+        current = self._intensity.current()
+        live = self._intensity.live
+        rows.append(InputState(
+            "intensity", "up" if live is None or self._intensity.up else "down", "carbon",
+            f"{current.grams_per_kwh:g} gCO2e/kWh for zone {current.zone} from "
+            f"{current.provider}" + (f"; live provider {live.name}" if live is not None
+                                     else "; no live provider")))
+        pue = self.ledger.gauges.get("footprint_pue", {}).get(())
+        rows.append(InputState("pue", "on" if pue is not None else "unknown", "infrastructure",
+                               f"PUE {pue:g}" if pue is not None else "not computed yet"))
+        return rows
 
     def start(self) -> None:
         """Start what runs beside the ticks (the pod watch, a live intensity provider)."""
@@ -313,5 +373,8 @@ class Sampler:
                                 labels=self._node_labels, provider_id=self._provider_id,
                                 zone=zone, gpus=self._gpu_products)
         self._publish.facts(facts)
-        log.info(f"PUE {facts.pue:g} ({facts.pue_source}); embodied {facts.server_grams:g} g "
-                 f"server + {len(facts.gpu_grams)} GPU(s) over {facts.lifetime_seconds:.0f} s")
+        gpus = sum(grams for _, grams in facts.gpu_grams)
+        log.info(f"PUE {facts.pue:g} ({facts.pue_source}); embodied {_mass(facts.server_grams)} "
+                 f"CO2e for the server + {_mass(gpus)} for {len(facts.gpu_grams)} GPU(s), "
+                 f"spread over {facts.lifetime_seconds / SECONDS_PER_YEAR:.3g} years of use "
+                 f"({facts.lifetime_seconds:.0f} s)")

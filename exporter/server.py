@@ -141,18 +141,17 @@ async def readyz(request: web.Request) -> web.Response:
 async def landing(request: web.Request) -> web.Response:
     state = request.app[STATE]
     rows = "".join(
-        f"<tr><td>{html.escape(s.name)}</td><td>{'on' if s.status.enabled else 'off'}</td>"
-        f"<td>{html.escape(', '.join(sorted(s.status.components)))}</td>"
-        f"<td>{html.escape(s.status.detail)}</td></tr>"
-        for s in state.sampler.states)
+        f"<tr><td>{html.escape(row.name)}</td><td>{html.escape(row.state)}</td>"
+        f"<td>{html.escape(row.covers)}</td><td>{html.escape(row.detail)}</td></tr>"
+        for row in state.sampler.inputs())
     path = html.escape(state.telemetry_path)
     body = (
         "<!doctype html><html><head><meta charset='utf-8'><title>Footprint exporter</title>"
         "</head><body><h1>Footprint exporter</h1>"
         f"<p>Version {html.escape(__version__)}. Energy and CO2e of this node's workloads.</p>"
         f"<p><a href='{path}'>Metrics</a> &middot; <a href='/healthz'>healthz</a> &middot; "
-        "<a href='/readyz'>readyz</a></p><h2>Sources</h2><table border='1' cellpadding='4'>"
-        "<tr><th>source</th><th>state</th><th>components</th><th>why</th></tr>"
+        "<a href='/readyz'>readyz</a></p><h2>Inputs</h2><table border='1' cellpadding='4'>"
+        "<tr><th>input</th><th>state</th><th>covers</th><th>detail</th></tr>"
         f"{rows}</table></body></html>")
     return web.Response(text=body, content_type="text/html")
 

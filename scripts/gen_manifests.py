@@ -4,7 +4,8 @@
 
 Helm reads only files inside a chart, so `rules/footprint.rules.yaml` and `dashboards/*.json`
 are copied to `charts/footprint-exporter/files/`, and the `config` section of its
-values.schema.json is written from exporter/config.py (scripts/gen_values_schema.py); the
+values.schema.json is written from exporter/config.py (scripts/gen_values_schema.py) and the
+values table of its README from the comments of values.yaml (scripts/gen_chart_readme.py); the
 chart is then rendered with its default values (release `footprint-exporter`, namespace
 `monitoring`) into `manifests/footprint-exporter.yaml`, with `manifests/kustomization.yaml`
 beside it. The output is deterministic: tests/test_chart.py runs this script into a temporary
@@ -22,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from gen_chart_readme import README as CHART_README
+from gen_chart_readme import render as render_chart_readme
 from gen_values_schema import generate as generate_values_schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +99,8 @@ def manifests(chart_dir: Path) -> dict[Path, bytes]:
 
 def generate(root: Path) -> dict[Path, bytes]:
     """Every file this script writes, by path under the repository, from the sources in root."""
-    files = chart_files(root) | generate_values_schema(root)
+    files = chart_files(root) | generate_values_schema(root) | {
+        CHART_README: render_chart_readme(root).encode()}
     with tempfile.TemporaryDirectory() as tmp:
         # Render a copy whose files/ is fresh, so the output never depends on stale copies.
         chart_dir = Path(tmp) / CHART.name

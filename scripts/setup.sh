@@ -43,3 +43,8 @@ extra=""
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extra}" 2>&1 \
   | grep -v "^WARNING: Location" >&2 || true
 .venv/bin/python -c 'import exporter' # fails loudly if the install did not work
+if [ $want_test -eq 1 ]; then
+  # tests/test_dashboards.py type-checks the dashboards with tsc against @grafana/schema
+  # (versions pinned in dashboards/schema-check/package-lock.json)
+  (cd dashboards/schema-check && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+fi

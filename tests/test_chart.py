@@ -39,14 +39,20 @@ BUDGETS_EXAMPLE = REPO / "rules" / "budgets.example.yaml"
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
 INSTALL_DOC = REPO / "docs" / "install.md"
 
-KUBE_VERSIONS = ("1.33", "1.35", "1.37")
-"""The Kubernetes minors the chart is validated against (docs/install.md, Chart.yaml)."""
+KUBE_VERSIONS = ("1.32", "1.33", "1.34", "1.35", "1.36", "1.37")
+"""The Kubernetes minors the chart is validated against, each rendered as that version
+(docs/install.md, Chart.yaml): upstream supports the three newest, and the chart reaches back
+to the oldest still supported."""
+RECURSIVE_READ_ONLY_SINCE = "1.33"  # recursiveReadOnly went GA in Kubernetes 1.33
 RELEASE = "footprint"
 NAMESPACE = "monitoring"
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
-FEATURES = {"servicemonitor", "podmonitor", "rules-budgets", "dashboards", "nvidia",
+FEATURES = {"servicemonitor", "podmonitor", "rules-budgets", "dashboards", "gpu", "gpu-only",
+            "parity",
             "networkpolicy", "webconfig-tls", "live-intensity", "hostpid", "config"}
 POD_RESOURCES_DIR = "/var/lib/kubelet/pod-resources"
+POOL_LABEL = "footprint.dev/pool"
+GPU_LABEL = "nvidia.com/gpu.present"
 HOST_PATHS = {
     # /sys no wider than the exporter reads: RAPL through class/powercap, whose entries link
     # into devices/virtual/powercap (both parents always exist), and the cgroups.
@@ -99,17 +105,38 @@ def load_values(case: str) -> Obj | None:
 CASES = ["default", *(p.name.removesuffix("-values.yaml") for p in CI_VALUES)]
 
 
-def render_templates(helm: ModuleType, values: Obj | None) -> dict[str, str]:
+def pools(case: str) -> list[str]:
+    """The node pools whose DaemonSet a case renders."""
+    values = load_values(case) or {}
+    return [pool for pool, default in (("cpu", True), ("gpu", False))
+            if values.get(pool, {}).get("enabled", default)]
+
+
+CASE_POOLS = [(case, pool) for case in CASES for pool in pools(case)]
+
+
+def render_templates(helm: ModuleType, values: Obj | None,
+                     kube_version: str | None = None) -> dict[str, str]:
+    """The chart's templates rendered, as for Kubernetes `kube_version` (e.g. "1.32") when
+    given: Chart.render has no such option, the SDK's native call takes it."""
     with helm.Chart.load(CHART) as chart:
-        rendered: dict[str, str] = chart.render(values, name=RELEASE, namespace=NAMESPACE,
-                                                is_install=True)
+        if kube_version is None:
+            rendered: dict[str, str] = chart.render(values, name=RELEASE, namespace=NAMESPACE,
+                                                    is_install=True)
+        else:
+            from helm_python import _native
+
+            options = {"name": RELEASE, "namespace": NAMESPACE, "is_install": True,
+                       "kube_version": f"v{kube_version}.0"}
+            rendered = json.loads(_native.call_string(
+                "helm_render", chart._raw(), json.dumps(values), json.dumps(options)))
     return rendered
 
 
-def render(helm: ModuleType, values: Obj | None) -> list[Obj]:
+def render(helm: ModuleType, values: Obj | None, kube_version: str | None = None) -> list[Obj]:
     """The objects the chart renders (NOTES.txt left out)."""
     objects = []
-    for template, text in sorted(render_templates(helm, values).items()):
+    for template, text in sorted(render_templates(helm, values, kube_version).items()):
         if template.endswith("NOTES.txt"):
             continue
         objects += [obj for obj in yaml.safe_load_all(text) if obj]
@@ -126,26 +153,39 @@ def one(objects: list[Obj], kind: str) -> Obj:
     return found[0]
 
 
-def pod_spec(objects: list[Obj]) -> Obj:
-    spec: Obj = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+def daemonset(objects: list[Obj], pool: str | None = None) -> Obj:
+    """The DaemonSet of a node pool (cpu or gpu); without one, the CPU DaemonSet, or the only
+    one there is."""
+    found = of_kind(objects, "DaemonSet")
+    if pool is None:
+        pool = "cpu" if len(found) > 1 else found[0]["spec"]["template"]["metadata"]["labels"][
+            POOL_LABEL]
+    (chosen,) = [d for d in found if d["spec"]["template"]["metadata"]["labels"][POOL_LABEL]
+                 == pool]
+    return chosen
+
+
+def pod_spec(objects: list[Obj], pool: str | None = None) -> Obj:
+    spec: Obj = daemonset(objects, pool)["spec"]["template"]["spec"]
     return spec
 
 
-def container(objects: list[Obj]) -> Obj:
-    (exporter,) = pod_spec(objects)["containers"]
+def container(objects: list[Obj], pool: str | None = None) -> Obj:
+    (exporter,) = pod_spec(objects, pool)["containers"]
     return exporter  # type: ignore[no-any-return]
 
 
-def env(objects: list[Obj]) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(objects)["env"]}
+def env(objects: list[Obj], pool: str | None = None) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom"))
+            for e in container(objects, pool)["env"]}
 
 
-def mounts(objects: list[Obj]) -> dict[str, Obj]:
-    return {m["name"]: m for m in container(objects)["volumeMounts"]}
+def mounts(objects: list[Obj], pool: str | None = None) -> dict[str, Obj]:
+    return {m["name"]: m for m in container(objects, pool)["volumeMounts"]}
 
 
-def volumes(objects: list[Obj]) -> dict[str, Obj]:
-    return {v["name"]: v for v in pod_spec(objects)["volumes"]}
+def volumes(objects: list[Obj], pool: str | None = None) -> dict[str, Obj]:
+    return {v["name"]: v for v in pod_spec(objects, pool)["volumes"]}
 
 
 def config_file(objects: list[Obj]) -> Obj:
@@ -183,12 +223,16 @@ def test_lint_reports_bad_values(helm: ModuleType) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_core_objects_match_the_kubernetes_schemas(
-        rendered: dict[str, list[Obj]], kubernetes_validate: ModuleType, case: str) -> None:
-    core = [obj for obj in rendered[case] if obj["kind"] not in CRD_KINDS]
-    assert {"DaemonSet", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
-            "ConfigMap"} <= {obj["kind"] for obj in core}
-    for obj in core:
-        for version in KUBE_VERSIONS:
+        helm: ModuleType, kubernetes_validate: ModuleType, case: str) -> None:
+    """Every object, both DaemonSets included, rendered as each supported minor and validated
+    strictly against that minor's schemas."""
+    for version in KUBE_VERSIONS:
+        core = [obj for obj in render(helm, load_values(case), version)
+                if obj["kind"] not in CRD_KINDS]
+        assert {"DaemonSet", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
+                "ConfigMap"} <= {obj["kind"] for obj in core}
+        assert len(of_kind(core, "DaemonSet")) == len(pools(case)), (case, version)
+        for obj in core:
             try:
                 assert kubernetes_validate.validate(obj, version, strict=True) == version
             except kubernetes_validate.ValidationError as exc:
@@ -229,10 +273,11 @@ def test_the_exporter_accepts_the_config_file(rendered: dict[str, list[Obj]], ca
 # Security: for every case
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_the_exporter_runs_without_privileges(rendered: dict[str, list[Obj]], case: str) -> None:
+@pytest.mark.parametrize(("case", "pool"), CASE_POOLS)
+def test_the_exporter_runs_without_privileges(
+        rendered: dict[str, list[Obj]], case: str, pool: str) -> None:
     objects = rendered[case]
-    context = container(objects)["securityContext"]
+    context = container(objects, pool)["securityContext"]
     assert context["privileged"] is False
     assert context["allowPrivilegeEscalation"] is False
     assert context["readOnlyRootFilesystem"] is True
@@ -240,30 +285,34 @@ def test_the_exporter_runs_without_privileges(rendered: dict[str, list[Obj]], ca
     assert context["seccompProfile"] == {"type": "RuntimeDefault"}
     # Root only as the owner of energy_uj and the kubelet's socket: no capability comes with it.
     assert context["runAsUser"] == 0 and context["runAsNonRoot"] is False
-    spec = pod_spec(objects)
+    spec = pod_spec(objects, pool)
     assert not spec.get("hostNetwork") and not spec.get("hostIPC")
+    # The GPUs come from the NVIDIA runtime, never from a device request or privileges.
+    assert "nvidia.com/gpu" not in json.dumps(container(objects, pool)["resources"])
     assert "securityContext" not in spec or "sysctls" not in spec["securityContext"]
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_every_host_path_is_mounted_read_only(rendered: dict[str, list[Obj]], case: str) -> None:
+@pytest.mark.parametrize(("case", "pool"), CASE_POOLS)
+def test_every_host_path_is_mounted_read_only(
+        rendered: dict[str, list[Obj]], case: str, pool: str) -> None:
     objects = rendered[case]
-    host = {name: v["hostPath"]["path"] for name, v in volumes(objects).items()
+    host = {name: v["hostPath"]["path"] for name, v in volumes(objects, pool).items()
             if "hostPath" in v}
     assert set(host.values()) <= set(HOST_PATHS)
     for name, path in host.items():
-        mount = mounts(objects)[name]
+        mount = mounts(objects, pool)[name]
         assert mount["readOnly"] is True, name
         assert mount["mountPath"] == HOST_PATHS[path]
-    for mount in mounts(objects).values():
+    for mount in mounts(objects, pool).values():
         if mount["name"] != "tmp":
             assert mount.get("readOnly") is True, mount
         if mount["mountPath"].startswith(("/host/sys/", "/host/proc")):
             assert mount["recursiveReadOnly"] == "IfPossible", mount
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_rbac_is_pods_read_and_nodes_get_only(rendered: dict[str, list[Obj]], case: str) -> None:
+@pytest.mark.parametrize(("case", "pool"), CASE_POOLS)
+def test_rbac_is_pods_read_and_nodes_get_only(
+        rendered: dict[str, list[Obj]], case: str, pool: str) -> None:
     objects = rendered[case]
     assert one(objects, "ClusterRole")["rules"] == RBAC_RULES
     assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
@@ -274,7 +323,8 @@ def test_rbac_is_pods_read_and_nodes_get_only(rendered: dict[str, list[Obj]], ca
                                   "name": one(objects, "ClusterRole")["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"],
                                     "namespace": account["namespace"]}]
-    assert pod_spec(objects)["serviceAccountName"] == account["name"]
+    assert pod_spec(objects, pool)["serviceAccountName"] == account["name"]
+    assert pod_spec(objects, pool)["automountServiceAccountToken"] is True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +337,12 @@ def test_defaults(rendered: dict[str, list[Obj]]) -> None:
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Service",
         "DaemonSet", "NetworkPolicy"}
     daemonset = one(objects, "DaemonSet")
+    assert daemonset["metadata"]["name"] == f"{RELEASE}-footprint-exporter"
+    # Selector as before the pools (immutable): upgrades keep the same DaemonSet.
+    assert daemonset["spec"]["selector"] == {"matchLabels": {
+        "app.kubernetes.io/name": "footprint-exporter", "app.kubernetes.io/instance": RELEASE}}
+    assert daemonset["spec"]["template"]["metadata"]["labels"][POOL_LABEL] == "cpu"
+    assert daemonset["spec"]["revisionHistoryLimit"] == 10
     assert daemonset["spec"]["updateStrategy"] == {
         "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}}
     spec = pod_spec(objects)
@@ -294,6 +350,7 @@ def test_defaults(rendered: dict[str, list[Obj]]) -> None:
     assert "runtimeClassName" not in spec and "priorityClassName" not in spec
     assert spec["terminationGracePeriodSeconds"] == 10
     assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert "affinity" not in spec and "imagePullSecrets" not in spec  # no GPU pool to leave out
     gpu_taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
     assert any(tolerates(t, gpu_taint) for t in spec["tolerations"])
     exporter = container(objects)
@@ -310,6 +367,7 @@ def test_defaults(rendered: dict[str, list[Obj]]) -> None:
         "path": "/healthz", "port": "metrics", "scheme": "HTTP"}
     assert exporter["readinessProbe"]["httpGet"] == {
         "path": "/readyz", "port": "metrics", "scheme": "HTTP"}
+    assert "startupProbe" not in exporter
     assert exporter["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"},
                                      "limits": {"memory": "256Mi"}}
     assert volumes(objects)["tmp"] == {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}
@@ -356,9 +414,18 @@ def test_service_monitor(rendered: dict[str, list[Obj]]) -> None:
     assert endpoint["metricRelabelings"][0]["action"] == "drop"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= (
         one(objects, "Service")["metadata"]["labels"].items())
+    # The object lives where the values put it; it still scrapes the release's namespace.
+    assert monitor["metadata"]["namespace"] == "observability"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert monitor["spec"]["sampleLimit"] == 30000
+    assert monitor["spec"]["targetLabels"] == ["app.kubernetes.io/instance"]
+    assert "podTargetLabels" not in monitor["spec"]
+    default = one(rendered["webconfig-tls"], "ServiceMonitor")
+    assert default["metadata"]["namespace"] == NAMESPACE
+    assert default["spec"]["sampleLimit"] == 20000  # ~2,650 series at 250 containers
+    assert "targetLabels" not in default["spec"]
     for case in CASES:
-        if case not in ("servicemonitor", "webconfig-tls"):
+        if case not in ("servicemonitor", "webconfig-tls", "gpu"):
             assert not of_kind(rendered[case], "ServiceMonitor"), case
 
 
@@ -372,7 +439,10 @@ def test_pod_monitor(rendered: dict[str, list[Obj]]) -> None:
     pod_labels = one(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert not of_kind(objects, "ServiceMonitor")
-    assert not any(of_kind(rendered[case], "PodMonitor") for case in CASES if case != "podmonitor")
+    assert monitor["metadata"]["namespace"] == NAMESPACE
+    assert monitor["spec"]["sampleLimit"] == 20000
+    assert not any(of_kind(rendered[case], "PodMonitor") for case in CASES
+                   if case not in ("podmonitor", "parity"))
 
 
 def test_service_and_pod_monitor_together_are_refused(helm: ModuleType) -> None:
@@ -435,9 +505,11 @@ def network_policy(objects: list[Obj]) -> Obj:
     assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress stays open
     (ingress,) = policy["spec"]["ingress"]
     assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
-    assert "metrics" in {p["name"] for p in container(objects)["ports"]}
-    pod_labels = one(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
-    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    for ds in of_kind(objects, "DaemonSet"):  # both node pools' pods
+        (exporter,) = ds["spec"]["template"]["spec"]["containers"]
+        assert "metrics" in {p["name"] for p in exporter["ports"]}
+        labels = ds["spec"]["template"]["metadata"]["labels"]
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     return policy
 
 
@@ -489,29 +561,211 @@ def test_network_policy_can_be_turned_off(helm: ModuleType) -> None:
     assert "networkPolicy.enabled is false: any pod of the cluster can reach port 9835" in notes
 
 
-def test_nvidia_runtime(rendered: dict[str, list[Obj]], helm: ModuleType) -> None:
-    objects = rendered["nvidia"]
-    assert pod_spec(objects)["runtimeClassName"] == "nvidia"
+def pod_labels(ds: Obj) -> dict[str, str]:
+    labels: dict[str, str] = ds["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def node_affinity_admits(affinity: Obj | None, node: Mapping[str, str]) -> bool:
+    """Whether a pod's required node affinity admits a node with these labels (terms ORed,
+    expressions ANDed), as the scheduler decides."""
+    required = ((affinity or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution")
+    if not required:
+        return True
+
+    def matches(expression: Obj) -> bool:
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values", [])
+        if operator == "In":
+            return key in node and node[key] in values
+        if operator == "NotIn":
+            return key not in node or node[key] not in values
+        if operator == "Exists":
+            return key in node
+        assert operator == "DoesNotExist", operator
+        return key not in node
+
+    return any(all(matches(e) for e in term.get("matchExpressions", []))
+               for term in required["nodeSelectorTerms"])
+
+
+def runs_on(ds: Obj, node: Mapping[str, str]) -> bool:
+    spec = ds["spec"]["template"]["spec"]
+    return selects(spec.get("nodeSelector", {}), node) and node_affinity_admits(
+        spec.get("affinity"), node)
+
+
+NODES = {
+    "cpu": {"kubernetes.io/os": "linux"},
+    "gpu": {"kubernetes.io/os": "linux", GPU_LABEL: "true"},
+    "gpu-label-false": {"kubernetes.io/os": "linux", GPU_LABEL: "false"},
+    "windows": {"kubernetes.io/os": "windows"},
+}
+
+
+def test_one_release_measures_cpu_and_gpu_pools_once(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["gpu"]
+    cpu, gpu = daemonset(objects, "cpu"), daemonset(objects, "gpu")
+    assert (cpu["metadata"]["name"], gpu["metadata"]["name"]) == (
+        f"{RELEASE}-footprint-exporter", f"{RELEASE}-footprint-exporter-gpu")
+    # Every Linux node runs exactly one exporter: the pools are disjoint and cover the nodes.
+    for node, labels in NODES.items():
+        expected = {"cpu": runs_on(cpu, labels), "gpu": runs_on(gpu, labels)}
+        want = {"cpu": node in ("cpu", "gpu-label-false"), "gpu": node == "gpu"}
+        assert expected == want, node
+    assert pod_spec(objects, "gpu")["nodeSelector"] == {"kubernetes.io/os": "linux",
+                                                        GPU_LABEL: "true"}
+    assert cpu["spec"]["template"]["spec"]["affinity"] == {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": GPU_LABEL, "operator": "NotIn",
+                                   "values": ["true"]}]}]}}}
+    # The GPU pods: the NVIDIA runtime, its environment, hostPID; the CPU pods: none of it.
+    gpu_spec, cpu_spec = pod_spec(objects, "gpu"), pod_spec(objects, "cpu")
+    assert gpu_spec["runtimeClassName"] == "nvidia" and "runtimeClassName" not in cpu_spec
+    assert env(objects, "gpu")["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert env(objects, "gpu")["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
+    assert not {"NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"} & set(env(objects, "cpu"))
+    assert (gpu_spec["hostPID"], cpu_spec["hostPID"]) == (True, False)
+    gpu_taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+    assert any(tolerates(t, gpu_taint) for t in gpu_spec["tolerations"])
+    # Distinct selectors: the GPU DaemonSet never claims the CPU pods.
+    assert not selects(gpu["spec"]["selector"]["matchLabels"], pod_labels(cpu))
+    assert (pod_labels(cpu)[POOL_LABEL], pod_labels(gpu)[POOL_LABEL]) == ("cpu", "gpu")
+    # One Service, one monitor, one config, one policy for both pools.
+    for kind in ("Service", "ServiceMonitor", "ConfigMap", "NetworkPolicy", "ServiceAccount"):
+        one(objects, kind)
+    service, monitor = one(objects, "Service"), one(objects, "ServiceMonitor")
+    policy = one(objects, "NetworkPolicy")
+    for ds in (cpu, gpu):
+        assert selects(service["spec"]["selector"], pod_labels(ds))
+        assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(ds))
+        assert ds["spec"]["template"]["spec"]["volumes"][-2:] == cpu["spec"]["template"][
+            "spec"]["volumes"][-2:]  # the same config ConfigMap and /tmp
+    assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    assert monitor["spec"]["podTargetLabels"] == [POOL_LABEL]
+
+
+def test_a_gpu_only_cluster(rendered: dict[str, list[Obj]], helm: ModuleType) -> None:
+    objects = rendered["gpu-only"]
+    (only,) = of_kind(objects, "DaemonSet")
+    assert only["metadata"]["name"] == f"{RELEASE}-footprint-exporter-gpu"
+    spec = pod_spec(objects)
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}  # every Linux node
+    assert "runtimeClassName" not in spec  # the NVIDIA runtime is the nodes' default
     assert env(objects)["NVIDIA_VISIBLE_DEVICES"] == "all"
-    assert env(objects)["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
-    # The exporter sees the GPUs without taking one from the workloads.
-    assert "nvidia.com/gpu" not in json.dumps(container(objects)["resources"])
-    default_runtime = render(helm, {"nvidia": {"enabled": True}})
-    assert "runtimeClassName" not in pod_spec(default_runtime)
-    assert env(default_runtime)["NVIDIA_VISIBLE_DEVICES"] == "all"
-    with pytest.raises(helm.HelmRenderError, match=r"nvidia\.enabled"):
-        render(helm, {"nvidia": {"runtimeClassName": "nvidia"}})
-    for case in CASES:
-        if case != "nvidia":
-            assert not {"NVIDIA_VISIBLE_DEVICES"} & set(env(rendered[case])), case
+    notes = render_templates(helm, load_values("gpu-only"))[
+        "footprint-exporter/templates/NOTES.txt"]
+    assert f"port-forward ds/{RELEASE}-footprint-exporter-gpu" in notes
+    with pytest.raises(helm.HelmRenderError, match="both false"):
+        render(helm, {"cpu": {"enabled": False}})
+    # Without a selector the CPU DaemonSet could not leave the GPU nodes out.
+    with pytest.raises(helm.HelmRenderError, match=r"gpu\.nodeSelector is empty"):
+        render(helm, {"gpu": {"enabled": True, "nodeSelector": None}})
+
+
+def test_the_gpu_exclusion_is_anded_into_the_users_affinity(helm: ModuleType) -> None:
+    zone = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}
+    spot = {"key": "example.com/spot", "operator": "DoesNotExist"}
+    preferred = [{"weight": 1, "preference": {"matchExpressions": [spot]}}]
+    values = {"gpu": {"enabled": True, "nodeSelector": {GPU_LABEL: "true", "pool": "gpu"}},
+              "affinity": {"nodeAffinity": {
+                  "requiredDuringSchedulingIgnoredDuringExecution": {
+                      "nodeSelectorTerms": [{"matchExpressions": [zone]},
+                                            {"matchExpressions": [spot]}]},
+                  "preferredDuringSchedulingIgnoredDuringExecution": preferred}}}
+    objects = render(helm, values)
+    cpu, gpu = daemonset(objects, "cpu"), daemonset(objects, "gpu")
+    affinity = pod_spec(objects, "cpu")["affinity"]["nodeAffinity"]
+    assert affinity["preferredDuringSchedulingIgnoredDuringExecution"] == preferred
+    assert len(affinity["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]) == 4  # 2 user terms x 2 keys of gpu.nodeSelector
+    for zone_label in ({}, {"topology.kubernetes.io/zone": "a"}):
+        for gpu_labels in ({}, {GPU_LABEL: "true"}, {"pool": "gpu"},
+                           {GPU_LABEL: "true", "pool": "gpu"}):
+            for spot_label in ({}, {"example.com/spot": "yes"}):
+                node = {"kubernetes.io/os": "linux", **zone_label, **gpu_labels, **spot_label}
+                user = bool(zone_label) or not spot_label
+                is_gpu = len(gpu_labels) == 2
+                assert runs_on(cpu, node) is (user and not is_gpu), node
+                assert runs_on(gpu, node) is is_gpu, node
+
+
+def test_the_nvidia_block_moved_to_gpu(helm: ModuleType) -> None:
+    """nvidia: (before the GPU pool) is refused, not silently ignored."""
+    with helm.Chart.load(CHART) as chart:
+        for old in ({"nvidia": {"enabled": True}}, {"gpu": {"visibleDevices": "all"}}):
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(old)
+    notes = render_templates(helm, None)["footprint-exporter/templates/NOTES.txt"]
+    assert "set gpu.enabled=true" in notes
 
 
 def test_host_pid(rendered: dict[str, list[Obj]], helm: ModuleType) -> None:
-    on = {"hostpid", "nvidia"}  # GPUs shared by processes need it (values.yaml, hostPID)
-    assert all(pod_spec(rendered[c])["hostPID"] is (c in on) for c in CASES)
-    notes = render_templates(helm, {"nvidia": {"enabled": True}})
-    assert "Set hostPID=true where GPUs are shared" in notes[
+    assert all(pod_spec(rendered[c])["hostPID"] is (c == "hostpid")
+               for c in CASES if c != "gpu-only")
+    assert pod_spec(rendered["gpu"], "gpu")["hostPID"] is True
+    assert pod_spec(rendered["gpu-only"])["hostPID"] is False
+    notes = render_templates(helm, {"gpu": {"enabled": True}})
+    assert "Set gpu.hostPID=true where GPUs are shared" in notes[
         "footprint-exporter/templates/NOTES.txt"]
+
+
+def test_recursive_read_only_only_where_the_cluster_has_it(helm: ModuleType) -> None:
+    for version in KUBE_VERSIONS:
+        objects = render(helm, {"gpu": {"enabled": True}}, version)
+        has = tuple(map(int, version.split("."))) >= tuple(
+            map(int, RECURSIVE_READ_ONLY_SINCE.split(".")))
+        for pool in ("cpu", "gpu"):
+            host = [m for m in mounts(objects, pool).values()
+                    if m["mountPath"].startswith(("/host/sys/", "/host/proc"))]
+            assert len(host) == 4
+            for mount in host:
+                assert mount["readOnly"] is True
+                assert ("recursiveReadOnly" in mount) is has, (version, mount)
+
+
+def test_the_values_shared_with_prometheus_node_exporter(
+        rendered: dict[str, list[Obj]], helm: ModuleType) -> None:
+    objects = rendered["parity"]
+    ds = one(objects, "DaemonSet")
+    spec, exporter = pod_spec(objects), container(objects)
+    assert exporter["image"] == "registry.example.com/footprint/footprint-exporter:0.4.0"
+    assert spec["imagePullSecrets"] == [{"name": "mirror-credentials"}]
+    assert ds["spec"]["revisionHistoryLimit"] == 3
+    assert exporter["startupProbe"] == {
+        "httpGet": {"path": "/healthz", "port": "metrics", "scheme": "HTTP"},
+        "periodSeconds": 5, "failureThreshold": 24}
+    assert volumes(objects)["ca"] == {"name": "ca", "configMap": {"name": "corporate-ca"}}
+    assert mounts(objects)["ca"] == {"name": "ca", "mountPath": "/etc/ssl/corporate",
+                                     "readOnly": True}
+    monitor = one(objects, "PodMonitor")
+    assert monitor["metadata"]["namespace"] == "observability"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert (monitor["spec"]["sampleLimit"], monitor["spec"]["podTargetLabels"]) == (
+        50000, [POOL_LABEL])
+    both = render(helm, {"global": {"imagePullSecrets": ["a", {"name": "b"}]},
+                         "imagePullSecrets": [{"name": "b"}, "c"],
+                         "gpu": {"enabled": True},
+                         "extraVolumes": [{"name": "x", "emptyDir": {}}],
+                         "extraVolumeMounts": [{"name": "x", "mountPath": "/x",
+                                                "readOnly": True}],
+                         "webConfig": {"enabled": True, "existingSecret": "w",
+                                       "tcpSocketProbes": True},
+                         "startupProbe": {"failureThreshold": 30}})
+    for pool in ("cpu", "gpu"):
+        assert pod_spec(both, pool)["imagePullSecrets"] == [
+            {"name": "a"}, {"name": "b"}, {"name": "c"}]
+        assert "x" in volumes(both, pool) and mounts(both, pool)["x"]["mountPath"] == "/x"
+        assert container(both, pool)["startupProbe"] == {
+            "tcpSocket": {"port": "metrics"}, "failureThreshold": 30}
+    no_limit = one(render(helm, {"serviceMonitor": {"enabled": True, "sampleLimit": 0}}),
+                   "ServiceMonitor")
+    assert "sampleLimit" not in no_limit["spec"]
 
 
 def test_web_config(rendered: dict[str, list[Obj]], helm: ModuleType) -> None:
@@ -1023,6 +1277,22 @@ def test_chart_metadata_and_the_supported_versions() -> None:
     assert (chart["apiVersion"], chart["version"], chart["appVersion"]) == (
         "v2", "0.1.0", "0.4.0")
     assert chart["kubeVersion"] == f">={KUBE_VERSIONS[0]}.0-0"
+    # Every minor from the floor on, none skipped.
+    minors = [int(v.split(".")[1]) for v in KUBE_VERSIONS]
+    assert minors == list(range(minors[0], minors[-1] + 1))
     doc = INSTALL_DOC.read_text()
-    for version in KUBE_VERSIONS:
-        assert version in doc, version
+    assert f"**{KUBE_VERSIONS[0]} to {KUBE_VERSIONS[-1]}**" in doc
+    assert f'kubeVersion: ">={KUBE_VERSIONS[0]}.0-0"' in doc
+    assert f"GA since {RECURSIVE_READ_ONLY_SINCE}" in doc
+
+
+def test_the_chart_readme_values_table_is_generated() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_chart_readme.py"),
+                             "--check"], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    readme = (CHART / "README.md").read_text()
+    for key in ("gpu.enabled", "gpu.nodeSelector", "serviceMonitor.sampleLimit",
+                "podMonitor.podTargetLabels", "global.imageRegistry", "startupProbe",
+                "revisionHistoryLimit", "extraVolumes"):
+        assert f"| `{key}` |" in readme, key

@@ -196,3 +196,27 @@ def test_each_config_module_imports_on_its_own(module: str) -> None:
     result = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_log_format_json_writes_one_object_per_line() -> None:
+    import json
+    import logging
+
+    from exporter import logs
+
+    record = logging.LogRecord("footprint.test", logging.WARNING, __file__, 1,
+                               'a "quoted"\nmessage', None, None)
+    line = logs.JsonFormatter().format(record)
+    assert "\n" not in line
+    assert {k: v for k, v in json.loads(line).items() if k != "time"} == {
+        "level": "warn", "logger": "footprint.test", "msg": 'a "quoted"\nmessage'}
+    assert cli.parse_settings(["--log.format", "json"]).log_format == "json"
+    assert cli.parse_settings([]).log_format == "logfmt"
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_settings(["--log.format", "xml"])
+    assert exc.value.code == 2
+
+
+def test_report_is_in_the_top_level_help() -> None:
+    text = cli.build_parser().format_help()
+    assert "report" in text.split("commands:")[1]

@@ -3,9 +3,12 @@ names are recorded, every rule and alert is tested, and every alert has its runb
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -14,6 +17,11 @@ import yaml
 from tests.support import REPO, require_binary
 
 RULES = REPO / "rules" / "footprint.rules.yaml"
+CLUSTER_RULES = REPO / "rules" / "footprint.rules.cluster.yaml"
+GEN_RULES = REPO / "scripts" / "gen_rules.py"
+RUNBOOK_BASE = "https://github.com/footprint-exporter/footprint/blob/main/docs/runbooks.md"
+"""The one base address of every alert's runbook_url (docs/rules.md, Knobs)."""
+CLUSTER = 'cluster="c1"'
 BUDGETS = REPO / "rules" / "budgets.example.yaml"
 UNIT_TESTS = sorted((REPO / "tests" / "rules").glob("*.yaml"))
 RUNBOOKS = REPO / "docs" / "runbooks.md"
@@ -61,6 +69,42 @@ def github_anchor(heading: str) -> str:
     """The anchor GitHub gives a Markdown heading."""
     slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
     return slug.replace(" ", "-")
+
+
+def runbook_anchors() -> set[str]:
+    """The anchors of docs/runbooks.md's headings."""
+    return {github_anchor(line.lstrip("#")) for line in RUNBOOKS.read_text().splitlines()
+            if line.startswith("#")}
+
+
+def runbook_url_problems(alerts: list[dict[str, Any]], base: str = RUNBOOK_BASE) -> list[str]:
+    """What is wrong with the runbook_url of each alert: not absolute, not under base, or an
+    anchor that is not the alert's own section of docs/runbooks.md."""
+    anchors = runbook_anchors()
+    problems = []
+    for rule in alerts:
+        name = rule["alert"]
+        url = rule.get("annotations", {}).get("runbook_url", "")
+        page, _, anchor = url.partition("#")
+        if not re.match(r"^https?://[^/\s]+/", url):
+            problems.append(f"{name}: runbook_url {url!r} is not absolute")
+        if page != base:
+            problems.append(f"{name}: runbook_url {url!r} is not under {base}")
+        if anchor not in anchors:
+            problems.append(f"{name}: no section #{anchor} in docs/runbooks.md")
+        if anchor != name.lower():
+            problems.append(f"{name}: runbook_url should point at its own section")
+    return problems
+
+
+def gen_rules() -> ModuleType:
+    """scripts/gen_rules.py as a module."""
+    spec = importlib.util.spec_from_file_location("gen_rules", GEN_RULES)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("gen_rules", module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_promtool_checks_the_rule_files() -> None:
@@ -125,8 +169,6 @@ def test_every_alert_is_tested_firing_and_not_firing() -> None:
 
 
 def test_every_alert_has_a_summary_a_description_and_a_runbook() -> None:
-    anchors = {github_anchor(line.lstrip("#")) for line in RUNBOOKS.read_text().splitlines()
-               if line.startswith("#")}
     for rule in rules(RULES):
         if "alert" not in rule:
             continue
@@ -135,8 +177,121 @@ def test_every_alert_has_a_summary_a_description_and_a_runbook() -> None:
         annotations = rule.get("annotations", {})
         assert annotations.get("summary"), f"{name} has no summary"
         assert "{{" in annotations.get("description", ""), f"{name}: description without numbers"
-        url = annotations.get("runbook_url", "")
-        page, _, anchor = url.partition("#")
-        assert page.endswith("docs/runbooks.md"), f"{name}: runbook_url {url!r}"
-        assert anchor in anchors, f"{name}: no section #{anchor} in docs/runbooks.md"
-        assert anchor == name.lower(), f"{name}: runbook_url should point at its own section"
+
+
+@pytest.mark.parametrize("path", [RULES, CLUSTER_RULES], ids=lambda p: p.name)
+def test_every_runbook_url_is_absolute_and_resolves(path: Path) -> None:
+    alerts = [rule for rule in rules(path) if "alert" in rule]
+    assert {rule["alert"] for rule in alerts} >= CONTRACT_ALERTS
+    assert not runbook_url_problems(alerts)
+
+
+def test_the_runbook_base_is_stated_in_the_docs() -> None:
+    assert RUNBOOK_BASE in RULES_DOC.read_text()
+    assert RUNBOOK_BASE in RULES.read_text().split("groups:")[0], "state it in the header"
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster-label variant (scripts/gen_rules.py -> rules/footprint.rules.cluster.yaml)
+
+
+def test_the_cluster_variant_is_generated() -> None:
+    result = subprocess.run([sys.executable, str(GEN_RULES), "--check"], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_promtool_checks_the_cluster_variant() -> None:
+    result = promtool("check", "rules", str(CLUSTER_RULES), str(BUDGETS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_cluster_variant_keeps_the_label_in_every_aggregation() -> None:
+    plain, variant = rules(RULES), rules(CLUSTER_RULES)
+    assert [{k: v for k, v in r.items() if k != "expr"} for r in plain] == [
+        {k: v for k, v in r.items() if k != "expr"} for r in variant]
+    for rule in variant:
+        lists = re.findall(r"\b(by|on) \(([^)]*)\)", rule["expr"])
+        for keyword, labels in lists:
+            names = [n.strip() for n in labels.split(",")]
+            assert "cluster" in names or names == ["model"], (rule.get("record"), keyword, labels)
+    module = gen_rules()
+    assert module.add_cluster_label("sum by () (x) / on (a) y") == (
+        "sum by (cluster) (x) / on (cluster, a) y")
+    assert module.add_cluster_label("sum without (a) (x) * ignoring (b) group_left (c) y",
+                                    "region") == (
+        "sum without (a) (x) * ignoring (b) group_left (c) y")
+    with pytest.raises(ValueError):
+        module.add_cluster_label("x", "not a label")
+
+
+def with_cluster(series: str) -> str:
+    """A series in promtool's notation, name{labels}, with the cluster label added."""
+    if "{" not in series:
+        return f"{series}{{{CLUSTER}}}"
+    name, _, rest = series.partition("{")
+    return f"{name}{{{CLUSTER}}}" if rest.strip() == "}" else f"{name}{{{CLUSTER},{rest}"
+
+
+def keeps_cluster(labels: dict[str, Any] | str) -> bool:
+    """Whether a result carries the cluster label: the budgets do not (one budget per model
+    in every cluster), nor absent()'s series (FootprintExporterDown with no target at all)."""
+    if isinstance(labels, str):
+        return not labels.startswith("model:footprint_co2e_daily_budget_grams")
+    return not set(labels) <= {"severity", "job"}
+
+
+class _DecimalLoader(yaml.SafeLoader):
+    """YAML 1.1 without its hexadecimal, octal and base-60 integers, which Go's YAML (promtool)
+    does not have: an input series' `values: 0x90` stays the string "0x90" (0, 90 times)."""
+
+
+_DecimalLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_DecimalLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"),
+                                     list("-+0123456789"))
+
+
+def cluster_unit_test(path: Path) -> dict[str, Any]:
+    """A tests/rules/ file rewritten for the cluster variant: its series carry cluster="c1",
+    its own expressions keep the label, and so do the results it expects."""
+    module = gen_rules()
+    data = yaml.load(path.read_text(), Loader=_DecimalLoader)  # a SafeLoader
+    data["rule_files"] = [str(CLUSTER_RULES if (path.parent / f).resolve() == RULES else
+                              (path.parent / f).resolve()) for f in data["rule_files"]]
+    assert str(CLUSTER_RULES) in data["rule_files"], path
+    for test in data["tests"]:
+        for series in test.get("input_series", []):
+            series["series"] = with_cluster(series["series"])
+        for case in test.get("promql_expr_test", []):
+            case["expr"] = module.add_cluster_label(case["expr"])
+            for sample in case.get("exp_samples", []):
+                if keeps_cluster(sample["labels"]):
+                    sample["labels"] = with_cluster(sample["labels"])
+        for case in test.get("alert_rule_test", []):
+            for alert in case.get("exp_alerts", []) or []:
+                if keeps_cluster(alert.get("exp_labels", {})):
+                    alert["exp_labels"] = {"cluster": "c1", **alert.get("exp_labels", {})}
+    return data
+
+
+def test_with_cluster_adds_the_label() -> None:
+    assert with_cluster("up") == 'up{cluster="c1"}'
+    assert with_cluster("{}") == '{cluster="c1"}'
+    assert with_cluster('x:y{a="{b}"}') == 'x:y{cluster="c1",a="{b}"}'
+    assert yaml.load("values: 0x90 1x5", Loader=_DecimalLoader) == {
+        "values": "0x90 1x5"}
+    assert yaml.load("v: 0x90", Loader=_DecimalLoader) == {"v": "0x90"}
+
+
+def test_the_cluster_variant_passes_the_same_unit_tests(tmp_path: Path) -> None:
+    paths = []
+    for path in UNIT_TESTS:
+        target = tmp_path / path.name
+        target.write_text(yaml.safe_dump(cluster_unit_test(path), sort_keys=False))
+        paths.append(str(target))
+    result = promtool("test", "rules", *paths)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The rewrite did add the label where the plain tests expect results.
+    assert 'cluster="c1"' in (tmp_path / UNIT_TESTS[0].name).read_text()

@@ -95,3 +95,14 @@ async def test_landing_page_says_why_each_source_is_on_or_off(
     assert "<td>rapl</td><td>on</td><td>cpu, dram, platform</td>" in page
     assert "<td>estimated</td><td>off</td>" in page
     assert "not needed: a sensor covers cpu and dram" in page
+
+
+async def test_landing_page_lists_every_input(client: TestClient) -> None:  # type: ignore[type-arg]
+    state: ExporterState = client.app[STATE]
+    state.snapshot = state.sampler.tick()
+    page = await (await client.get("/")).text()
+    assert "<td>kubernetes</td><td>off</td>" in page  # --no-collector.kubernetes
+    assert "<td>intensity</td><td>up</td><td>carbon</td><td>475 gCO2e/kWh for zone unknown " \
+           "from default; no live provider</td>" in page
+    assert "<td>pue</td><td>on</td><td>infrastructure</td><td>PUE 1.58</td>" in page
+    assert "<td>nvml</td><td>off</td>" in page and "<td>hwmon</td><td>off</td>" in page

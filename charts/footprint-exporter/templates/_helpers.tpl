@@ -45,6 +45,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
+The pod label that tells the node pools' exporters apart (cpu or gpu); not part of the
+selector labels, so the Service, the monitors and the NetworkPolicy select both pools.
+*/}}
+{{- define "footprint-exporter.poolLabel" -}}
+footprint.dev/pool
+{{- end }}
+
+{{/*
 Labels of every object.
 */}}
 {{- define "footprint-exporter.labels" -}}
@@ -75,8 +83,10 @@ The image reference: registry/repository, then @digest or :tag (default the appV
 */}}
 {{- define "footprint-exporter.image" -}}
 {{- $repository := .Values.image.repository }}
-{{- if .Values.image.registry }}
-{{- $repository = printf "%s/%s" .Values.image.registry .Values.image.repository }}
+{{- $registry := .Values.image.registry }}
+{{- with .Values.global }}{{ with .imageRegistry }}{{ $registry = . }}{{ end }}{{ end }}
+{{- if $registry }}
+{{- $repository = printf "%s/%s" $registry .Values.image.repository }}
 {{- end }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" $repository .Values.image.digest }}
@@ -146,7 +156,58 @@ Fails on combinations of values that cannot work.
 {{- if and .Values.webConfig.enabled (not .Values.webConfig.existingSecret) }}
 {{- fail "webConfig.existingSecret: name the Secret holding web-config.yaml (and its TLS files) when webConfig.enabled" }}
 {{- end }}
-{{- if and .Values.nvidia.runtimeClassName (not .Values.nvidia.enabled) }}
-{{- fail "nvidia.runtimeClassName is set but nvidia.enabled is false: enable it, or leave the runtime class empty" }}
+{{- if not (or .Values.cpu.enabled .Values.gpu.enabled) }}
+{{- fail "cpu.enabled and gpu.enabled are both false: no DaemonSet would run; enable one" }}
+{{- end }}
+{{- if and .Values.gpu.enabled (not .Values.gpu.nodeSelector) .Values.cpu.enabled }}
+{{- fail "gpu.nodeSelector is empty: it names the GPU nodes, which the CPU DaemonSet leaves out; set it, or cpu.enabled=false on a GPU-only cluster" }}
+{{- end }}
+{{- end }}
+
+{{/*
+imagePullSecrets: global.imagePullSecrets, then imagePullSecrets; each a name or {name: ...}.
+*/}}
+{{- define "footprint-exporter.imagePullSecrets" -}}
+{{- $secrets := list }}
+{{- range concat ((.Values.global).imagePullSecrets | default list) (.Values.imagePullSecrets | default list) }}
+{{- $entry := . }}
+{{- if kindIs "string" . }}{{ $entry = dict "name" . }}{{ end }}
+{{- if not (has $entry $secrets) }}{{ $secrets = append $secrets $entry }}{{ end }}
+{{- end }}
+{{- with $secrets }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The CPU DaemonSet's affinity: .Values.affinity with, when gpu.enabled, a required node affinity
+that leaves out the nodes gpu.nodeSelector selects (one term per key: the node lacks that
+label or has another value, so no node matches both DaemonSets). The user's required terms
+are ORed by Kubernetes, so each one gets the exclusion ANDed in (their cross product).
+*/}}
+{{- define "footprint-exporter.cpuAffinity" -}}
+{{- $affinity := deepCopy (.Values.affinity | default dict) }}
+{{- if .Values.gpu.enabled }}
+{{- $exclude := list }}
+{{- range $key, $value := .Values.gpu.nodeSelector }}
+{{- $exclude = append $exclude (dict "key" $key "operator" "NotIn" "values" (list (toString $value))) }}
+{{- end }}
+{{- $nodeAffinity := get $affinity "nodeAffinity" | default dict }}
+{{- $required := get $nodeAffinity "requiredDuringSchedulingIgnoredDuringExecution" | default dict }}
+{{- $userTerms := get $required "nodeSelectorTerms" | default (list dict) }}
+{{- $terms := list }}
+{{- range $term := $userTerms }}
+{{- range $requirement := $exclude }}
+{{- $t := deepCopy $term }}
+{{- $_ := set $t "matchExpressions" (append (get $t "matchExpressions" | default list) $requirement) }}
+{{- $terms = append $terms $t }}
+{{- end }}
+{{- end }}
+{{- $_ := set $required "nodeSelectorTerms" $terms }}
+{{- $_ = set $nodeAffinity "requiredDuringSchedulingIgnoredDuringExecution" $required }}
+{{- $_ = set $affinity "nodeAffinity" $nodeAffinity }}
+{{- end }}
+{{- with $affinity }}
+{{- toYaml . }}
 {{- end }}
 {{- end }}
