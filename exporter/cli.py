@@ -49,14 +49,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
-    if not math.isfinite(value) or not 0.05 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"expected seconds between 0.05 and 3600, got {text!r}")
-    return value
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: seconds between `low` and `high`, fractions allowed."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected seconds between {low:g} and {high:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+_interval = _seconds(0.05, 3600)
+_header_timeout = _seconds(0.05, 600)
 
 
 def _max_connections(text: str) -> int:
@@ -66,16 +76,6 @@ def _max_connections(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"expected a number between 1 and 65535, got {text!r}")
-    return value
-
-
-def _header_timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
-    if not math.isfinite(value) or not 0.05 <= value <= 600:
-        raise argparse.ArgumentTypeError(f"expected seconds between 0.05 and 600, got {text!r}")
     return value
 
 

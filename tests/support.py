@@ -185,3 +185,19 @@ def require_binary(name: str) -> str:
 
 def log_lines(lines: Sequence[str], needle: str) -> Iterator[str]:
     return (line for line in lines if needle in line)
+
+
+def feed_fifo(path: Path, text: str, deadline: float) -> bool:
+    """Write `text` to the FIFO once a reader has it open; True when written by `deadline`."""
+    while time.monotonic() < deadline:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader yet
+            time.sleep(0.01)
+            continue
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        return True
+    return False

@@ -36,6 +36,7 @@ from tests.support import (
     Exporter,
     Series,
     advance,
+    feed_fifo,
     max_uj,
     node_tree,
     parse,
@@ -491,21 +492,6 @@ def test_stalled_and_dropped_scrapes_never_stop_serving_or_ticking(tmp_path: Pat
 # -- g. SIGTERM mid-tick -----------------------------------------------------------------------
 
 
-def _feed_fifo(path: Path, text: str, deadline: float) -> None:
-    """Write `text` to the FIFO once the exporter's tick has it open for reading."""
-    while time.monotonic() < deadline:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # ENXIO: no reader yet
-            time.sleep(0.01)
-            continue
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-        return
-
-
 @pytest.mark.parametrize("attempt", range(10))
 def test_sigterm_mid_tick_exits_zero_within_5_seconds(tmp_path: Path, attempt: int) -> None:
     """Even attempts: a read is blocked (energy_uj is a FIFO nobody writes yet; the watchdog
@@ -528,7 +514,7 @@ def test_sigterm_mid_tick_exits_zero_within_5_seconds(tmp_path: Path, attempt: i
             time.sleep(0.05)
             exp.proc.send_signal(signal.SIGTERM)
             time.sleep(rng.uniform(0.0, 1.0))
-            feeder = threading.Thread(target=_feed_fifo, args=(path, f"{counted}\n",
+            feeder = threading.Thread(target=feed_fifo, args=(path, f"{counted}\n",
                                                               time.monotonic() + 5))
             feeder.start()
             code = exp.proc.wait(5)  # no third signal: it could land after the handler is gone

@@ -18,6 +18,7 @@ from exporter.watchdog import Guard, read_timeout_for
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.support import (
     Exporter,
+    feed_fifo,
     log_lines,
     node_tree,
     parse,
@@ -69,22 +70,6 @@ def test_read_timeout_is_half_the_interval_within_bounds(interval: float, timeou
     assert read_timeout_for(interval) == timeout
 
 
-def _feed_fifo(path: Path, text: str, deadline: float) -> bool:
-    """Write `text` to the FIFO once a reader has it open; True when written."""
-    while time.monotonic() < deadline:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # ENXIO: no reader yet
-            time.sleep(0.01)
-            continue
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-        return True
-    return False
-
-
 def _rapl_total(series: dict[tuple[str, frozenset[tuple[str, str]]], float], zone: str) -> float:
     return value(series, "footprint_rapl_energy_joules_total", zone=zone, domain="package")
 
@@ -112,7 +97,7 @@ def test_a_fifo_at_energy_uj_marks_rapl_down_and_the_ticks_go_on(tmp_path: Path)
                      reason="timeout") == 1.0  # one blocked read, counted once
         assert _rapl_total(series, "intel-rapl:1") >= other
         # the blocked read returns with a value 3 J on; then the file is a counter again
-        assert _feed_fifo(path, f"{last + 3_000_000}\n", time.monotonic() + 10)
+        assert feed_fifo(path, f"{last + 3_000_000}\n", time.monotonic() + 10)
         path.unlink()
         write_atomic(path, f"{last + 5_000_000}\n")
         series = exp.wait_ticks(3)
