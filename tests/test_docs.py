@@ -49,3 +49,16 @@ def test_chart_app_version_is_the_exporters() -> None:
 
     chart = yaml.safe_load((REPO / "charts" / "footprint-exporter" / "Chart.yaml").read_text())
     assert chart["appVersion"] == __version__
+
+
+def test_the_kepler_migration_names_only_what_exists() -> None:
+    """docs/migrating-from-kepler.md's Footprint names are published or recorded by the pack."""
+    import yaml
+
+    text = (REPO / "docs" / "migrating-from-kepler.md").read_text()
+    rules = yaml.safe_load((REPO / "rules" / "footprint.rules.yaml").read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    named = {n for n in re.findall(r"\b(footprint_[a-z0-9_]+|[a-z_]+:footprint_[a-z0-9_:]+)", text)
+             if not n.endswith("_")}  # `footprint_container_*` names a family of names
+    assert named, "the page names no Footprint metric"
+    assert named <= published() | recorded, named - published() - recorded
