@@ -1,8 +1,10 @@
 """Writes Footprint's Grafana dashboards as JSON: `python dashboards/generate.py [--out DIR]`.
 
-Plain dicts, no dependency: the output is deterministic, so the committed JSON files must equal
-what this script writes (tests/test_dashboards.py regenerates them and compares). Edit this
-file, run it, and commit both. docs/dashboards.md says what each dashboard shows.
+Built with grafana-foundation-sdk's typed builders (pinned in pyproject.toml), serialized with
+its JSONEncoder, then a few documented post-processing steps (`postprocess`). The output is
+deterministic (sorted keys), so the committed JSON files must equal what this script writes
+(tests/test_dashboards.py regenerates them and compares). Edit this file, run it, and commit
+both. docs/dashboards.md says what each dashboard shows.
 """
 
 from __future__ import annotations
@@ -12,9 +14,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 39
+from grafana_foundation_sdk.builders import bargauge as bargauge_b
+from grafana_foundation_sdk.builders import common as common_b
+from grafana_foundation_sdk.builders import dashboard as dashboard_b
+from grafana_foundation_sdk.builders import prometheus as prometheus_b
+from grafana_foundation_sdk.builders import stat as stat_b
+from grafana_foundation_sdk.builders import statetimeline as statetimeline_b
+from grafana_foundation_sdk.builders import table as table_b
+from grafana_foundation_sdk.builders import timeseries as timeseries_b
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import prometheus as pm
+
 TAGS = ["footprint"]
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+DATASOURCE_UID = "${datasource}"
 
 CAR_GRAMS_PER_KM = 248.5
 """A typical passenger car's tailpipe CO2 per km: EPA, "Greenhouse Gas Emissions from a Typical
@@ -25,8 +39,14 @@ CAR_SOURCE = (
     "Vehicle\" (EPA-420-F-23-014, June 2023). An illustration, not an offset: tailpipe CO2 only, "
     "no fuel production, no car manufacture.")
 
-Panel = dict[str, Any]
-Target = dict[str, Any]
+Panel = Any
+"""A panel builder of the SDK (timeseries, stat, bargauge, table, state-timeline): they share
+the generic panel methods (id, grid_pos, unit, thresholds, ...) but no common base class."""
+Target = prometheus_b.Dataquery
+Override = tuple[str, bool, list[dm.DynamicConfigValue]]
+"""(field name or regex, is a regex, properties)."""
+Steps = tuple[tuple[float, str], ...]
+
 
 # Selectors shared by many panels. Recorded series (rules/footprint.rules.yaml) have no `node`.
 CLUSTER_SEL = 'cluster=~"$cluster"'
@@ -49,214 +69,187 @@ NOT_PLATFORM = 'component!="platform"'
 # Building blocks
 
 
+def datasource() -> dm.DataSourceRef:
+    return dm.DataSourceRef(type_val="prometheus", uid=DATASOURCE_UID)
+
+
 def target(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False,
            table: bool = False) -> Target:
     """One Prometheus query."""
-    out: Target = {
-        "datasource": DATASOURCE,
-        "editorMode": "code",
-        "expr": expr,
-        "legendFormat": legend or "__auto",
-        "range": not instant,
-        "instant": instant,
-        "refId": ref,
-    }
+    out = (prometheus_b.Dataquery().datasource(datasource())
+           .editor_mode(pm.QueryEditorMode.CODE).expr(expr)
+           .legend_format(legend or "__auto").ref_id(ref))
+    out = out.instant() if instant else out.range()
     if table:
-        out["format"] = "table"
+        out = out.format(pm.PromQueryFormat.TABLE)
     return out
 
 
-def thresholds(*steps: tuple[float, str]) -> dict[str, Any]:
-    base: list[dict[str, Any]] = [{"color": "green", "value": None}]
-    return {"mode": "absolute",
-            "steps": base + [{"color": color, "value": value} for value, color in steps]}
+def thresholds(*steps: tuple[float, str], base: str = "green") -> dashboard_b.ThresholdsConfig:
+    return (dashboard_b.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE)
+            .steps([dm.Threshold(value=None, color=base)]
+                   + [dm.Threshold(value=value, color=color) for value, color in steps]))
 
 
-def field_config(unit: str, *, decimals: int | None = None, custom: dict[str, Any] | None = None,
-                 minimum: float | None = None, maximum: float | None = None,
-                 steps: tuple[tuple[float, str], ...] = (),
-                 mappings: list[dict[str, Any]] | None = None,
-                 overrides: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    defaults: dict[str, Any] = {"unit": unit, "color": {"mode": "palette-classic"},
-                                "thresholds": thresholds(*steps), "mappings": mappings or []}
-    if steps or mappings:
-        defaults["color"] = {"mode": "thresholds"}
+def color(mode: dm.FieldColorModeId) -> dashboard_b.FieldColor:
+    return dashboard_b.FieldColor().mode(mode)
+
+
+def common_panel(panel: Panel, title: str, description: str, targets: list[Target], unit: str,
+                 *, decimals: int | None = None, minimum: float | None = None,
+                 maximum: float | None = None, steps: Steps = (),
+                 mappings: list[dm.ValueMapping] | None = None,
+                 overrides: list[Override] | None = None) -> Panel:
+    """What every panel sets: title, description, queries and the field defaults. The color
+    follows the thresholds where there are steps or mappings, else the classic palette."""
+    panel = (panel.title(title).description(description).datasource(datasource())
+             .targets(targets).unit(unit).thresholds(thresholds(*steps))
+             .mappings(mappings or [])
+             .color_scheme(color(dm.FieldColorModeId.THRESHOLDS if steps or mappings
+                                 else dm.FieldColorModeId.PALETTE_CLASSIC)))
     if decimals is not None:
-        defaults["decimals"] = decimals
+        panel = panel.decimals(decimals)
     if minimum is not None:
-        defaults["min"] = minimum
+        panel = panel.min(minimum)
     if maximum is not None:
-        defaults["max"] = maximum
-    if custom is not None:
-        defaults["custom"] = custom
-    return {"defaults": defaults, "overrides": overrides or []}
+        panel = panel.max(maximum)
+    for name, regex, properties in overrides or []:
+        panel = (panel.override_by_regexp(name, properties) if regex
+                 else panel.override_by_name(name, properties))
+    return panel
 
 
-def override(name: str, *properties: tuple[str, Any], regex: bool = False) -> dict[str, Any]:
-    matcher = {"id": "byRegexp" if regex else "byName", "options": name}
-    return {"matcher": matcher,
-            "properties": [{"id": key, "value": value} for key, value in properties]}
+def override(name: str, *properties: tuple[str, Any], regex: bool = False) -> Override:
+    return name, regex, [dm.DynamicConfigValue(id_val=key, value=value)
+                         for key, value in properties]
 
 
 def timeseries(title: str, description: str, targets: list[Target], unit: str, *,
                stack: bool = False, bars: bool = False, interval: str | None = None,
-               decimals: int | None = None, overrides: list[dict[str, Any]] | None = None,
+               decimals: int | None = None, overrides: list[Override] | None = None,
                minimum: float | None = None, maximum: float | None = None,
-               steps: tuple[tuple[float, str], ...] = ()) -> Panel:
-    custom = {
-        "drawStyle": "bars" if bars else "line",
-        "fillOpacity": 80 if bars else (25 if stack else 10),
-        "lineWidth": 1,
-        "showPoints": "never",
-        "spanNulls": False,
-        "stacking": {"group": "A", "mode": "normal" if stack else "none"},
-        "axisSoftMin": 0,
-    }
+               steps: Steps = ()) -> Panel:
+    panel = common_panel(timeseries_b.Panel(), title, description, targets, unit,
+                         decimals=decimals, minimum=minimum, maximum=maximum, steps=steps,
+                         overrides=overrides)
+    panel = (panel.draw_style(cm.GraphDrawStyle.BARS if bars else cm.GraphDrawStyle.LINE)
+             .fill_opacity(80 if bars else (25 if stack else 10))
+             .line_width(1).show_points(cm.VisibilityMode.NEVER).span_nulls(False)
+             .stacking(common_b.StackingConfig().group("A")
+                       .mode(cm.StackingMode.NORMAL if stack else cm.StackingMode.NONE))
+             .axis_soft_min(0)
+             .legend(common_b.VizLegendOptions().calcs(["mean", "lastNotNull"])
+                     .display_mode(cm.LegendDisplayMode.TABLE)
+                     .placement(cm.LegendPlacement.BOTTOM).show_legend(True))
+             .tooltip(common_b.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI)
+                      .sort(cm.SortOrder.DESCENDING)))
     if steps:
-        custom["thresholdsStyle"] = {"mode": "dashed"}
-    fc = field_config(unit, decimals=decimals, custom=custom, minimum=minimum, maximum=maximum,
-                      steps=steps, overrides=overrides)
-    if steps:
-        fc["defaults"]["color"] = {"mode": "palette-classic"}
-    panel: Panel = {
-        "type": "timeseries",
-        "title": title,
-        "description": description,
-        "datasource": DATASOURCE,
-        "targets": targets,
-        "fieldConfig": fc,
-        "options": {
-            "legend": {"calcs": ["mean", "lastNotNull"], "displayMode": "table",
-                       "placement": "bottom", "showLegend": True},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        },
-    }
+        # thresholds drawn as dashed lines; the series keep the palette
+        panel = (panel.thresholds_style(common_b.GraphThresholdsStyleConfig()
+                                        .mode(cm.GraphThresholdsStyleMode.DASHED))
+                 .color_scheme(color(dm.FieldColorModeId.PALETTE_CLASSIC)))
     if interval is not None:
-        panel["interval"] = interval
+        panel = panel.interval(interval)
     return panel
 
 
+def last_value() -> common_b.ReduceDataOptions:
+    return common_b.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
+
+
 def stat(title: str, description: str, targets: list[Target], unit: str, *,
-         decimals: int | None = None, steps: tuple[tuple[float, str], ...] = (),
-         mappings: list[dict[str, Any]] | None = None, graph: bool = True) -> Panel:
-    return {
-        "type": "stat",
-        "title": title,
-        "description": description,
-        "datasource": DATASOURCE,
-        "targets": targets,
-        "fieldConfig": field_config(unit, decimals=decimals, steps=steps, mappings=mappings),
-        "options": {
-            "colorMode": "value",
-            "graphMode": "area" if graph else "none",
-            "justifyMode": "auto",
-            "orientation": "auto",
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "textMode": "auto",
-            "percentChangeColorMode": "standard",
-            "showPercentChange": False,
-            "wideLayout": True,
-        },
-    }
+         decimals: int | None = None, steps: Steps = (),
+         mappings: list[dm.ValueMapping] | None = None, graph: bool = True) -> Panel:
+    panel = common_panel(stat_b.Panel(), title, description, targets, unit, decimals=decimals,
+                         steps=steps, mappings=mappings)
+    return (panel.color_mode(cm.BigValueColorMode.VALUE)
+            .graph_mode(cm.BigValueGraphMode.AREA if graph else cm.BigValueGraphMode.NONE)
+            .justify_mode(cm.BigValueJustifyMode.AUTO).orientation(cm.VizOrientation.AUTO)
+            .reduce_options(last_value()).text_mode(cm.BigValueTextMode.AUTO)
+            .percent_change_color_mode(cm.PercentChangeColorMode.STANDARD)
+            .show_percent_change(False).wide_layout(True))
 
 
 def bargauge(title: str, description: str, targets: list[Target], unit: str, *,
              minimum: float | None = 0, maximum: float | None = None,
-             decimals: int | None = None,
-             steps: tuple[tuple[float, str], ...] = ()) -> Panel:
-    return {
-        "type": "bargauge",
-        "title": title,
-        "description": description,
-        "datasource": DATASOURCE,
-        "targets": targets,
-        "fieldConfig": field_config(unit, decimals=decimals, minimum=minimum, maximum=maximum,
-                                    steps=steps),
-        "options": {
-            "displayMode": "gradient",
-            "legend": {"calcs": [], "displayMode": "list", "placement": "bottom",
-                       "showLegend": False},
-            "maxVizHeight": 300,
-            "minVizHeight": 16,
-            "minVizWidth": 8,
-            "namePlacement": "auto",
-            "sizing": "auto",
-            "orientation": "horizontal",
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "showUnfilled": True,
-            "valueMode": "color",
-        },
-    }
+             decimals: int | None = None, steps: Steps = ()) -> Panel:
+    panel = common_panel(bargauge_b.Panel(), title, description, targets, unit,
+                         decimals=decimals, minimum=minimum, maximum=maximum, steps=steps)
+    return (panel.display_mode(cm.BarGaugeDisplayMode.GRADIENT)
+            .legend(common_b.VizLegendOptions().calcs([])
+                    .display_mode(cm.LegendDisplayMode.LIST)
+                    .placement(cm.LegendPlacement.BOTTOM).show_legend(False))
+            .max_viz_height(300).min_viz_height(16).min_viz_width(8)
+            .name_placement(cm.BarGaugeNamePlacement.AUTO).sizing(cm.BarGaugeSizing.AUTO)
+            .orientation(cm.VizOrientation.HORIZONTAL).reduce_options(last_value())
+            .show_unfilled(True).value_mode(cm.BarGaugeValueMode.COLOR))
 
 
 def table(title: str, description: str, targets: list[Target], unit: str, *,
-          transformations: list[dict[str, Any]] | None = None,
-          overrides: list[dict[str, Any]] | None = None,
+          transformations: list[dm.DataTransformerConfig] | None = None,
+          overrides: list[Override] | None = None,
           decimals: int | None = None, footer: tuple[str, ...] = ()) -> Panel:
-    """A table; `footer`: reducers shown under every column (Grafana 12 keeps the footer in
-    `fieldConfig.defaults.custom.footer`, no longer in `options.footer`)."""
-    fc = field_config(unit, decimals=decimals, overrides=overrides)
+    """A table; `footer`: reducers shown under every column. The SDK (Grafana 11.6) writes the
+    footer in `options.footer`; Grafana 12 keeps it in `fieldConfig.defaults.custom.footer`,
+    where `postprocess` moves it."""
+    panel = common_panel(table_b.Panel(), title, description, targets, unit,
+                         decimals=decimals, overrides=overrides)
+    panel = (panel.cell_height(cm.TableCellHeight.SM).frame_index(0).show_header(True)
+             .transformations(transformations or []))
     if footer:
-        fc["defaults"]["custom"] = {"footer": {"reducers": list(footer)}}
-    return {
-        "type": "table",
-        "title": title,
-        "description": description,
-        "datasource": DATASOURCE,
-        "targets": targets,
-        "fieldConfig": fc,
-        "options": {"cellHeight": "sm", "frameIndex": 0, "showHeader": True},
-        "transformations": transformations or [],
-    }
+        panel = panel.footer(common_b.TableFooterOptions().show(True).reducer(list(footer)))
+    return panel
 
 
-UP_DOWN = [{"type": "value", "options": {
-    "0": {"color": "red", "index": 0, "text": "down"},
-    "1": {"color": "green", "index": 1, "text": "up"},
-}}]
+UP_DOWN: list[dm.ValueMapping] = [dm.ValueMap(options={
+    "0": dm.ValueMappingResult(color="red", index=0, text="down"),
+    "1": dm.ValueMappingResult(color="green", index=1, text="up"),
+})]
 
 
 def state_timeline(title: str, description: str, targets: list[Target]) -> Panel:
-    fc = field_config("none", mappings=UP_DOWN, steps=((1, "green"),))
-    fc["defaults"]["thresholds"]["steps"][0]["color"] = "red"
-    fc["defaults"]["custom"] = {"fillOpacity": 80, "lineWidth": 0}
-    return {
-        "type": "state-timeline",
-        "title": title,
-        "description": description,
-        "datasource": DATASOURCE,
-        "targets": targets,
-        "fieldConfig": fc,
-        "options": {"alignValue": "left", "mergeValues": True, "rowHeight": 0.9,
-                    "showValue": "never",
-                    "legend": {"calcs": [], "displayMode": "list", "placement": "bottom",
-                               "showLegend": True},
-                    "tooltip": {"mode": "single", "sort": "none"}},
-    }
+    panel = common_panel(statetimeline_b.Panel(), title, description, targets, "none",
+                         mappings=UP_DOWN, steps=((1, "green"),))
+    return (panel.thresholds(thresholds((1, "green"), base="red"))
+            .fill_opacity(80).line_width(0)
+            .align_value(cm.TimelineValueAlignment.LEFT).merge_values(True).row_height(0.9)
+            .show_value(cm.VisibilityMode.NEVER)
+            .legend(common_b.VizLegendOptions().calcs([])
+                    .display_mode(cm.LegendDisplayMode.LIST)
+                    .placement(cm.LegendPlacement.BOTTOM).show_legend(True))
+            .tooltip(common_b.VizTooltipOptions().mode(cm.TooltipDisplayMode.SINGLE)
+                     .sort(cm.SortOrder.NONE)))
 
 
-def merge_table(names: dict[str, str], order: list[str]) -> list[dict[str, Any]]:
+def transformation(id_val: str, options: dict[str, Any]) -> dm.DataTransformerConfig:
+    return dm.DataTransformerConfig(id_val=id_val, options=options)
+
+
+def merge_table(names: dict[str, str], order: list[str]) -> list[dm.DataTransformerConfig]:
     """Instant table queries merged into one row per label set, value columns renamed, only
     the columns in `order` kept (not the scrape's job, instance, ...), in that order."""
     return [
-        {"id": "merge", "options": {}},
-        {"id": "organize", "options": {
+        transformation("merge", {}),
+        transformation("organize", {
             "excludeByName": {"Time": True},
             "renameByName": names,
             "indexByName": {name: i for i, name in enumerate(order)},
-        }},
-        {"id": "filterFieldsByName", "options": {"include": {"names": order}}},
+        }),
+        transformation("filterFieldsByName", {"include": {"names": order}}),
     ]
 
 
-def layout(rows: list[tuple[str, list[tuple[Panel, int, int]]]]) -> list[Panel]:
-    """Rows of (panel, width, height), placed left to right on Grafana's 24-column grid."""
-    panels: list[Panel] = []
+Rows = list[tuple[str, list[tuple[Panel, int, int]]]]
+
+
+def layout(board: dashboard_b.Dashboard, rows: Rows) -> dashboard_b.Dashboard:
+    """Rows of (panel, width, height), placed left to right on Grafana's 24-column grid. Every
+    panel gets an explicit position (the SDK's own placement only fills in unset ones)."""
     y = 0
     next_id = 1
     for title, items in rows:
-        panels.append({"type": "row", "title": title, "collapsed": False, "panels": [],
-                       "id": next_id, "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})
+        board = board.with_row(dashboard_b.Row(title).collapsed(False).id(next_id)
+                               .grid_pos(dm.GridPos(h=1, w=24, x=0, y=y)))
         next_id += 1
         y += 1
         x = 0
@@ -265,36 +258,35 @@ def layout(rows: list[tuple[str, list[tuple[Panel, int, int]]]]) -> list[Panel]:
             if x + width > 24:
                 y += line_height
                 x, line_height = 0, 0
-            panel = {"id": next_id, "gridPos": {"h": height, "w": width, "x": x, "y": y}, **panel}
+            board = board.with_panel(panel.id(next_id)
+                                     .grid_pos(dm.GridPos(h=height, w=width, x=x, y=y)))
             next_id += 1
-            panels.append(panel)
             x += width
             line_height = max(line_height, height)
         y += line_height
-    return panels
+    return board
 
 
-def datasource_variable() -> dict[str, Any]:
-    return {"name": "datasource", "label": "Data source", "type": "datasource",
-            "query": "prometheus", "hide": 0, "includeAll": False, "multi": False,
-            "options": [], "refresh": 1, "regex": "", "skipUrlSync": False}
+def datasource_variable() -> dashboard_b.DatasourceVariable:
+    return (dashboard_b.DatasourceVariable("datasource").label("Data source").type("prometheus")
+            .hide(dm.VariableHide.DONT_HIDE).include_all(False).multi(False).regex(""))
 
 
-def query_variable(name: str, label: str, query: str, *, multi: bool = True) -> dict[str, Any]:
-    """A variable from `label_values(selector, label)`; "All" is the regex `.*`."""
-    return {"name": name, "label": label, "type": "query", "datasource": DATASOURCE,
-            "query": query, "hide": 0,
-            "includeAll": multi, "allValue": ".*" if multi else None, "multi": multi,
-            "options": [], "refresh": 2, "regex": "", "skipUrlSync": False, "sort": 1}
+def query_variable(name: str, label: str, query: str) -> dashboard_b.QueryVariable:
+    """A variable from `label_values(selector, label)`, multi-value; "All" is the regex `.*`."""
+    return (dashboard_b.QueryVariable(name).label(label).datasource(datasource()).query(query)
+            .hide(dm.VariableHide.DONT_HIDE).include_all(True).all_value(".*").multi(True)
+            .options([]).refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).regex("")
+            .sort(dm.VariableSort.ALPHABETICAL_ASC))
 
 
-def cluster_variable(series: str) -> dict[str, Any]:
+def cluster_variable(series: str) -> dashboard_b.QueryVariable:
     """`cluster`, where Prometheus adds that label; with none, "All" (`.*`) matches every series
     (Grafana has no "hide when single value": the variable stays visible)."""
     return query_variable("cluster", "Cluster", f"label_values({series}, cluster)")
 
 
-def container_variables() -> list[dict[str, Any]]:
+def container_variables() -> list[dashboard_b.QueryVariable]:
     """cluster, namespace, model, phase, pod, container: each chained on the ones before."""
     info = "footprint_container_info"
     chain: list[str] = [CLUSTER_SEL]
@@ -307,42 +299,29 @@ def container_variables() -> list[dict[str, Any]]:
     return out
 
 
-def dashboard(uid: str, title: str, description: str, variables: list[dict[str, Any]],
-              panels: list[Panel], *, time_from: str = "now-24h") -> dict[str, Any]:
-    return {
-        "annotations": {"list": [{
-            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-            "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
-            "name": "Annotations & Alerts", "type": "dashboard",
-        }]},
-        "description": description,
-        "editable": True,
-        "fiscalYearStartMonth": 0,
-        "graphTooltip": 1,
-        "id": None,
-        "links": [{"asDropdown": True, "icon": "external link", "includeVars": False,
-                   "keepTime": True, "tags": TAGS, "targetBlank": False,
-                   "title": "Footprint", "tooltip": "", "type": "dashboards"}],
-        "panels": panels,
-        "refresh": "1m",
-        "schemaVersion": SCHEMA_VERSION,
-        "tags": TAGS,
-        "templating": {"list": [datasource_variable(), *variables]},
-        "time": {"from": time_from, "to": "now"},
-        "timepicker": {},
-        "timezone": "browser",
-        "title": title,
-        "uid": uid,
-        "version": 1,
-        "weekStart": "",
-    }
+def dashboard(uid: str, title: str, description: str,
+              variables: list[dashboard_b.QueryVariable], rows: Rows, *,
+              time_from: str = "now-24h") -> dashboard_b.Dashboard:
+    board = (dashboard_b.Dashboard(title).uid(uid).description(description).editable()
+             .fiscal_year_start_month(0).tooltip(dm.DashboardCursorSync.CROSSHAIR)
+             .annotation(dashboard_b.AnnotationQuery().built_in(1)
+                         .datasource(dm.DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+                         .enable(True).hide(True).icon_color("rgba(0, 211, 255, 1)")
+                         .name("Annotations & Alerts").type("dashboard"))
+             .link(dashboard_b.DashboardLink("Footprint").type(dm.DashboardLinkType.DASHBOARDS)
+                   .as_dropdown(True).icon("external link").include_vars(False).keep_time(True)
+                   .tags(TAGS).target_blank(False).tooltip(""))
+             .refresh("1m").tags(TAGS)
+             .variables([datasource_variable(), *variables])
+             .time(time_from, "now").timezone("browser").version(1).week_start(""))
+    return layout(board, rows)
 
 
 # ---------------------------------------------------------------------------------------------
 # Footprint / Models
 
 
-def models() -> dict[str, Any]:
+def models() -> dashboard_b.Dashboard:
     def inc1d(scope: str, by: str = "model") -> str:
         return (f'sum by ({by}) (model:footprint_co2e_grams:increase1d'
                 f'{{{MODEL_SEL}, scope="{scope}"}})')
@@ -353,7 +332,7 @@ def models() -> dict[str, Any]:
     budget = (f'{inc1d("total")} / on (model) '
               f'sum by (model) (model:footprint_co2e_daily_budget_grams'
               f'{{{CLUSTER_SEL}, model=~"$model"}})')
-    rows: list[tuple[str, list[tuple[Panel, int, int]]]] = [
+    rows: Rows = [
         ("Last 24 hours", [
             (stat("CO2e, last 24 h",
                   "Emissions of the selected models over the 24 hours ending now, every scope "
@@ -520,18 +499,18 @@ def models() -> dict[str, Any]:
         "Energy and CO2e per ML model: daily emissions by scope, efficiency per token and "
         "request, budgets, equivalents. Needs the rule pack (rules/footprint.rules.yaml).",
         container_variables(),
-        layout(rows), time_from="now-7d")
+        rows, time_from="now-7d")
 
 
 # ---------------------------------------------------------------------------------------------
 # Footprint / Nodes and GPUs
 
 
-def nodes() -> dict[str, Any]:
+def nodes() -> dashboard_b.Dashboard:
     gpu_sel = f'{NODE_SEL}, gpu=~"$gpu"'
     node_power = (f"sum by (node) (rate(footprint_node_energy_joules_total"
                   f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__rate_interval]))")
-    rows: list[tuple[str, list[tuple[Panel, int, int]]]] = [
+    rows: Rows = [
         ("Power", [
             (stat("Power now",
                   "Power drawn by the selected nodes: cpu + dram + gpu (platform left out: it "
@@ -692,16 +671,16 @@ def nodes() -> dict[str, Any]:
                         f"label_values(footprint_gpu_power_watts{{{NODE_SEL}}}, gpu)"),
          query_variable("namespace", "Namespace",
                         f"label_values(footprint_container_info{{{NODE_SEL}}}, namespace)")],
-        layout(rows), time_from="now-6h")
+        rows, time_from="now-6h")
 
 
 # ---------------------------------------------------------------------------------------------
 # Footprint / Exporter health
 
 
-def exporter() -> dict[str, Any]:
+def exporter() -> dashboard_b.Dashboard:
     tick = "footprint_exporter_tick_duration_seconds"
-    rows: list[tuple[str, list[tuple[Panel, int, int]]]] = [
+    rows: Rows = [
         ("Status", [
             (stat("Targets up",
                   "Exporter targets Prometheus scraped successfully at its last scrape, of "
@@ -786,8 +765,8 @@ def exporter() -> dict[str, Any]:
                    [target(f'ALERTS{{{CLUSTER_SEL}, alertname=~"Footprint.*"}}', instant=True,
                           table=True)],
                    "none",
-                   transformations=[{"id": "organize", "options": {
-                       "excludeByName": {"Time": True, "Value": True, "__name__": True}}}]),
+                   transformations=[transformation("organize", {
+                       "excludeByName": {"Time": True, "Value": True, "__name__": True}})]),
              12, 8),
             (timeseries("Footprint alerts over time",
                         "How many Footprint alerts were pending or firing, by alert name.",
@@ -806,7 +785,7 @@ def exporter() -> dict[str, Any]:
          query_variable("node", "Node",
                         f'label_values(footprint_exporter_build_info{{{CLUSTER_SEL}, '
                         'job=~"$job"}, node)')],
-        layout(rows), time_from="now-6h")
+        rows, time_from="now-6h")
 
 
 DASHBOARDS = {
@@ -816,8 +795,37 @@ DASHBOARDS = {
 }
 
 
-def render(board: dict[str, Any]) -> str:
-    return json.dumps(board, indent=2, ensure_ascii=False) + "\n"
+INTERVAL_ONLY = ("auto", "auto_count", "auto_min")
+
+
+def postprocess(board: dict[str, Any]) -> dict[str, Any]:
+    """The steps between the SDK's JSON and the committed files:
+
+    1. `id` is null: a provisioned dashboard gets its id from Grafana (the SDK writes none).
+    2. Tables: the SDK (Grafana 11.6) always writes `options.footer`; Grafana 12 reads the
+       footer from `fieldConfig.defaults.custom.footer` ({"reducers": [...]}) and its schema has
+       no `options.footer`: the reducers move there and `options.footer` goes.
+    3. Variables: the SDK writes the interval variable's `auto`, `auto_count` and `auto_min`
+       on every variable; Grafana's schema has them on no query or datasource variable.
+    """
+    board["id"] = None
+    for variable in board.get("templating", {}).get("list", []):
+        for key in INTERVAL_ONLY:
+            variable.pop(key, None)
+    for panel in board.get("panels", []):
+        if panel.get("type") != "table":
+            continue
+        footer = panel.get("options", {}).pop("footer", None) or {}
+        if footer.get("show") and footer.get("reducer"):
+            defaults = panel.setdefault("fieldConfig", {}).setdefault("defaults", {})
+            defaults.setdefault("custom", {})["footer"] = {"reducers": footer["reducer"]}
+    return board
+
+
+def render(board: dashboard_b.Dashboard) -> str:
+    """The SDK's JSON (its JSONEncoder), post-processed, with sorted keys."""
+    raw: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    return json.dumps(postprocess(raw), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def write(out: Path) -> list[Path]:
