@@ -66,20 +66,14 @@ def lookup(values: Any, path: str) -> Any:
     return node
 
 
+TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (bool, "bool"), (int, "int"), (float, "float"), (str, "string"), (list, "list"),
+    (dict, "object"))
+"""bool before int: a bool is an int to isinstance."""
+
+
 def type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
+    return next((name for kind, name in TYPE_NAMES if isinstance(value, kind)), "null")
 
 
 def cell(text: str) -> str:
