@@ -7,13 +7,15 @@ from __future__ import annotations
 import os
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from exporter import cli
 from exporter.config import ConfigError, read_yaml
-from exporter.sources.rapl import MAX_FILE_BYTES, MAX_ZONE_WATTS, RaplSource
+from exporter.sources.rapl import MAX_ZONE_WATTS, RaplSource
+from exporter.sources.sysfs import MAX_VALUE_BYTES
 from exporter.watchdog import Guard, read_timeout_for
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.support import (
@@ -128,7 +130,8 @@ def test_sigterm_while_a_read_is_blocked_exits_zero(tmp_path: Path) -> None:
 # -- sysfs values ------------------------------------------------------------------------------
 
 
-def test_a_1_gib_energy_uj_is_never_read_whole(tmp_path: Path) -> None:
+def test_a_1_gib_energy_uj_is_never_read_whole(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     root = node_tree(tmp_path, "intel-2s")
     rapl = RaplSource(root / "sys")
     assert rapl.probe().enabled
@@ -137,10 +140,17 @@ def test_a_1_gib_energy_uj_is_never_read_whole(tmp_path: Path) -> None:
         f.seek(0)
         f.write(b"12345")
         f.truncate(1 << 30)
-    reading = rapl.read(1.0)
+    tracemalloc.start()
+    try:
+        reading = rapl.read(1.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak  # a whole read would allocate the GiB
     assert not reading.up
     assert {z.zone for z in reading.zones} >= {"intel-rapl:0", "intel-rapl:1"}
-    assert MAX_FILE_BYTES < 100
+    assert any(f"holds more than {MAX_VALUE_BYTES} bytes" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_a_zone_without_a_range_refuses_an_impossible_step(tmp_path: Path,

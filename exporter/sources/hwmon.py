@@ -53,7 +53,6 @@ interrupt each). `Reading.zones` stays empty: `footprint_rapl_energy_joules_tota
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from collections.abc import Iterable
@@ -62,18 +61,13 @@ from pathlib import Path
 
 from exporter import logs
 from exporter.sources.base import Reading, Status
+from exporter.sources.sysfs import MAX_SENSOR_WATTS, read_attribute, read_uint
 
 COMPONENTS = frozenset({"cpu", "dram", "platform"})
 """What hwmon can own; gpu is NVML's."""
 DEVICE_DIR = re.compile(r"^hwmon(\d+)$")
 SENSOR_FILE = re.compile(r"^(energy|power)(\d+)_(input|average)$")
-MAX_FILE_BYTES = 64
-"""Bytes read of a value file: an unsigned 64-bit value is 20 digits. A larger file (garbage,
-or not a sysfs attribute) is never read whole."""
 MAX_LABEL_BYTES = 128
-MAX_SENSOR_WATTS = 10_000.0
-"""Above this, a power value or an energy step is garbage, not energy: a 2-socket server's
-processors draw under 1 kW, a whole node a few kW."""
 FIRST_STEP_SECONDS = 3600.0
 """The time an energy counter's first step after the probe is checked against (the probe has no
 clock): the longest --collector.interval."""
@@ -145,21 +139,10 @@ class SensorError(Exception):
     """A sensor file is missing, unreadable or holds something other than a value."""
 
 
-def _read_small(path: Path, limit: int = MAX_FILE_BYTES) -> str:
-    """At most `limit` + 1 bytes of a sysfs attribute, as text. O_NONBLOCK: a FIFO where an
-    attribute should be reads as empty instead of blocking (sysfs files ignore the flag)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        data = os.read(fd, limit + 1)
-    finally:
-        os.close(fd)
-    return data.decode("ascii", errors="replace")
-
-
 def _read_text(path: Path) -> str | None:
     """A `name` or `_label` file as printable text (cut at MAX_LABEL_BYTES); None if absent."""
     try:
-        text = _read_small(path, MAX_LABEL_BYTES)[:MAX_LABEL_BYTES]
+        text = read_attribute(path, MAX_LABEL_BYTES, nonblocking=True)[:MAX_LABEL_BYTES]
     except OSError:
         return None
     return "".join(ch for ch in text if ch.isprintable()).strip()
@@ -169,22 +152,8 @@ UNITS = {"energy": "microjoules", "power": "microwatts"}
 
 
 def _read_uint(path: Path, kind: str) -> int:
-    try:
-        text = _read_small(path)
-    except PermissionError:
-        raise SensorError(f"permission denied reading {path}: {PERMISSION_HINT}") from None
-    except OSError as exc:
-        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "error")
-        raise SensorError(f"cannot read {path}: {reason}; {DRIVER_HINT}") from None
-    value = text.strip()
-    if len(text) > MAX_FILE_BYTES:
-        raise SensorError(f"{path} holds more than {MAX_FILE_BYTES} bytes, not a value in "
-                          f"{UNITS[kind]}; {DRIVER_HINT}")
-    if not value.isdigit() or not value.isascii():
-        shown = value[:40] + ("..." if len(value) > 40 else "")
-        raise SensorError(f"{path} holds {shown!r}, not a value in {UNITS[kind]}; "
-                          f"{DRIVER_HINT}")
-    return int(value)
+    return read_uint(path, error=SensorError, what=f"a value in {UNITS[kind]}",
+                     permission_hint=PERMISSION_HINT, hint=DRIVER_HINT, nonblocking=True)
 
 
 @dataclass(slots=True)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from exporter import logs
 from exporter.sources.base import Reading, Status, ZoneTotal
+from exporter.sources.sysfs import MAX_SENSOR_WATTS, read_attribute, read_uint
 
 ZONE_DIR = re.compile(r"^intel-rapl(:[0-9a-fA-F]+)+$")
 """`intel-rapl:0`, `intel-rapl:0:1`, `intel-rapl:1a`; never `intel-rapl-mmio:*` (a package copy)."""
@@ -22,12 +21,9 @@ PERMISSION_HINT = (
     "energy_uj is readable by root only since Linux 5.10 (CVE-2020-8694): run the exporter as "
     "UID 0 (the chart does), or pass --no-collector.rapl to use the usage estimate")
 
-MAX_FILE_BYTES = 64
-"""Bytes read of a counter file: a u64 is 20 digits. A file that is larger (garbage, or not a
-sysfs attribute at all) is never read whole."""
-MAX_ZONE_WATTS = 10_000.0
+MAX_ZONE_WATTS = MAX_SENSOR_WATTS
 """For a zone whose max_energy_range_uj is 0 (no range to check values against): a step that
-implies more than this is garbage, not energy. A 2-socket server's packages draw under 1 kW."""
+implies more than this is garbage, not energy."""
 
 log = logs.get("rapl")
 
@@ -40,33 +36,9 @@ def _zone_sort_key(zone: str) -> tuple[int, ...]:
     return tuple(int(part, 16) for part in zone.split(":")[1:])
 
 
-def _read_small(path: Path) -> str:
-    """At most MAX_FILE_BYTES + 1 bytes of a sysfs attribute, as text."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = os.read(fd, MAX_FILE_BYTES + 1)
-    finally:
-        os.close(fd)
-    return data.decode("ascii", errors="replace")
-
-
 def _read_uint(path: Path) -> int:
-    try:
-        text = _read_small(path)
-    except PermissionError:
-        raise ZoneError(f"permission denied reading {path}: {PERMISSION_HINT}") from None
-    except OSError as exc:
-        reason = errno.errorcode.get(exc.errno or 0, "error") if exc.strerror is None else (
-            exc.strerror)
-        raise ZoneError(f"cannot read {path}: {reason}") from None
-    value = text.strip()
-    if len(text) > MAX_FILE_BYTES:
-        raise ZoneError(f"{path} holds more than {MAX_FILE_BYTES} bytes, not a counter in "
-                        "microjoules")
-    if not value.isdigit():
-        shown = value[:40] + ("..." if len(value) > 40 else "")
-        raise ZoneError(f"{path} holds {shown!r}, not a counter in microjoules")
-    return int(value)
+    return read_uint(path, error=ZoneError, what="a counter in microjoules",
+                     permission_hint=PERMISSION_HINT)
 
 
 @dataclass(slots=True)
@@ -128,7 +100,7 @@ class RaplSource:
         for zone in sorted(present - set(self._zones), key=_zone_sort_key):
             path = self._root / zone
             try:
-                name = _read_small(path / "name").strip()
+                name = read_attribute(path / "name").strip()
                 max_uj = _read_uint(path / "max_energy_range_uj")
             except (OSError, ZoneError) as exc:
                 self._fault(zone, f"zone {zone} skipped: {exc}")
