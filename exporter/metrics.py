@@ -155,15 +155,24 @@ class ContainerLike(Protocol):
     def cpu_request_cores(self) -> float: ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Published:
+    """A container's info and CPU allocation series as last written."""
+
+    container: object
+    ratio: float
+    info: Labels
+    ratio_labels: Labels
+
+
 class Publisher:
     """Writes the ledger; keeps what it published where a label set can change (a container's
     model, the GPU holders), so a changed series replaces the old one instead of adding one."""
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self._container_labels: dict[tuple[str, str, str], tuple[Labels, Labels]] = {}
-        self._container_seen: dict[tuple[str, str, str], tuple[object, float]] = {}
-        """Each container as last published (the object and its ratio), to skip the rest."""
+        self._containers: dict[tuple[str, str, str], _Published] = {}
+        """Each container as last published: its object, ratio and the two label sets."""
         self._gpu_ratio_labels: set[Labels] = set()
         self._gpu_info: tuple[str, str] = ("", "0")
         self._node_info: tuple[str, str, str, str] = ("", "", "", "")
@@ -258,23 +267,20 @@ class Publisher:
     def containers(self, containers: Sequence[ContainerLike], allocatable_cores: float) -> None:
         """Each container's info and CPU allocation ratio; a container seen as it was last
         tick (the common case) costs one lookup."""
-        published = self._container_seen
         for c in containers:
             ratio_value = (min(c.cpu_request_cores / allocatable_cores, 1.0)
                            if allocatable_cores > 0 else 0.0)
-            seen = published.get(c.key)
-            if seen is not None and seen[0] is c and seen[1] == ratio_value:
+            previous = self._containers.get(c.key)
+            if previous is not None and previous.container is c and previous.ratio == ratio_value:
                 continue  # the same Container object: labels and value unchanged
             info = (*c.key, c.model, c.model_source, c.phase, c.owner_kind, c.owner_name)
             ratio = (*c.key, c.model, c.phase, "cpu")
-            previous = self._container_labels.get(c.key)
-            if previous is not None and previous != (info, ratio):
-                self._drop(CONTAINER_INFO, previous[0])
-                self._drop(CONTAINER_ALLOCATION, previous[1])
-            self._container_labels[c.key] = (info, ratio)
+            if previous is not None and (previous.info, previous.ratio_labels) != (info, ratio):
+                self._drop(CONTAINER_INFO, previous.info)
+                self._drop(CONTAINER_ALLOCATION, previous.ratio_labels)
             self._set(CONTAINER_INFO, info, 1.0)
             self._set(CONTAINER_ALLOCATION, ratio, ratio_value)
-            published[c.key] = (c, ratio_value)
+            self._containers[c.key] = _Published(c, ratio_value, info, ratio)
 
     def gpus(self, readings: Sequence[GpuReading]) -> None:
         for g in readings:
@@ -315,8 +321,7 @@ class Publisher:
         names = tuple(f.name for f in CONTAINER_FAMILIES)
         for key in keys:
             prefix = cast(tuple[str, str, str], key)
-            self._container_labels.pop(prefix, None)
-            self._container_seen.pop(prefix, None)
+            self._containers.pop(prefix, None)
             self.ledger.retire(names, prefix)
 
     def facts(self, facts: LifecycleFacts) -> None:
