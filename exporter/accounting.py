@@ -86,9 +86,6 @@ class TickResult:
     expired: tuple[Hashable, ...]
     """Containers whose grace period ended this tick: their series go."""
 
-    def node_joules(self, component: str) -> float:
-        return sum(e.joules for c, _, e in self.node if c == component)
-
 
 class AccountState:
     """What accounting keeps between ticks: idle baselines and when containers were seen."""
