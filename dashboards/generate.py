@@ -61,8 +61,6 @@ NODE_SEL = f'{CLUSTER_SEL}, node=~"$node"'
 JOB_NODE_SEL = f'{CLUSTER_SEL}, job=~"$job", node=~"$node"'
 JOULES_PER_KWH = "3.6e6"
 TOP = 10
-# Platform (psys) overlaps cpu + dram: every sum over components leaves it out.
-NOT_PLATFORM = 'component!="platform"'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,50 +507,65 @@ def models() -> dashboard_b.Dashboard:
 def nodes() -> dashboard_b.Dashboard:
     gpu_sel = f'{NODE_SEL}, gpu=~"$gpu"'
     node_power = (f"sum by (node) (rate(footprint_node_energy_joules_total"
-                  f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__rate_interval]))")
+                  f"{{{NODE_SEL}}}[$__rate_interval]))")
     rows: Rows = [
         ("Power", [
             (stat("Power now",
-                  "Power drawn by the selected nodes: cpu + dram + gpu (platform left out: it "
-                  "overlaps cpu and dram).",
+                  "Power drawn by the selected nodes: cpu + dram + gpu.",
                   [target(f"sum(rate(footprint_node_energy_joules_total"
-                          f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__rate_interval]))", "power")],
+                          f"{{{NODE_SEL}}}[$__rate_interval]))", "power")],
                   "watt", decimals=0), 6, 5),
             (stat("Energy over the selected range",
                   "Energy the selected nodes used (cpu + dram + gpu) over the dashboard's time "
                   "range.",
                   [target(f"sum(increase(footprint_node_energy_joules_total"
-                          f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__range]))", "energy",
+                          f"{{{NODE_SEL}}}[$__range]))", "energy",
                           instant=True)], "joule", decimals=1, graph=False), 6, 5),
             (stat("Operational CO2e over the selected range",
                   "The selected nodes' operational emissions (energy x the grid intensity in "
                   "force) over the dashboard's time range; no PUE, no embodied share.",
                   [target(f"sum(increase(footprint_node_co2e_grams_total"
-                          f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__range]))", "CO2e",
+                          f"{{{NODE_SEL}}}[$__range]))", "CO2e",
                           instant=True)], "massg", decimals=1, graph=False), 6, 5),
             (stat("Unattributed share now",
                   "Share of the selected nodes' energy (cpu + dram + gpu) that no container was "
                   "charged for: system processes, idle capacity nobody requested, unheld GPUs.",
                   [target(f"sum(rate(footprint_unattributed_energy_joules_total"
-                          f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__rate_interval])) / "
+                          f"{{{NODE_SEL}}}[$__rate_interval])) / "
                           f"sum(rate(footprint_node_energy_joules_total"
-                          f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__rate_interval]))", "share")],
+                          f"{{{NODE_SEL}}}[$__rate_interval]))", "share")],
                   "percentunit", decimals=1, steps=((0.5, "orange"), (0.8, "red"))), 6, 5),
             (timeseries("Power by component and source",
-                        "Each node's power per component (cpu, dram, gpu, platform) and the "
-                        "source that measured it (rapl, nvml, or the estimate). platform "
-                        "(RAPL psys) overlaps cpu and dram, so the lines are not stacked.",
+                        "Each node's power per component (cpu, dram, gpu) and the source that "
+                        "measured it (rapl, hwmon, nvml, or the estimate), stacked: the "
+                        "components do not overlap, so the top of the stack is the selected "
+                        "nodes' power (select one node for its own). The platform meter is not "
+                        "a component: see the panel beside.",
                         [target("sum by (node, component, source) (rate("
                                 f"footprint_node_energy_joules_total{{{NODE_SEL}}}"
                                 "[$__rate_interval]))",
-                                "{{node}} {{component}} ({{source}})")], "watt"), 12, 9),
+                                "{{node}} {{component}} ({{source}})")], "watt", stack=True),
+             12, 9),
+            (timeseries("Platform (psys / power meter) vs cpu+dram+gpu",
+                        "Per node, the platform meter (RAPL psys, or a hwmon power meter such "
+                        "as an ACPI power meter), where the node has one, against the sum of "
+                        "its components. The meter overlaps the components and is never added "
+                        "to them; the difference is what the components do not cover: fans, "
+                        "disks, NICs, power supply losses, as far as the meter reaches (psys "
+                        "does not reach a discrete GPU).",
+                        [target("sum by (node, source) (rate("
+                                "footprint_node_platform_energy_joules_total"
+                                f"{{{NODE_SEL}}}[$__rate_interval]))",
+                                "{{node}} platform ({{source}})"),
+                         target(node_power, "{{node}} cpu+dram+gpu", "B")], "watt"), 12, 9),
             (timeseries("Power by RAPL domain",
                         "Each RAPL zone as read (package, core, uncore, dram, psys). core and "
-                        "uncore are inside package.",
+                        "uncore are inside package; psys, where present, is the node's "
+                        "platform meter (panel above).",
                         [target("sum by (node, zone, domain) (rate("
                                 f"footprint_rapl_energy_joules_total{{{NODE_SEL}}}"
                                 "[$__rate_interval]))", "{{node}} {{zone}} {{domain}}")],
-                        "watt"), 12, 9),
+                        "watt"), 24, 8),
         ]),
         ("GPUs", [
             (timeseries("GPU power (NVML reading)",
@@ -579,17 +592,17 @@ def nodes() -> dashboard_b.Dashboard:
                         "container. High under light load: idle power nobody requested stays "
                         "unattributed (docs/attribution.md).",
                         [target("sum by (node) (rate(footprint_unattributed_energy_joules_total"
-                                f"{{{NODE_SEL}, {NOT_PLATFORM}}}[$__rate_interval])) / "
+                                f"{{{NODE_SEL}}}[$__rate_interval])) / "
                                 f"{node_power}", "{{node}}")], "percentunit", minimum=0,
                         maximum=1), 12, 8),
             (timeseries("Unattributed power by component and mode",
                         "Power charged to no container, by component and mode (dynamic: "
-                        "system processes; idle: capacity nobody requested). platform is "
-                        "always unattributed and overlaps cpu and dram.",
+                        "system processes; idle: capacity nobody requested), stacked: the top "
+                        "is the selected nodes' unattributed power.",
                         [target("sum by (component, mode) (rate("
                                 "footprint_unattributed_energy_joules_total"
                                 f"{{{NODE_SEL}}}[$__rate_interval]))",
-                                "{{component}} {{mode}}")], "watt"), 12, 8),
+                                "{{component}} {{mode}}")], "watt", stack=True), 12, 8),
             (timeseries("Attributed power by namespace",
                         "Power charged to containers on the selected nodes, per namespace.",
                         [target("sum by (namespace) (rate("
@@ -599,18 +612,20 @@ def nodes() -> dashboard_b.Dashboard:
         ]),
         ("Carbon intensity and PUE", [
             (timeseries("Grid carbon intensity",
-                        "The grid intensity in force on each node, gCO2e per kWh, with its zone "
-                        "and provider. provider=\"default\" means no intensity is configured and "
-                        "the world average (475) is in force.",
+                        "The grid intensity in force on each node, gCO2e per kWh, with its grid "
+                        "zone and provider. provider=\"default\" means no intensity is configured "
+                        "and the world average (475) is in force.",
                         [target(f"footprint_grid_intensity_grams_per_kwh{{{NODE_SEL}}}",
-                                "{{node}} {{zone}} ({{provider}})")], "suffix:gCO2e/kWh"), 12, 8),
+                                "{{node}} {{grid_zone}} ({{provider}})")], "suffix:gCO2e/kWh"),
+             12, 8),
             (table("Intensity provider",
-                   "Per node, the zone and provider of the intensity in force now, and its "
+                   "Per node, the grid zone and provider of the intensity in force now, and its "
                    "value.",
-                   [target("max by (node, zone, provider) (footprint_grid_intensity_grams_per_kwh"
-                           f"{{{NODE_SEL}}})", instant=True, table=True)], "suffix:gCO2e/kWh",
+                   [target("max by (node, grid_zone, provider) ("
+                           f"footprint_grid_intensity_grams_per_kwh{{{NODE_SEL}}})",
+                           instant=True, table=True)], "suffix:gCO2e/kWh",
                    transformations=merge_table({"Value": "gCO2e/kWh"},
-                                               ["node", "zone", "provider", "gCO2e/kWh"])),
+                                               ["node", "grid_zone", "provider", "gCO2e/kWh"])),
              6, 8),
             (stat("Intensity data age",
                   "Time since a live intensity provider (electricitymaps, watttime) last gave a "
@@ -651,12 +666,13 @@ def nodes() -> dashboard_b.Dashboard:
         ]),
         ("Node facts", [
             (table("Nodes",
-                   "footprint_node_info: each node's zone, region, instance type, CPU model and "
-                   "GPUs.",
+                   "footprint_node_info: each node's topology zone and region (the node's "
+                   "topology.kubernetes.io labels), instance type, CPU model and GPUs.",
                    [target(f"footprint_node_info{{{NODE_SEL}}}", instant=True, table=True)],
                    "none",
-                   transformations=merge_table({}, ["node", "zone", "region", "instance_type",
-                                                    "cpu_model", "gpu_product", "gpu_count"])),
+                   transformations=merge_table({}, ["node", "topology_zone", "topology_region",
+                                                    "instance_type", "cpu_model", "gpu_product",
+                                                    "gpu_count"])),
              24, 7),
         ]),
     ]

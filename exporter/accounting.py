@@ -8,6 +8,8 @@ per component and mode, the unattributed remainder, the GPU allocation ratios an
 containers whose grace period ended. It does no I/O and touches no metric: the sampler reads,
 `exporter.metrics` publishes. Invariant (tests/test_accounting.py): for every component, the
 containers' joules plus the unattributed joules equal the node's, and the same for grams.
+`platform` (RAPL psys, a power meter) overlaps cpu and dram, so it is neither a node component
+nor attributed: it comes out apart, in `TickResult.platform`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from exporter.carbon import Intensity
 from exporter.gpus import Allocation, plan_gpus
 from exporter.sources.base import ZoneTotal
 from exporter.sources.gpu import GpuReading
+
+PLATFORM = "platform"
+"""The whole-platform component: published apart, never summed with the others."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +80,11 @@ class TickResult:
 
     intensity: Intensity
     node: tuple[tuple[str, str, Energy], ...]
-    """(component, source, energy) per owned component of each source, in source order."""
+    """(component, source, energy) per owned component (cpu, dram, gpu) of each source, in
+    source order: their sum is the node's energy, with nothing counted twice."""
+    platform: tuple[tuple[str, float], ...]
+    """(source, joules) of the whole-platform reading (psys, a power meter), where one is
+    read: it overlaps the components, so it is kept apart and charged to no one."""
     gpus: tuple[GpuReading, ...]
     containers: tuple[tuple[Hashable, str, str, Energy], ...]
     """(container, component, mode, energy) for every non-zero part."""
@@ -131,11 +140,15 @@ def account(inputs: TickInputs, state: AccountState) -> TickResult:
     """One tick's accounting; mutates only `state` (baselines, last seen)."""
     intensity = inputs.intensity
     node: list[tuple[str, str, Energy]] = []
+    platform: list[tuple[str, float]] = []
     energy: dict[str, float] = {}
     gpus: tuple[GpuReading, ...] = ()
     for source in inputs.sources:
         gpus = source.gpus or gpus
         for component, joules in source.joules.items():
+            if component == PLATFORM:
+                platform.append((source.name, joules))
+                continue
             node.append((component, source.name, _energy(joules, intensity)))
             energy[component] = energy.get(component, 0.0) + joules
     idle = _idle(state, energy, now=inputs.now, seconds=inputs.seconds)
@@ -157,7 +170,7 @@ def account(inputs: TickInputs, state: AccountState) -> TickResult:
         for key in expired:
             del state.last_seen[key]
     return TickResult(
-        intensity=intensity, node=tuple(node), gpus=gpus,
+        intensity=intensity, node=tuple(node), platform=tuple(platform), gpus=gpus,
         containers=tuple((key, component, mode, _energy(joules, intensity))
                          for (key, component, mode), joules in shares.containers.items()),
         unattributed=tuple((component, mode, _energy(joules, intensity))

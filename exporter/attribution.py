@@ -4,10 +4,10 @@ Per component and tick: the energy up to the idle baseline is `idle`, the rest `
 cpu and dram: dynamic energy is split by each container's share of the node's busy CPU time;
 idle energy by each container's share of the node's allocatable CPU in requests (policy
 `requests`) or kept back (policy `none`). gpu: per GPU, by who holds it (whole, shared by
-utilisation, or MIG slices by size). platform (psys) covers cpu and dram, which are already
-charged, so it is never charged to containers. Whatever no container is charged for, including
-what system processes used and every rounding remainder, is unattributed, so the parts always
-add up to the node.
+utilisation, or MIG slices by size). platform (psys, a power meter) covers cpu and dram, so
+it never reaches attribution (exporter.accounting keeps it apart). Whatever no container is
+charged for, including what system processes used and every rounding remainder, is
+unattributed, so the parts always add up to the node.
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ WORLD_AVERAGE_GRAMS_PER_KWH = 475.0
 """World-average grid intensity in gCO2e/kWh: CodeCarbon's default (docs/configuration.md)."""
 
 COMPONENTS = ("cpu", "dram", "gpu", "platform")
+"""What a source can cover; platform overlaps cpu and dram and is published apart."""
+ATTRIBUTED = ("cpu", "dram", "gpu")
+"""The components split between containers (and summed as the node's energy)."""
 
 MAX_EMBODIED_GRAMS = 1e9
 """The most grams of embodied emissions one server or GPU may be given (1,000 t)."""
@@ -112,7 +115,7 @@ class AttributionSettings:
     """How node energy is split into idle and dynamic parts."""
 
     idle_watts: Mapping[str, float] = setting(
-        default_factory=dict, keys=COMPONENTS, minimum=0.0,
+        default_factory=dict, keys=ATTRIBUTED, minimum=0.0,
         doc="fixed idle baseline per component; components left out learn theirs")
     idle_percentile: float = setting(
         5.0, minimum=0.0, maximum=100.0,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from exporter import __version__
-from exporter.accounting import SourceReading, TickResult
+from exporter.accounting import PLATFORM, SourceReading, TickResult
 from exporter.attribution import MODES
 from exporter.carbon import Intensity
 from exporter.facts import LifecycleFacts
@@ -62,6 +62,10 @@ GPU = ("gpu", "uuid", "product")
 NODE_ENERGY = _counter("footprint_node_energy_joules_total",
                        "Energy the node used, per component, without double counting.",
                        ("component", "source"), "joules")
+NODE_PLATFORM_ENERGY = _counter("footprint_node_platform_energy_joules_total",
+                                "Whole-platform energy (RAPL psys, a power meter); it overlaps "
+                                "the components, so it is not among them.",
+                                ("source",), "joules")
 RAPL_ENERGY = _counter("footprint_rapl_energy_joules_total",
                        "Energy of each RAPL zone as read, wraparound corrected.",
                        ("zone", "domain"), "joules")
@@ -81,7 +85,7 @@ UNATTRIBUTED_CO2E = _counter("footprint_unattributed_co2e_grams_total",
                              ("component", "mode"), "grams")
 GRID_INTENSITY = _gauge("footprint_grid_intensity_grams_per_kwh",
                         "Grid carbon intensity in force for this node, gCO2e per kWh.",
-                        ("zone", "provider"), "grams_per_kwh")
+                        ("grid_zone", "provider"), "grams_per_kwh")
 GRID_INTENSITY_UPDATED = _gauge(
     "footprint_grid_intensity_last_update_timestamp_seconds",
     "Unix time the live intensity value in force is for (its age: time() - this).",
@@ -94,7 +98,8 @@ EMBODIED_LIFETIME = _gauge("footprint_embodied_lifetime_seconds",
                            "(life x usage).", (), "seconds")
 PUE = _gauge("footprint_pue", "Power usage effectiveness of the data centre the node is in.")
 NODE_INFO = _gauge("footprint_node_info", "Facts about the node.",
-                   ("zone", "region", "instance_type", "cpu_model", "gpu_product", "gpu_count"))
+                   ("topology_zone", "topology_region", "instance_type", "cpu_model",
+                    "gpu_product", "gpu_count"))
 SOURCE_UP = _gauge("footprint_source_up",
                    "Whether each input worked at the last tick (1) or not (0).", ("source",))
 CONTAINER_ENERGY = _counter("footprint_container_energy_joules_total",
@@ -109,7 +114,7 @@ CONTAINER_ALLOCATION = _gauge(
     (*CONTAINER, "resource"), "ratio")
 CONTAINER_INFO = _gauge("footprint_container_info", "How the container was matched to a model.",
                         ("namespace", "pod", "container", "model", "model_source", "phase",
-                         "owner_kind", "owner_name"))
+                         "owner_kind", "owner_name", "container_id", "uid"))
 ERRORS = _counter("footprint_exporter_errors_total",
                   "Faults by source and reason: failed reads, bad pods, missing cgroups.",
                   ("source", "reason"))
@@ -117,10 +122,10 @@ BUILD_INFO = _gauge("footprint_exporter_build_info", "The exporter's version.",
                     ("version", "python_version"))
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    NODE_ENERGY, RAPL_ENERGY, GPU_ENERGY, GPU_POWER, NODE_CO2E, UNATTRIBUTED_ENERGY,
-    UNATTRIBUTED_CO2E, GRID_INTENSITY, GRID_INTENSITY_UPDATED, EMBODIED, EMBODIED_LIFETIME, PUE,
-    NODE_INFO, SOURCE_UP, CONTAINER_ENERGY, CONTAINER_CO2E, CONTAINER_ALLOCATION, CONTAINER_INFO,
-    ERRORS, BUILD_INFO)}
+    NODE_ENERGY, NODE_PLATFORM_ENERGY, RAPL_ENERGY, GPU_ENERGY, GPU_POWER, NODE_CO2E,
+    UNATTRIBUTED_ENERGY, UNATTRIBUTED_CO2E, GRID_INTENSITY, GRID_INTENSITY_UPDATED, EMBODIED,
+    EMBODIED_LIFETIME, PUE, NODE_INFO, SOURCE_UP, CONTAINER_ENERGY, CONTAINER_CO2E,
+    CONTAINER_ALLOCATION, CONTAINER_INFO, ERRORS, BUILD_INFO)}
 """In exposition order."""
 CONTAINER_FAMILIES = (CONTAINER_ENERGY, CONTAINER_CO2E, CONTAINER_ALLOCATION, CONTAINER_INFO)
 """Every family whose labels start with (namespace, pod, container)."""
@@ -153,6 +158,12 @@ class ContainerLike(Protocol):
 
     @property
     def cpu_request_cores(self) -> float: ...
+
+    @property
+    def container_id(self) -> str: ...
+
+    @property
+    def pod_uid(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +219,9 @@ class Publisher:
                 self._ensure(ERRORS, (name, "read"))
             for component in sorted(s.components) if s.enabled else ():
                 # Published from the start so a counter's first increase is never lost to rate().
+                if component == PLATFORM:
+                    self._ensure(NODE_PLATFORM_ENERGY, (name,))
+                    continue
                 self._ensure(NODE_ENERGY, (component, name))
                 self._ensure(NODE_CO2E, (component, name))
                 for mode in MODES:
@@ -243,6 +257,9 @@ class Publisher:
             if source == reading.name:
                 self._add(NODE_ENERGY, (component, source), energy.joules)
                 self._add(NODE_CO2E, (component, source), energy.grams)
+        for source, joules in result.platform:
+            if source == reading.name:
+                self._add(NODE_PLATFORM_ENERGY, (source,), joules)
 
     def kubernetes(self, *, up: bool, api_errors: int, malformed: int) -> None:
         """The pod watch's state; `api_errors` and `malformed` are increments since the last."""
@@ -273,7 +290,8 @@ class Publisher:
             previous = self._containers.get(c.key)
             if previous is not None and previous.container is c and previous.ratio == ratio_value:
                 continue  # the same Container object: labels and value unchanged
-            info = (*c.key, c.model, c.model_source, c.phase, c.owner_kind, c.owner_name)
+            info = (*c.key, c.model, c.model_source, c.phase, c.owner_kind, c.owner_name,
+                    c.container_id, c.pod_uid)
             ratio = (*c.key, c.model, c.phase, "cpu")
             if previous is not None and (previous.info, previous.ratio_labels) != (info, ratio):
                 self._drop(CONTAINER_INFO, previous.info)

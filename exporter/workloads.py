@@ -42,6 +42,9 @@ class Container:
     owner_name: str
     cpu_request_cores: float
     container_id: str
+    """The runtime's id, without its `containerd://` prefix: it changes when the container
+    restarts."""
+    pod_uid: str = ""
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -118,7 +121,8 @@ def containers_of(pod: Pod, match: ModelMatch) -> tuple[list[Container], list[Pr
             pod=clean_label_value(metadata["name"]), container=clean_label_value(name),
             model=match.model, phase=match.phase, model_source=match.model_source,
             owner_kind=match.owner_kind, owner_name=match.owner_name,
-            cpu_request_cores=request, container_id=container_id))
+            cpu_request_cores=request, container_id=container_id,
+            pod_uid=clean_label_value(str(metadata.get("uid") or ""))))
     return out, problems
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv with the exporter (and, with --test, what the tests need: Python packages,
-# and Debian's prometheus (promtool) and prometheus-node-exporter when run as root).
+# and Debian's prometheus (promtool), prometheus-node-exporter, prometheus-alertmanager and
+# victoria-metrics (the server, vmagent, vmalert) when run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +33,7 @@ if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
   apt_install python3-venv
 fi
 if [ $want_test -eq 1 ]; then
-  apt_install prometheus prometheus-node-exporter
+  apt_install prometheus prometheus-node-exporter prometheus-alertmanager victoria-metrics
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -411,7 +411,9 @@ def test_service_monitor(rendered: dict[str, list[Obj]]) -> None:
     assert endpoint["honorLabels"] is True
     assert (endpoint["port"], endpoint["scheme"]) == ("metrics", "http")
     assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("30s", "10s")
-    assert endpoint["metricRelabelings"][0]["action"] == "drop"
+    # The workload-label restore first (tests/test_honor_labels.py), then the values' own.
+    assert [r["action"] for r in endpoint["metricRelabelings"]] == [
+        "replace", "replace", "replace", "labeldrop", "drop"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= (
         one(objects, "Service")["metadata"]["labels"].items())
     # The object lives where the values put it; it still scrapes the release's namespace.

@@ -51,7 +51,7 @@ def test_a_full_valid_file() -> None:
     ({"carbon": []}, "carbon: expected a mapping, got list"),
     (["carbon"], "the top level: expected a mapping, got list"),
     ({"attribution": {"idle_watts": {"gpu0": 3}}},
-     "attribution.idle_watts.gpu0: unknown key (expected one of: cpu, dram, gpu, platform)"),
+     "attribution.idle_watts.gpu0: unknown key (expected one of: cpu, dram, gpu)"),
     ({"carbon": {"provider": "electricitymaps", "zone": "FR"}},
      "carbon.electricitymaps.token_file: expected the path of the auth-token (or "
      "carbon.electricitymaps.token_env) with provider electricitymaps"),

@@ -215,16 +215,22 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         # -- 1. node energy per component (and per GPU) equals what was driven ---------------
         node = sampled(prometheus.query(
             "sum by (component) (footprint_node_energy_joules_total)", at), "component")
-        assert set(node) == {"cpu", "dram", "gpu", "platform"}, node
+        assert set(node) == {"cpu", "dram", "gpu"}, node
+        platform = driven.pop("platform")
         for component, joules in driven.items():
             assert close(node[component], joules, 1e-6), (component, node[component], joules)
+        # the node's energy is the sum over its components; psys lives apart (it overlaps)
+        whole = prometheus.query("sum by (node) (footprint_node_energy_joules_total)", at)
+        assert close(float(whole[0]["value"][1]), sum(driven.values()), 1e-6), whole
+        psys = prometheus.query("footprint_node_platform_energy_joules_total", at)
+        assert [r["metric"]["source"] for r in psys] == ["rapl"], psys
+        assert close(float(psys[0]["value"][1]), platform, 1e-6), (psys, platform)
         per_gpu = sampled(prometheus.query("footprint_gpu_energy_joules_total", at), "uuid")
         for uuid, joules in zip(GPU_UUIDS, driver.gpu_joules, strict=True):
             assert close(per_gpu[uuid], joules, 1e-6), (uuid, per_gpu[uuid], joules)
         sources = {(r["metric"]["component"], r["metric"]["source"]) for r in
                    prometheus.query("footprint_node_energy_joules_total", at)}
-        assert sources == {("cpu", "rapl"), ("dram", "rapl"), ("platform", "rapl"),
-                           ("gpu", "nvml")}
+        assert sources == {("cpu", "rapl"), ("dram", "rapl"), ("gpu", "nvml")}
         # psys read garbage for a few seconds: counted as a fault, no joule lost or invented
         errors = sampled(prometheus.query(
             "sum by (source) (footprint_exporter_errors_total)", at), "source")
@@ -244,6 +250,15 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         info = prometheus.query("footprint_container_info", at)
         model_of = {r["metric"]["pod"]: r["metric"].get("model", "") for r in info}
         assert len(model_of) == 50
+        # the runtime's container id and the pod's uid, as the API server gave them
+        uid_of = {p["metadata"]["name"]: p["metadata"]["uid"] for p in api.pods()}
+        assert {(r["metric"]["pod"], r["metric"]["container_id"], r["metric"]["uid"])
+                for r in info} == {(w.name, w.container_id, uid_of[w.name]) for w in pods}
+        node_info = prometheus.query("footprint_node_info", at)[0]["metric"]
+        assert (node_info["topology_zone"], node_info["topology_region"],
+                node_info["instance_type"]) == ("europe-west4-a", "europe-west4", "a3-highgpu-8g")
+        assert [r["metric"]["grid_zone"] for r in prometheus.query(
+            "footprint_grid_intensity_grams_per_kwh", at)] == ["NL"]
         assert model_of["mixtral-0"] == "mixtral-8x7b"
         assert model_of["sentiment-predictor-00001-deployment-6f7d9c8b4-qwert"] == "sentiment"
         assert model_of["bert-finetune-worker-0"] == "bert-finetune"
@@ -274,12 +289,11 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         for model, held in gpu_by_model.items():
             assert close(gpu_models[model], held, 1e-6), (model, gpu_models[model], held)
 
-        # -- 3. conservation per component; platform is never charged to containers ---------
+        # -- 3. conservation per component ---------------------------------------------------
         containers = sampled(prometheus.query(
             "sum by (component) (footprint_container_energy_joules_total)", at), "component")
         unattributed = sampled(prometheus.query(
             "sum by (component) (footprint_unattributed_energy_joules_total)", at), "component")
-        assert "platform" not in containers, containers
         for component, joules in node.items():
             parts = containers.get(component, 0.0) + unattributed.get(component, 0.0)
             assert close(parts, joules, 1e-9), (component, parts, joules)

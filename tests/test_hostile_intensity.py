@@ -495,7 +495,7 @@ def test_exporter_process_survives_a_hostile_provider(tmp_path: Path, kind: str)
         assert api.requests, "the exporter never asked the fake API"
     for series in (first, last):
         assert value(series, "footprint_grid_intensity_grams_per_kwh",
-                     provider="static", zone="DE") == STATIC_DE.grams_per_kwh
+                     provider="static", grid_zone="DE") == STATIC_DE.grams_per_kwh
         assert [ls for (n, ls) in series if n == "footprint_grid_intensity_grams_per_kwh"
                 and dict(ls)["provider"] != "static"] == []
         assert value(series, "footprint_source_up", source="intensity") == 0.0

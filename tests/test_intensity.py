@@ -623,7 +623,7 @@ def test_live_intensity_in_the_exporter_never_shows_the_token(
     series = parse(text)
     assert value(series, "footprint_source_up", source="intensity") == 1.0
     assert value(series, "footprint_grid_intensity_grams_per_kwh",
-                 provider="electricitymaps", zone="FR") > 0
+                 provider="electricitymaps", grid_zone="FR") > 0
     assert value(series, "footprint_grid_intensity_last_update_timestamp_seconds",
                  provider="electricitymaps") > 0
     assert api.token not in text

@@ -150,7 +150,7 @@ def in_process(tmp_path: Path, api: FakeKubeAPI, monkeypatch: pytest.MonkeyPatch
     path = tmp_path / "footprint.yaml"
     path.write_text(f"kubernetes:\n  kubeconfig: {kubeconfig}\n  backoff_max_seconds: 1\n"
                     f"  grace_period_seconds: {grace_seconds}\n"
-                    "attribution:\n  idle_watts: {cpu: 20, dram: 2, platform: 30}\n")
+                    "attribution:\n  idle_watts: {cpu: 20, dram: 2}\n")
     monkeypatch.setenv("NODE_NAME", NODE)
     settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
                                    str(root / "proc"), "--config.file", str(path),
@@ -248,8 +248,8 @@ def test_models_phases_and_shares(tmp_path: Path, api: FakeKubeAPI,
                  mode="idle") == pytest.approx(20 * 8 / 16)  # unrequested cores
     assert value(series, "footprint_container_allocation_ratio",
                  pod="llama-7c9f8d6b5-x2x4z", resource="cpu") == 0.25
-    assert value(series, "footprint_node_info", zone="europe-west4-a",
-                 region="europe-west4", instance_type="a2-highgpu-1g") == 1.0
+    assert value(series, "footprint_node_info", topology_zone="europe-west4-a",
+                 topology_region="europe-west4", instance_type="a2-highgpu-1g") == 1.0
     assert value(series, "footprint_source_up", source="kubernetes") == 1.0
     per_container = [ls for (n, ls) in series if n.startswith("footprint_container_")
                      and dict(ls)["pod"] == "llama-7c9f8d6b5-x2x4z"]
@@ -282,7 +282,7 @@ def tick_increments(before: EnergySeries, after: EnergySeries) -> dict[tuple[str
 
 
 def assert_conserved(series: Series) -> None:
-    for component in ("cpu", "dram", "platform"):
+    for component in ("cpu", "dram"):
         node = value(series, "footprint_node_energy_joules_total", component=component)
         parts = total(series, "footprint_container_energy_joules_total", component=component)
         parts += total(series, "footprint_unattributed_energy_joules_total",
@@ -367,7 +367,7 @@ def test_churn_returns_to_baseline_with_one_list_and_one_watch(
             sampler.tick()
             increments = tick_increments(before, energy_series(sampler))
             peak_series.append(sampler.ledger.series_count())
-            for component in ("cpu", "dram", "platform"):
+            for component in ("cpu", "dram"):
                 assert math.isclose(increments[("parts", component)],
                                     increments[("node", component)],
                                     rel_tol=1e-9, abs_tol=1e-9), component

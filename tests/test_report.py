@@ -418,7 +418,7 @@ def exposition(now: float, t0: float, *, timestamp: bool = False) -> str:
         "# TYPE footprint_embodied_lifetime_seconds gauge",
         f"footprint_embodied_lifetime_seconds{{{node}}} {LIFETIME_SECONDS}{ts}",
         "# TYPE footprint_grid_intensity_grams_per_kwh gauge",
-        f'footprint_grid_intensity_grams_per_kwh{{{node},zone="test",provider="static"}} '
+        f'footprint_grid_intensity_grams_per_kwh{{{node},grid_zone="test",provider="static"}} '
         f"{INTENSITY_G_PER_KWH}{ts}",
     ]
     return "\n".join(lines) + "\n"
