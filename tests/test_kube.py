@@ -223,7 +223,7 @@ def test_models_phases_and_shares(tmp_path: Path, api: FakeKubeAPI,
     # the node is in GCP europe-west4: its zone and static intensity come from the zone map
     (grid_labels,) = [dict(ls) for (n, ls) in series
                       if n == "footprint_grid_intensity_grams_per_kwh"]
-    assert (grid_labels["zone"], grid_labels["provider"]) == ("NL", "static")
+    assert (grid_labels["grid_zone"], grid_labels["provider"]) == ("NL", "static")
     grid = value(series, "footprint_grid_intensity_grams_per_kwh")
     assert grid != 475.0
     expected = {  # pod: (dynamic by CPU time, idle by requests of 16 allocatable cores)
