@@ -10,6 +10,7 @@ pack's recording rules, evaluated once, at the same instant, through `/api/v1/qu
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import http.client
 import io
@@ -17,14 +18,18 @@ import json
 import math
 import re
 import socket
+import ssl
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn
+
+from exporter.schema import describe_secret, shown_path
 
 PROG = "footprint-exporter report"
 
@@ -131,7 +136,164 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table (default): aligned text in g/kg/t; json, csv: base units")
     p.add_argument("--timeout", type=_timeout_arg, default=30.0, metavar="SECONDS",
                    help="give up on Prometheus after this many seconds (default 30)")
+    auth = p.add_argument_group(
+        "authentication and TLS", "for a Prometheus API behind auth: Thanos, Mimir, Cortex, "
+        "VictoriaMetrics, Grafana Cloud, or Prometheus' own --web.config.file. Secrets are read "
+        "from files (surrounding whitespace removed) and never printed")
+    auth.add_argument("--bearer-token-file", metavar="FILE",
+                      help="send 'Authorization: Bearer <the file's content>'")
+    auth.add_argument("--basic-auth-user", metavar="USER",
+                      help="HTTP basic auth user name (with --basic-auth-password-file)")
+    auth.add_argument("--basic-auth-password-file", metavar="FILE",
+                      help="HTTP basic auth password, read from FILE")
+    auth.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                      help="an extra request header, repeatable, e.g. 'X-Scope-OrgID: tenant-1' "
+                      "for a Mimir or Cortex tenant")
+    auth.add_argument("--ca-file", metavar="FILE",
+                      help="verify an https:// --prometheus against the CA certificates (PEM) in "
+                      "FILE instead of the system's")
+    auth.add_argument("--insecure-skip-verify", action="store_true",
+                      help="do not verify the server's TLS certificate (testing only)")
     return p
+
+
+# --- connection: auth headers and TLS --------------------------------------------------------
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An HTTP header name (RFC 9110 token)."""
+CREDENTIAL_OPTIONS = "--bearer-token-file, or --basic-auth-user and --basic-auth-password-file"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the query API: headers for every request (auth, tenant), the TLS context."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    context: ssl.SSLContext | None = None
+    authenticated: bool = False
+    """Whether credentials are sent (so an HTTP 401 means they are wrong, not missing)."""
+
+    def __repr__(self) -> str:  # the headers may hold a secret
+        return f"Connection(headers={sorted(self.headers)}, tls={self.context is not None})"
+
+
+def read_secret_file(text: str, option: str, what: str) -> str:
+    """The content of the file named by `option`, stripped; ReportError (never the content, nor
+    a name that may be a pasted secret) when it cannot be read or is empty."""
+    path = Path(text)
+    fix = f"give {option} the path of a file that holds the {what}"
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ReportError(f"{option}: cannot read {shown_path(path)} ({reason.lower()}); "
+                          f"{fix}") from None
+    except (UnicodeDecodeError, ValueError):
+        raise ReportError(f"{option}: {shown_path(path)} is not UTF-8 text; {fix}") from None
+    if not value:
+        raise ReportError(f"{option}: {shown_path(path)} is empty; {fix}")
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise ReportError(f"{option}: {shown_path(path)} holds more than one line; {fix}, "
+                          "alone on one line")
+    return value
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """`Name: value` -> (Name, value); ReportError that shows the name at most, never a value."""
+    name, colon, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon:
+        raise ReportError(f"--header: expected 'Name: value', such as 'X-Scope-OrgID: "
+                          f"tenant-1', got {describe_secret(text)} without a colon")
+    if not _TOKEN.fullmatch(name):
+        raise ReportError(f"--header: expected 'Name: value' with a header name (letters, "
+                          f"digits, '-') before the colon, got {describe_secret(name)} there")
+    if not value or any(c in value for c in "\r\n\0"):
+        raise ReportError(f"--header {name}: expected a value on one line after the colon, "
+                          f"such as '{name}: tenant-1'")
+    return name, value
+
+
+def connection(args: argparse.Namespace) -> Connection:
+    """The headers and TLS context from the options; ReportError naming the option and the
+    fix for anything wrong."""
+    headers: dict[str, str] = {}
+    for text in args.header:
+        name, value = parse_header(text)
+        if name.lower() in (n.lower() for n in headers):
+            raise ReportError(f"--header: {name} given twice; give each header once (Mimir and "
+                              "Cortex take several tenants in one X-Scope-OrgID: 'a|b')")
+        headers[name] = value
+    basic = args.basic_auth_user is not None or args.basic_auth_password_file is not None
+    if args.bearer_token_file is not None and basic:
+        raise ReportError("--bearer-token-file and --basic-auth-user: choose one, a bearer "
+                          "token or basic auth, not both")
+    authenticated = args.bearer_token_file is not None or basic
+    if authenticated and any(n.lower() == "authorization" for n in headers):
+        raise ReportError("--header Authorization: the credential options set this header "
+                          f"already; give either {CREDENTIAL_OPTIONS}, or --header")
+    if args.bearer_token_file is not None:
+        token = read_secret_file(args.bearer_token_file, "--bearer-token-file", "token")
+        headers["Authorization"] = f"Bearer {token}"
+    elif basic:
+        user = args.basic_auth_user
+        if user is None:
+            raise ReportError("--basic-auth-password-file: give the user name too, with "
+                              "--basic-auth-user")
+        if args.basic_auth_password_file is None:
+            raise ReportError("--basic-auth-user: give the password too, in a file, with "
+                              "--basic-auth-password-file")
+        if not user or ":" in user or any(c in user for c in "\r\n\0"):
+            raise ReportError("--basic-auth-user: expected a user name without ':', got "
+                              f"{describe_secret(user)}")
+        password = read_secret_file(args.basic_auth_password_file,
+                                    "--basic-auth-password-file", "password")
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        headers["Authorization"] = f"Basic {pair}"
+    return Connection(headers, _tls_context(args), authenticated)
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.ca_file is None and not args.insecure_skip_verify:
+        return None
+    option = "--ca-file" if args.ca_file is not None else "--insecure-skip-verify"
+    if args.ca_file is not None and args.insecure_skip_verify:
+        raise ReportError("--ca-file and --insecure-skip-verify: choose one; --ca-file verifies "
+                          "the server against a CA, --insecure-skip-verify does not verify")
+    if urllib.parse.urlsplit(args.prometheus).scheme != "https":
+        raise ReportError(f"{option}: only applies to TLS; give an https:// --prometheus URL, "
+                          f"or leave out {option}")
+    if args.insecure_skip_verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    path = Path(args.ca_file)
+    fix = "give --ca-file a PEM file with the certificate of the CA that signed the server's"
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except OSError as exc:  # FileNotFoundError, PermissionError; ssl.SSLError for non-PEM
+        if isinstance(exc, ssl.SSLError):
+            raise ReportError(f"--ca-file: {shown_path(path)} holds no PEM certificate; "
+                              f"{fix}") from None
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise ReportError(f"--ca-file: cannot read {shown_path(path)} ({reason}); "
+                          f"{fix}") from None
+
+
+class _NoCredentialsAcrossOrigins(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect, but send the credentials and extra headers only to the origin they
+    were given for (a redirect elsewhere gets none)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        old_origin = urllib.parse.urlsplit(req.full_url)[:2]
+        if new is not None and urllib.parse.urlsplit(newurl)[:2] != old_origin:
+            for name in list(new.headers):
+                if name.lower() != "accept":
+                    del new.headers[name]
+        return new
 
 
 # --- queries ---------------------------------------------------------------------------------
@@ -171,26 +333,44 @@ def _api_error(payload: object) -> str | None:
     return None
 
 
-def instant_query(base_url: str, query: str, at: float, timeout: float) -> list[Sample]:
+def instant_query(base_url: str, query: str, at: float, timeout: float,
+                  conn: Connection | None = None) -> list[Sample]:
     """The vector `query` evaluates to at time `at`; ReportError for anything else."""
+    conn = conn or Connection()
     params = urllib.parse.urlencode({"query": query, "time": f"{at:.3f}",
                                      "timeout": f"{timeout:g}"})
     url = f"{base_url}/api/v1/query?{params}"
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    request = urllib.request.Request(url, headers={**conn.headers, "Accept": "application/json"})
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPSHandler(context=conn.context), _NoCredentialsAcrossOrigins())
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         try:
             message = _api_error(json.loads(exc.read()))
         except (ValueError, OSError, http.client.HTTPException):
             message = None
+        finally:
+            exc.close()
+        if exc.code in (401, 403):
+            fix = (f"check {CREDENTIAL_OPTIONS}" if conn.authenticated else
+                   f"it needs credentials: {CREDENTIAL_OPTIONS}")
+            if exc.code == 403:
+                fix += " (and --header X-Scope-OrgID for a Mimir or Cortex tenant)"
+            raise ReportError(f"Prometheus at {base_url} answered HTTP {exc.code} {exc.reason} "
+                              f"to /api/v1/query; {fix}") from None
         if message is None:
             raise ReportError(f"Prometheus at {base_url} answered HTTP {exc.code} {exc.reason} "
                               "to /api/v1/query; check --prometheus (a Prometheus base URL, "
                               "such as http://localhost:9090)") from None
         raise ReportError(f"Prometheus at {base_url} rejected the query: {message}") from None
     except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLCertVerificationError):
+            raise ReportError(f"Prometheus at {base_url} has a TLS certificate that does not "
+                              f"verify ({exc.reason.verify_message}); give --ca-file the CA "
+                              "that signed it, and a host name in --prometheus that the "
+                              "certificate names") from None
         raise ReportError(f"cannot reach Prometheus at {base_url}: "
                           f"{_describe(exc.reason, timeout)}; {FIX}") from None
     except (OSError, http.client.HTTPException) as exc:
@@ -382,8 +562,10 @@ def main(argv: Sequence[str]) -> int:
         return 2
     now = time.time()
     try:
-        co2e = instant_query(args.prometheus, co2e_query(since, step), now, args.timeout)
-        energy = instant_query(args.prometheus, energy_query(since, step), now, args.timeout)
+        conn = connection(args)
+        co2e = instant_query(args.prometheus, co2e_query(since, step), now, args.timeout, conn)
+        energy = instant_query(args.prometheus, energy_query(since, step), now, args.timeout,
+                               conn)
     except ReportError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -54,6 +54,18 @@ def describe_secret(value: object) -> str:
     return type(value).__name__
 
 
+def shown_path(path: Path) -> str:
+    """A file name for an error message, unless it may be a secret pasted in its place: it is
+    shown only when its directory exists (a mounted Secret's always does)."""
+    try:
+        plausible = path.is_absolute() and path.parent.is_dir() and len(str(path)) <= 4096
+    except (OSError, ValueError):
+        plausible = False
+    return (repr(str(path)) if plausible else
+            f"a name of {len(str(path))} characters (not shown: only an absolute path in an "
+            "existing directory is, anything else may be a pasted secret)")
+
+
 def join(prefix: str, key: object) -> str:
     """The dotted key of `key` inside `prefix` ("" is the top level)."""
     return f"{prefix}.{key}" if prefix else str(key)

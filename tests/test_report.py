@@ -5,26 +5,32 @@ the rule pack (rules/footprint.rules.yaml)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 from aiohttp import web
 
 from exporter import report
 from tests.support import REPO
+from tests.test_webconfig import Pki, pki
+
+__all__ = ["pki"]  # the fixture, shared with tests/test_webconfig.py
 
 RULES = REPO / "rules" / "footprint.rules.yaml"
 CO2E = "model:footprint_co2e_grams:rate5m"
@@ -68,11 +74,14 @@ class FakePrometheus:
     energy: tuple[int, Any] = (200, ENERGY_DATA)
     delay: float = 0.0
     requests: list[dict[str, str]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    """Each request's headers, names lower-cased."""
     url: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         params = dict(request.query)
         self.requests.append(params)
+        self.headers.append({k.lower(): v for k, v in request.headers.items()})
         await asyncio.sleep(self.delay)
         status, body = self.co2e if CO2E in params.get("query", "") else self.energy
         if isinstance(body, str):
@@ -379,6 +388,156 @@ def test_gram_units(value: float, text: str) -> None:
     assert report.grams(value) == text
 
 
+# --- authentication, tenants and TLS options -------------------------------------------------
+
+TOKEN = "s3cr3t-t0ken-VALUE"
+PASSWORD = "pa55-w0rd-VALUE"
+
+
+def secret_file(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+async def test_bearer_token_and_headers_are_sent(
+        prom: FakePrometheus, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = secret_file(tmp_path, "token", f"  {TOKEN}\n")
+    assert await run("--prometheus", prom.url, "--bearer-token-file", str(token),
+                     "--header", "X-Scope-OrgID: tenant-1", "--header", "X-Extra:v:with:colons",
+                     "--format", "csv") == 0
+    out, err = capsys.readouterr()
+    assert len(prom.headers) == 2
+    for headers in prom.headers:  # both queries
+        assert headers["authorization"] == f"Bearer {TOKEN}"
+        assert headers["x-scope-orgid"] == "tenant-1"
+        assert headers["x-extra"] == "v:with:colons"
+        assert headers["accept"] == "application/json"
+    assert out.startswith("model,phase,") and err == ""
+    assert TOKEN not in out + err
+
+
+async def test_basic_auth_is_sent(prom: FakePrometheus, tmp_path: Path) -> None:
+    password = secret_file(tmp_path, "password", PASSWORD + "\n")
+    assert await run("--prometheus", prom.url, "--basic-auth-user", "footprint",
+                     "--basic-auth-password-file", str(password), "--format", "json") == 0
+    expected = "Basic " + base64.b64encode(f"footprint:{PASSWORD}".encode()).decode()
+    assert [h["authorization"] for h in prom.headers] == [expected, expected]
+
+
+async def test_no_credentials_sent_without_options(prom: FakePrometheus) -> None:
+    assert await run("--prometheus", prom.url, "--format", "json") == 0
+    assert all("authorization" not in h for h in prom.headers)
+
+
+@pytest.mark.parametrize(("status", "authenticated", "fix"), [
+    (401, True, "check --bearer-token-file, or --basic-auth-user and "
+     "--basic-auth-password-file"),
+    (401, False, "it needs credentials: --bearer-token-file, or --basic-auth-user and "
+     "--basic-auth-password-file"),
+    (403, True, "check --bearer-token-file, or --basic-auth-user and --basic-auth-password-file "
+     "(and --header X-Scope-OrgID for a Mimir or Cortex tenant)"),
+])
+async def test_refused_credentials(prom: FakePrometheus, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str], status: int,
+                                   authenticated: bool, fix: str) -> None:
+    prom.co2e = (status, f"token {TOKEN} is not valid")  # a server that echoes it
+    token = secret_file(tmp_path, "token", TOKEN)
+    auth = ["--bearer-token-file", str(token)] if authenticated else []
+    assert await run("--prometheus", prom.url, *auth) == 2
+    reason = "Unauthorized" if status == 401 else "Forbidden"
+    assert capsys.readouterr() == ("", (
+        f"footprint-exporter report: error: Prometheus at {prom.url} answered HTTP {status} "
+        f"{reason} to /api/v1/query; {fix}\n"))
+
+
+def bad_input_cases(tmp: Path) -> list[tuple[list[str], str]]:
+    token = secret_file(tmp, "token", TOKEN)
+    empty = secret_file(tmp, "empty", " \n")
+    two_lines = secret_file(tmp, "two-lines", f"{TOKEN}\nmore\n")
+    not_pem = secret_file(tmp, "not-a-ca.pem", "hello\n")
+    missing = tmp / "missing"
+    fix_token = "give --bearer-token-file the path of a file that holds the token"
+    fix_ca = ("give --ca-file a PEM file with the certificate of the CA that signed the "
+              "server's")
+    https = ["--prometheus", "https://127.0.0.1:1"]
+    return [
+        (["--bearer-token-file", str(missing)],
+         f"--bearer-token-file: cannot read {str(missing)!r} (no such file or directory); "
+         f"{fix_token}"),
+        (["--bearer-token-file", TOKEN],  # the token pasted in the file's place
+         "--bearer-token-file: cannot read a name of 18 characters (not shown: only an absolute "
+         "path in an existing directory is, anything else may be a pasted secret) (no such file "
+         f"or directory); {fix_token}"),
+        (["--bearer-token-file", str(empty)],
+         f"--bearer-token-file: {str(empty)!r} is empty; {fix_token}"),
+        (["--bearer-token-file", str(two_lines)],
+         f"--bearer-token-file: {str(two_lines)!r} holds more than one line; {fix_token}, "
+         "alone on one line"),
+        (["--bearer-token-file", str(tmp)],
+         f"--bearer-token-file: cannot read {str(tmp)!r} (is a directory); {fix_token}"),
+        (["--basic-auth-user", "u", "--basic-auth-password-file", str(empty)],
+         f"--basic-auth-password-file: {str(empty)!r} is empty; give --basic-auth-password-file "
+         "the path of a file that holds the password"),
+        (["--bearer-token-file", str(token), "--basic-auth-user", "u",
+          "--basic-auth-password-file", str(token)],
+         "--bearer-token-file and --basic-auth-user: choose one, a bearer token or basic auth, "
+         "not both"),
+        (["--basic-auth-user", "u"],
+         "--basic-auth-user: give the password too, in a file, with --basic-auth-password-file"),
+        (["--basic-auth-password-file", str(token)],
+         "--basic-auth-password-file: give the user name too, with --basic-auth-user"),
+        (["--basic-auth-user", "a:b", "--basic-auth-password-file", str(token)],
+         "--basic-auth-user: expected a user name without ':', got a string of 3 characters"),
+        (["--header", f"Bearer {TOKEN}"],
+         "--header: expected 'Name: value', such as 'X-Scope-OrgID: tenant-1', got a string of "
+         "25 characters without a colon"),
+        (["--header", "X Scope: 1"],
+         "--header: expected 'Name: value' with a header name (letters, digits, '-') before the "
+         "colon, got a string of 7 characters there"),
+        (["--header", "X-Scope-OrgID:"],
+         "--header X-Scope-OrgID: expected a value on one line after the colon, such as "
+         "'X-Scope-OrgID: tenant-1'"),
+        (["--header", "X-Scope-OrgID: a", "--header", "x-scope-orgid: b"],
+         "--header: x-scope-orgid given twice; give each header once (Mimir and Cortex take "
+         "several tenants in one X-Scope-OrgID: 'a|b')"),
+        (["--header", f"Authorization: Bearer {TOKEN}", "--bearer-token-file", str(token)],
+         "--header Authorization: the credential options set this header already; give either "
+         "--bearer-token-file, or --basic-auth-user and --basic-auth-password-file, or --header"),
+        (["--ca-file", str(not_pem)],
+         "--ca-file: only applies to TLS; give an https:// --prometheus URL, or leave out "
+         "--ca-file"),
+        ([*https, "--ca-file", str(missing)],
+         f"--ca-file: cannot read {str(missing)!r} (no such file or directory); {fix_ca}"),
+        ([*https, "--ca-file", str(not_pem)],
+         f"--ca-file: {str(not_pem)!r} holds no PEM certificate; {fix_ca}"),
+        ([*https, "--ca-file", str(not_pem), "--insecure-skip-verify"],
+         "--ca-file and --insecure-skip-verify: choose one; --ca-file verifies the server "
+         "against a CA, --insecure-skip-verify does not verify"),
+    ]
+
+
+def test_bad_auth_and_tls_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each mistake: exit 2 before any request, one line naming the option and the fix, and
+    never a secret (the token, a pasted token, a header's value)."""
+    for args, says in bad_input_cases(tmp_path):
+        argv = args if args[0] == "--prometheus" else [
+            "--prometheus", f"http://127.0.0.1:{closed_port()}", *args]
+        assert report.main(argv) == 2, args
+        out, err = capsys.readouterr()
+        assert (out, err) == ("", f"footprint-exporter report: error: {says}\n"), args
+        assert TOKEN not in err and PASSWORD not in err
+
+
+def test_auth_options_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        report.main(["--help"])
+    out = capsys.readouterr().out
+    for option in ("--bearer-token-file", "--basic-auth-user", "--basic-auth-password-file",
+                   "--header", "--ca-file", "--insecure-skip-verify"):
+        assert option in out
+
+
 # --- end to end: a real Prometheus, the real rule pack ---------------------------------------
 
 INTENSITY_G_PER_KWH = 400.0
@@ -480,16 +639,23 @@ def get_json(url: str, path: str, **params: str) -> Any:
 
 
 class Prometheus:
-    """The real prometheus binary on a free loopback port."""
+    """The real prometheus binary on a free loopback port; `args` are more flags. With
+    `web_config` (its --web.config.file) the URL is https:// when `tls`, and readiness is
+    polled with `context` and `headers`."""
 
-    def __init__(self, tmp_path: Path, config: Path, tsdb: Path) -> None:
+    def __init__(self, tmp_path: Path, config: Path, tsdb: Path, *, args: Sequence[str] = (),
+                 web_config: Path | None = None, tls: bool = False,
+                 context: ssl.SSLContext | None = None,
+                 headers: Mapping[str, str] | None = None, name: str = "prometheus") -> None:
         port = closed_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = tmp_path / "prometheus.log"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        self.context, self.headers = context, dict(headers or {})
+        self.log = tmp_path / f"{name}.log"
+        web = [f"--web.config.file={web_config}"] if web_config is not None else []
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
                 ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
-                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", *web, *args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
 
     def logs(self) -> str:
@@ -497,10 +663,12 @@ class Prometheus:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
+        request = urllib.request.Request(f"{self.url}/-/ready", headers=self.headers)
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"prometheus exited:\n{self.logs()}"
             try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
+                with urllib.request.urlopen(request, timeout=2,
+                                            context=self.context) as response:
                     if response.status == 200:
                         return
             except OSError:
@@ -616,3 +784,81 @@ def test_end_to_end_against_a_real_prometheus(
     assert capsys.readouterr() == ("", (
         f"footprint-exporter report: error: cannot reach Prometheus at {prom.url}: connection "
         "refused; check --prometheus; is Prometheus running?\n"))
+
+
+def test_end_to_end_tls_and_basic_auth(prometheus_binary: None, pki: Pki, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A real Prometheus behind its own --web.config.file (TLS with a test CA, basic auth with
+    a bcrypt hash): the report verifies it with --ca-file and logs in with basic auth; without
+    the CA, with a wrong password, or with no credentials it says which option to fix."""
+    user = "footprint"
+    web_config = tmp_path / "web.yml"
+    web_config.write_text(json.dumps({
+        "tls_server_config": {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key)},
+        "basic_auth_users": {
+            user: bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()},
+    }))
+    password = secret_file(tmp_path, "password", PASSWORD + "\n")
+    wrong = secret_file(tmp_path, "wrong", "not-the-password\n")
+    t0 = time.time() - HISTORY_SECONDS
+    exporter = SyntheticExporter(t0)
+    tsdb = tmp_path / "tsdb"
+    config = tmp_path / "prometheus.yml"
+    config.write_text(json.dumps({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [{"job_name": "footprint-exporter", "honor_labels": True,
+                            "static_configs": [{"targets": [exporter.address]}]}],
+    }))
+    basic = "Basic " + base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    prom: Prometheus | None = None
+    try:
+        backfill(tmp_path, tsdb, t0, time.time(), exporter.address)
+        prom = Prometheus(tmp_path, config, tsdb, web_config=web_config, tls=True,
+                          context=context, headers={"Authorization": basic})
+        prom.wait_ready()
+        assert prom.url.startswith("https://127.0.0.1:")
+        login = ["--basic-auth-user", user, "--basic-auth-password-file", str(password)]
+        args = ["--prometheus", prom.url, "--since", "1m", "--step", "1s", "--format", "json"]
+        deadline = time.monotonic() + 60
+        while True:  # until the rule pack has recorded llama's rates
+            code = report.main([*args, *login, "--ca-file", str(pki.ca)])
+            out, err = capsys.readouterr()
+            if code == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert code == 0, err
+        rows = {(r["model"], r["phase"]): r for r in json.loads(out)}
+        assert rows["llama", "inference"]["operational_grams"] > 0
+        assert rows["llama", "inference"]["energy_joules"] > 0
+
+        # --insecure-skip-verify: no CA needed
+        assert report.main([*args, *login, "--insecure-skip-verify"]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["model"] == "llama"
+
+        # the system's CAs do not know the test CA
+        assert report.main([*args, *login]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"footprint-exporter report: error: Prometheus at {prom.url} has "
+                              "a TLS certificate that does not verify (")
+        assert err.endswith("); give --ca-file the CA that signed it, and a host name in "
+                            "--prometheus that the certificate names\n")
+        # a wrong password, and none: HTTP 401, never the password
+        for login_args, fix in (
+                (["--basic-auth-user", user, "--basic-auth-password-file", str(wrong)],
+                 f"check {report.CREDENTIAL_OPTIONS}"),
+                ([], f"it needs credentials: {report.CREDENTIAL_OPTIONS}")):
+            assert report.main([*args, *login_args, "--ca-file", str(pki.ca)]) == 2
+            out, err = capsys.readouterr()
+            assert (out, err) == ("", (
+                f"footprint-exporter report: error: Prometheus at {prom.url} answered HTTP 401 "
+                f"Unauthorized to /api/v1/query; {fix}\n"))
+        # plain http to the TLS port
+        plain = prom.url.replace("https://", "http://")
+        assert report.main(["--prometheus", plain, *login]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    finally:
+        if prom is not None:
+            prom.stop()
+        exporter.close()

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from exporter.config import ConfigError, describe_secret
+from exporter.schema import shown_path as shown_path
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -77,18 +78,6 @@ class Secret:
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("a Secret cannot be pickled")
-
-
-def shown_path(path: Path) -> str:
-    """A file name for an error message, unless it may be a secret pasted in its place: it is
-    shown only when its directory exists (a mounted Secret's always does)."""
-    try:
-        plausible = path.is_absolute() and path.parent.is_dir() and len(str(path)) <= 4096
-    except (OSError, ValueError):
-        plausible = False
-    return (repr(str(path)) if plausible else
-            f"a name of {len(str(path))} characters (not shown: only an absolute path in an "
-            "existing directory is, anything else may be a pasted secret)")
 
 
 def _read_file(path: Path, key: str) -> str:
