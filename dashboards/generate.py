@@ -389,6 +389,24 @@ def models() -> dashboard_b.Dashboard:
                               f"{{{CONTAINER_SEL}}}[$__range]))", "{{model}}", instant=True)],
                       "massg"), 12, 8),
         ]),
+        ("Water", [
+            (stat("Water, last 24 h",
+                  "Water consumed for the selected models over the 24 hours ending now, on site "
+                  "(the data centre's cooling: energy x WUE) plus off site (generating the "
+                  "electricity: energy x PUE x the grid's litres per kWh): "
+                  "model:footprint_water_liters:increase1d from the rule pack "
+                  "(docs/lifecycle.md, Water).",
+                  [target(f"sum(model:footprint_water_liters:increase1d{{{MODEL_SEL}}})",
+                          "water")], "litre", decimals=1), 6, 8),
+            (timeseries("Daily water by model, on site and off site",
+                        "Rolling 24-hour litres per model, stacked by scope: water_onsite "
+                        "(cooling water evaporated at the data centre) and water_offsite (water "
+                        "consumed by the power plants for the data centre's electricity). Each "
+                        "bar is the 24 hours ending at that time.",
+                        [target(f"sum by (model, scope) (model:footprint_water_liters:increase1d"
+                                f"{{{MODEL_SEL}}})", "{{model}} {{scope}}")],
+                        "litre", stack=True, bars=True, interval="1h"), 18, 8),
+        ]),
         ("Efficiency", [
             (timeseries("CO2e per 1,000 tokens",
                         "Grams CO2e (every scope) per 1,000 tokens served, over 5 minutes: the "

@@ -209,6 +209,7 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
                    attribution=settings.file.attribution, node=settings.node_name,
                    cpu_model=read_cpu_model(settings.procfs), kubernetes=kubernetes,
                    embodied=settings.file.embodied, pue=settings.file.pue,
+                   water=settings.file.water,
                    process_metrics=process_metrics, clock=clock, timer=timer,
                    read_timeout_seconds=read_timeout_for(settings.interval_seconds))
 
@@ -223,7 +224,7 @@ def build_intensity(settings: CarbonSettings) -> intensity.FallbackChain:
         em = settings.electricitymaps
         live = intensity.ElectricityMaps(
             zone=settings.zone, base_url=em.base_url, timeout_seconds=em.timeout_seconds,
-            refresh_seconds=em.refresh_seconds,
+            refresh_seconds=em.refresh_seconds, forecast=True,
             token=intensity.Secret.load(file=em.token_file, env=em.token_env,
                                         key="carbon.electricitymaps.token_file"))
     elif settings.provider == "watttime":
@@ -231,6 +232,7 @@ def build_intensity(settings: CarbonSettings) -> intensity.FallbackChain:
         live = intensity.WattTime(
             region=wt.region, username=wt.username, base_url=wt.base_url,
             timeout_seconds=wt.timeout_seconds, refresh_seconds=wt.refresh_seconds,
+            forecast=True,
             password=intensity.Secret.load(file=wt.password_file, env=wt.password_env,
                                            key="carbon.watttime.password_file"))
     return intensity.FallbackChain(live, static, intensity.world_average(zone),

@@ -252,6 +252,39 @@ class PueSettings:
                              doc="unknown data centre: Uptime Institute's 2023 global average")
 
 
+MAX_LITERS_PER_KWH = 100.0
+"""The most litres per kWh a WUE or a grid's water intensity may be given."""
+
+
+@dataclass(frozen=True)
+class WaterSettings:
+    """Water consumed on site (cooling: WUE) and off site (generating the electricity), in
+    litres per kWh (docs/lifecycle.md, "Water")."""
+
+    wue_liters_per_kwh: float | None = setting(
+        None, minimum=0.0, maximum=MAX_LITERS_PER_KWH,
+        doc="this data centre's on-site WUE, litres per kWh of IT energy; unset: by zone, "
+            "by cloud, else wue_default")
+    wue_by_zone: Mapping[str, float] = setting(
+        default_factory=dict, minimum=0.0, maximum=MAX_LITERS_PER_KWH,
+        expected="a mapping of zone to litres per kWh", doc="on-site WUE per grid zone")
+    wue_default: float = setting(
+        1.8, minimum=0.0, maximum=MAX_LITERS_PER_KWH,
+        doc="unknown data centre: LBNL's U.S. average (Shehabi et al. 2016), 1.8 L/kWh")
+    grid_liters_per_kwh: float | None = setting(
+        None, minimum=0.0, maximum=MAX_LITERS_PER_KWH,
+        doc="water consumed generating a kWh of this grid's electricity; unset: by zone, "
+            "else grid_default")
+    grid_by_zone: Mapping[str, float] = setting(
+        default_factory=dict, minimum=0.0, maximum=MAX_LITERS_PER_KWH,
+        expected="a mapping of zone to litres per kWh",
+        doc="the grid's water intensity per grid zone")
+    grid_default: float = setting(
+        7.6, minimum=0.0, maximum=MAX_LITERS_PER_KWH,
+        doc="unknown grid: LBNL's U.S. average for generation (Shehabi et al. 2016), "
+            "7.6 L/kWh")
+
+
 @dataclass(frozen=True)
 class FileConfig:
     """Everything `--config.file` may set."""
@@ -263,6 +296,7 @@ class FileConfig:
     models: ModelSettings = field(default_factory=ModelSettings)
     embodied: EmbodiedSettings = field(default_factory=EmbodiedSettings)
     pue: PueSettings = field(default_factory=PueSettings)
+    water: WaterSettings = field(default_factory=WaterSettings)
 
 
 @dataclass(frozen=True)

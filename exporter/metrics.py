@@ -19,6 +19,7 @@ from exporter.accounting import PLATFORM, SourceReading, TickResult
 from exporter.attribution import MODES
 from exporter.carbon import Intensity
 from exporter.facts import LifecycleFacts
+from exporter.intensity.forecast import ForecastView
 from exporter.ledger import Labels, Ledger
 from exporter.sources.base import Status
 from exporter.sources.gpu import GpuReading
@@ -90,6 +91,18 @@ GRID_INTENSITY_UPDATED = _gauge(
     "footprint_grid_intensity_last_update_timestamp_seconds",
     "Unix time the live intensity value in force is for (its age: time() - this).",
     ("provider",), "seconds")
+GRID_FORECAST = _gauge(
+    "footprint_grid_intensity_forecast_grams_per_kwh",
+    "The live provider's forecast of the grid intensity at now + horizon, gCO2e per kWh; only "
+    "while it supplies a forecast.", ("grid_zone", "provider", "horizon"), "grams_per_kwh")
+GRID_FORECAST_MIN = _gauge(
+    "footprint_grid_intensity_forecast_min_grams_per_kwh",
+    "The lowest forecast grid intensity in the next window, gCO2e per kWh.",
+    ("grid_zone", "provider", "window"), "grams_per_kwh")
+GRID_FORECAST_MIN_TIME = _gauge(
+    "footprint_grid_intensity_forecast_min_timestamp_seconds",
+    "Unix time the lowest forecast intensity of the next window begins (now, or later).",
+    ("grid_zone", "provider", "window"), "seconds")
 EMBODIED = _gauge("footprint_embodied_grams",
                   "Manufacturing emissions of this node's hardware, grams CO2e.",
                   ("component", "gpu"), "grams")
@@ -97,6 +110,13 @@ EMBODIED_LIFETIME = _gauge("footprint_embodied_lifetime_seconds",
                            "Seconds of use the embodied emissions are spread over "
                            "(life x usage).", (), "seconds")
 PUE = _gauge("footprint_pue", "Power usage effectiveness of the data centre the node is in.")
+WUE = _gauge("footprint_wue_liters_per_kwh",
+             "Water the data centre consumes on site (cooling) per kWh of IT energy, litres.",
+             (), "liters_per_kwh")
+GRID_WATER_INTENSITY = _gauge(
+    "footprint_grid_water_intensity_liters_per_kwh",
+    "Water consumed generating a kWh of the grid's electricity, litres.",
+    ("grid_zone", "source"), "liters_per_kwh")
 NODE_INFO = _gauge("footprint_node_info", "Facts about the node.",
                    ("topology_zone", "topology_region", "instance_type", "cpu_model",
                     "gpu_product", "gpu_count"))
@@ -123,9 +143,10 @@ BUILD_INFO = _gauge("footprint_exporter_build_info", "The exporter's version.",
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     NODE_ENERGY, NODE_PLATFORM_ENERGY, RAPL_ENERGY, GPU_ENERGY, GPU_POWER, NODE_CO2E,
-    UNATTRIBUTED_ENERGY, UNATTRIBUTED_CO2E, GRID_INTENSITY, GRID_INTENSITY_UPDATED, EMBODIED,
-    EMBODIED_LIFETIME, PUE, NODE_INFO, SOURCE_UP, CONTAINER_ENERGY, CONTAINER_CO2E,
-    CONTAINER_ALLOCATION, CONTAINER_INFO, ERRORS, BUILD_INFO)}
+    UNATTRIBUTED_ENERGY, UNATTRIBUTED_CO2E, GRID_INTENSITY, GRID_INTENSITY_UPDATED,
+    GRID_FORECAST, GRID_FORECAST_MIN, GRID_FORECAST_MIN_TIME, EMBODIED,
+    EMBODIED_LIFETIME, PUE, WUE, GRID_WATER_INTENSITY, NODE_INFO, SOURCE_UP, CONTAINER_ENERGY,
+    CONTAINER_CO2E, CONTAINER_ALLOCATION, CONTAINER_INFO, ERRORS, BUILD_INFO)}
 """In exposition order."""
 CONTAINER_FAMILIES = (CONTAINER_ENERGY, CONTAINER_CO2E, CONTAINER_ALLOCATION, CONTAINER_INFO)
 """Every family whose labels start with (namespace, pod, container)."""
@@ -242,6 +263,22 @@ class Publisher:
             if last_update_unix is not None:
                 self._set(GRID_INTENSITY_UPDATED, (live,), last_update_unix)
 
+    def forecast(self, view: ForecastView | None) -> None:
+        """The forecast gauges: exactly the view's series, none without one."""
+        horizons: dict[Labels, float] = {}
+        lowest: dict[Labels, float] = {}
+        lowest_at: dict[Labels, float] = {}
+        if view is not None:
+            horizons = {(view.zone, view.provider, label): grams
+                        for label, grams in view.horizons}
+            if view.minimum is not None:
+                window, grams, when = view.minimum
+                lowest = {(view.zone, view.provider, window): grams}
+                lowest_at = {(view.zone, view.provider, window): when}
+        self._replace(GRID_FORECAST, horizons)
+        self._replace(GRID_FORECAST_MIN, lowest)
+        self._replace(GRID_FORECAST_MIN_TIME, lowest_at)
+
     def read_timeout(self, source: str) -> None:
         self._add(ERRORS, (source, "timeout"), 1.0)
 
@@ -347,3 +384,6 @@ class Publisher:
                                  **{("gpu", index): grams for index, grams in facts.gpu_grams}})
         self._set(EMBODIED_LIFETIME, (), facts.lifetime_seconds)
         self._set(PUE, (), facts.pue)
+        self._set(WUE, (), facts.wue)
+        self._replace(GRID_WATER_INTENSITY, {(facts.zone, facts.grid_water_source):
+                                             facts.grid_water})

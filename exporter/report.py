@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import datetime
 import http.client
 import io
 import json
@@ -24,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -112,6 +113,27 @@ def _timeout_arg(text: str) -> float:
     return value
 
 
+def _time_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected RFC 3339 (2024-05-01T00:00:00Z) or Unix seconds, got {text!r}"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        value = moment.timestamp()
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a time after 1970, got {text!r}")
+    return value
+
+
+FORMATS = ("table", "markdown", "json", "csv")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """One line, exit 2, as the exporter's own command line does."""
@@ -132,8 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(90s, 15m, 7d, 1w; default 7d)")
     p.add_argument("--step", type=_duration_arg, default=None, metavar="DURATION",
                    help="resolution of the sum (default 5m, or --since where that is shorter)")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
-                   help="table (default): aligned text in g/kg/t; json, csv: base units")
+    p.add_argument("--by", choices=("model", "run"), default="model",
+                   help="model (default): one row per model and phase; run: one row per "
+                   "training run (the job that owns the pods: PyTorchJob, TFJob, MPIJob, Job, "
+                   "...), with start, end, GPU-hours and water")
+    p.add_argument("--until", type=_time_arg, default=None, metavar="TIME",
+                   help="the end of the period, RFC 3339 (2024-05-01T00:00:00Z) or Unix "
+                   "seconds (default now)")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table (default): aligned text in g/kg/t; markdown: the same as a "
+                   "Markdown table; json, csv: base units")
     p.add_argument("--timeout", type=_timeout_arg, default=30.0, metavar="SECONDS",
                    help="give up on Prometheus after this many seconds (default 30)")
     auth = p.add_argument_group(
@@ -550,6 +580,309 @@ def render_table(rows: Sequence[Row], *, since: Duration, step: Duration) -> str
     return "\n".join([title, "", *map(fmt, body), rule, fmt(last)]) + "\n"
 
 
+def markdown(header: Sequence[str], body: Sequence[Sequence[str]], last: Sequence[str],
+             left: int) -> str:
+    """A Markdown table: the first `left` columns left-aligned, the others right-aligned; the
+    totals row `last` in bold."""
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.strip().replace("|", "\\|") for c in cells) + " |"
+
+    align = ["---" if i < left else "---:" for i in range(len(header))]
+    bold = [f"**{c.strip()}**" if c.strip() else "" for c in last]
+    return "\n".join([line(header), line(align), *map(line, body), line(bold)]) + "\n"
+
+
+def render_markdown(rows: Sequence[Row], *, since: Duration, step: Duration) -> str:
+    title = f"CO2e per model and phase, last {since.text} (step {step.text})"
+    return f"{title}\n\n" + markdown(HEADER, [_cells(r) for r in rows], _cells(totals(rows)),
+                                     LEFT)
+
+
+# --- per training run (--by run) -------------------------------------------------------------
+
+CONTAINER_CO2E_RULE = "container:footprint_co2e_grams:rate5m"
+CONTAINER_ENERGY_RULE = "container:footprint_energy_joules:rate5m"
+CLEANEST_HOUR_RULE = "node:footprint_grid_intensity_cleanest_hour_grams_per_kwh:min1d"
+TRAINING_INFO = 'footprint_container_info{phase="training",owner_name!=""}'
+"""The containers of training runs: phase training (the kubeflow-training model rule, or the
+footprint.dev/phase label) and a controlling owner (the run)."""
+RUN_LABELS = ("namespace", "owner_kind", "owner_name", "model")
+OWNERS = ("group by (namespace, pod, owner_kind, owner_name) "
+          f"(last_over_time({TRAINING_INFO}[5m]))")
+"""Each training pod's owner. last_over_time keeps it for 5 minutes after the pod's last
+scrape, as long as the rate5m records of its counters last."""
+
+RunKey = tuple[str, str, str, str]
+
+
+def _owned(expr: str) -> str:
+    """`expr` (labelled namespace, pod) restricted to training pods, with their owner."""
+    return (f"({expr}) * on (namespace, pod) group_left (owner_kind, owner_name) {OWNERS}")
+
+
+def run_sum_query(expr: str, since: Duration, step: Duration, *extra: str,
+                  scale: str = "") -> str:
+    """The Riemann sum, per run, of a per-container rate or gauge over the period."""
+    by = ", ".join((*RUN_LABELS, *extra))
+    return (f"sum by ({by}) (sum_over_time(({_owned(expr)})[{since.text}:{step.text}]))"
+            f" * {step.promql_seconds()}{scale}")
+
+
+def run_queries(since: Duration, step: Duration) -> dict[str, str]:
+    """The instant queries of --by run, by name (docs/report.md, "Per training run")."""
+    span = f"[{since.text}:{step.text}]"
+    kwh = f" / {JOULES_PER_KWH:g}"
+    return {
+        "co2e": run_sum_query(CONTAINER_CO2E_RULE, since, step, "scope"),
+        "energy": run_sum_query(CONTAINER_ENERGY_RULE, since, step),
+        "gpu": run_sum_query(
+            'sum by (node, namespace, pod, model) '
+            '(footprint_container_allocation_ratio{resource="gpu"})', since, step, "node"),
+        "gpu_count": f'max by (node, gpu_count) (max_over_time(footprint_node_info{span}))',
+        "start": f"min by ({', '.join(RUN_LABELS)}) (min_over_time(timestamp({TRAINING_INFO})"
+                 f"{span}))",
+        "end": f"max by ({', '.join(RUN_LABELS)}) (max_over_time(timestamp({TRAINING_INFO})"
+               f"{span}))",
+        "water_onsite": run_sum_query(
+            f"{CONTAINER_ENERGY_RULE} * on (node) group_left () "
+            "max by (node) (footprint_wue_liters_per_kwh)", since, step, scale=kwh),
+        "water_offsite": run_sum_query(
+            f"{CONTAINER_ENERGY_RULE} * on (node) group_left () (max by (node) (footprint_pue)"
+            " * on (node) max by (node) (footprint_grid_water_intensity_liters_per_kwh))",
+            since, step, scale=kwh),
+        "shiftable": run_sum_query(
+            f'sum without (scope) ({CONTAINER_CO2E_RULE}{{scope="operational"}}) '
+            f"- on (node, namespace, pod, container, model, phase) "
+            f"{CONTAINER_ENERGY_RULE}{kwh} * on (node) group_left () {CLEANEST_HOUR_RULE}",
+            since, step),
+    }
+
+
+@dataclass
+class RunRow:
+    """One training run, or the totals (kind and name None)."""
+
+    namespace: str | None
+    kind: str | None
+    name: str | None
+    model: str | None
+    start: float | None
+    end: float | None
+    gpu_hours: float | None
+    energy_joules: float
+    grams: dict[str, float]
+    total_grams: float
+    water_onsite_liters: float | None = None
+    water_offsite_liters: float | None = None
+    shiftable_grams: float | None = None
+
+    @property
+    def energy_kwh(self) -> float:
+        return self.energy_joules / JOULES_PER_KWH
+
+    @property
+    def grams_per_gpu_hour(self) -> float | None:
+        return self.total_grams / self.gpu_hours if self.gpu_hours else None
+
+    @property
+    def duration_seconds(self) -> float | None:
+        return None if self.start is None or self.end is None else self.end - self.start
+
+
+def _run_key(labels: Mapping[str, str]) -> RunKey:
+    return (labels.get("namespace", ""), labels.get("owner_kind", ""),
+            labels.get("owner_name", ""), labels.get("model", ""))
+
+
+def _finite(samples: Iterable[Sample], what: str) -> Iterator[Sample]:
+    for labels, value in samples:
+        if math.isfinite(value):
+            yield labels, value
+        else:
+            print(f"{PROG}: warning: leaving out {value} ({what}) for {dict(labels)}",
+                  file=sys.stderr)
+
+
+def build_run_rows(results: Mapping[str, Sequence[Sample]], *,
+                   model: str | None = None) -> list[RunRow]:
+    """Rows sorted by namespace, kind, name and model, from the answers to run_queries."""
+    def by_run(name: str) -> dict[RunKey, float]:
+        out: dict[RunKey, float] = {}
+        for labels, value in _finite(results.get(name, ()), name):
+            out[_run_key(labels)] = out.get(_run_key(labels), 0.0) + value
+        return out
+
+    scoped: dict[RunKey, dict[str, float]] = {}
+    for labels, value in _finite(results.get("co2e", ()), "co2e"):
+        scope = labels.get("scope", "")
+        if scope in (*SCOPES, TOTAL_SCOPE):
+            scoped.setdefault(_run_key(labels), {})[scope] = value
+    gpu_counts: dict[str, float] = {}
+    for labels, _ in results.get("gpu_count", ()):
+        try:
+            count = float(labels.get("gpu_count", ""))
+        except ValueError:
+            continue
+        node = labels.get("node", "")
+        gpu_counts[node] = max(count, gpu_counts.get(node, 0.0))
+    gpu_hours: dict[RunKey, float] = {}
+    for labels, ratio_seconds in _finite(results.get("gpu", ()), "gpu"):
+        key, node = _run_key(labels), labels.get("node", "")
+        if ratio_seconds and node not in gpu_counts:
+            print(f"{PROG}: warning: node {node!r} publishes no footprint_node_info{{gpu_count}};"
+                  f" its GPU-hours are left out of {key[1]}/{key[2]}", file=sys.stderr)
+            continue
+        gpu_hours[key] = gpu_hours.get(key, 0.0) + ratio_seconds * gpu_counts.get(node, 0) / 3600
+    energy, start, end = by_run("energy"), by_run("start"), by_run("end")
+    water_on, water_off, shiftable = (by_run("water_onsite"), by_run("water_offsite"),
+                                      by_run("shiftable"))
+    for key, value in shiftable.items():  # the difference of two equal sums: float noise
+        if abs(value) < 1e-9 * max(1.0, scoped.get(key, {}).get("operational", 0.0)):
+            shiftable[key] = 0.0
+    rows = []
+    for key in sorted(scoped.keys() | energy.keys() | start.keys()):
+        if model is not None and key[3] != model:
+            continue
+        by_scope = scoped.get(key, {})
+        grams_ = {scope: by_scope.get(scope, 0.0) for scope in SCOPES}
+        rows.append(RunRow(
+            key[0], key[1], key[2], key[3], start.get(key), end.get(key), gpu_hours.get(key),
+            energy.get(key, 0.0), grams_, by_scope.get(TOTAL_SCOPE, math.fsum(grams_.values())),
+            water_on.get(key), water_off.get(key), shiftable.get(key)))
+    return rows
+
+
+def _sum_or_none(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return math.fsum(present) if present else None
+
+
+def run_totals(rows: Sequence[RunRow]) -> RunRow:
+    starts = [r.start for r in rows if r.start is not None]
+    ends = [r.end for r in rows if r.end is not None]
+    return RunRow(
+        None, None, None, None, min(starts, default=None), max(ends, default=None),
+        _sum_or_none(r.gpu_hours for r in rows), math.fsum(r.energy_joules for r in rows),
+        {s: math.fsum(r.grams[s] for r in rows) for s in SCOPES},
+        math.fsum(r.total_grams for r in rows),
+        _sum_or_none(r.water_onsite_liters for r in rows),
+        _sum_or_none(r.water_offsite_liters for r in rows),
+        _sum_or_none(r.shiftable_grams for r in rows))
+
+
+RUN_FIELDS = ("namespace", "kind", "name", "model", "start", "end", "duration_seconds",
+              "gpu_hours", "energy_joules", "energy_kwh", "operational_grams",
+              "infrastructure_grams", "embodied_grams", "total_grams", "grams_per_gpu_hour",
+              "water_onsite_liters", "water_offsite_liters", "shiftable_savings_grams")
+"""JSON keys and CSV columns of --by run: times in RFC 3339 (UTC), grams, joules, litres."""
+
+
+def iso(at: float | None, *, seconds: bool = True) -> str | None:
+    if at is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(at, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ" if seconds else "%Y-%m-%d %H:%MZ")
+
+
+def _run_record(row: RunRow) -> dict[str, str | float | None]:
+    return {
+        "namespace": row.namespace, "kind": row.kind, "name": row.name, "model": row.model,
+        "start": iso(row.start), "end": iso(row.end), "duration_seconds": row.duration_seconds,
+        "gpu_hours": row.gpu_hours, "energy_joules": row.energy_joules,
+        "energy_kwh": row.energy_kwh, **{f"{s}_grams": row.grams[s] for s in SCOPES},
+        "total_grams": row.total_grams, "grams_per_gpu_hour": row.grams_per_gpu_hour,
+        "water_onsite_liters": row.water_onsite_liters,
+        "water_offsite_liters": row.water_offsite_liters,
+        "shiftable_savings_grams": row.shiftable_grams,
+    }
+
+
+def render_runs_json(rows: Sequence[RunRow]) -> str:
+    return json.dumps([_run_record(r) for r in [*rows, run_totals(rows)]], indent=2) + "\n"
+
+
+def render_runs_csv(rows: Sequence[RunRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(RUN_FIELDS)
+    for row in [*rows, run_totals(rows)]:
+        record = _run_record(row)
+        if row.kind is None:
+            record["namespace"], record["kind"], record["name"], record["model"] = (
+                "", "", TOTAL_LABEL, "")
+        writer.writerow(["" if record[f] is None else record[f] for f in RUN_FIELDS])
+    return out.getvalue()
+
+
+RUN_HEADER = ("NAMESPACE", "KIND", "NAME", "MODEL", "START", "END", "GPU-HOURS", "ENERGY kWh",
+              "OPERATIONAL", "INFRASTRUCTURE", "EMBODIED", "TOTAL", "g/GPU-h",
+              "WATER ON-SITE L", "WATER OFF-SITE L", "SHIFTABLE")
+RUN_LEFT = 6
+
+
+def _maybe(value: float | None, fmt: Any = significant) -> str:
+    return "-" if value is None else str(fmt(value))
+
+
+def _run_cells(row: RunRow) -> list[str]:
+    return [row.namespace or "", row.kind or "",
+            TOTAL_LABEL if row.kind is None else row.name or "",
+            "" if row.kind is None else row.model or NO_MODEL,
+            iso(row.start, seconds=False) or "-", iso(row.end, seconds=False) or "-",
+            _maybe(row.gpu_hours), significant(row.energy_kwh),
+            *(grams(row.grams[s]) for s in SCOPES), grams(row.total_grams),
+            _maybe(row.grams_per_gpu_hour), _maybe(row.water_onsite_liters),
+            _maybe(row.water_offsite_liters), _maybe(row.shiftable_grams, grams)]
+
+
+def _run_title(since: Duration, step: Duration, until: float | None) -> str:
+    end = "" if until is None else f" until {iso(until)}"
+    return f"CO2e per training run, last {since.text}{end} (step {step.text})"
+
+
+def render_runs_table(rows: Sequence[RunRow], *, since: Duration, step: Duration,
+                      until: float | None = None) -> str:
+    body = [list(RUN_HEADER), *(_run_cells(r) for r in rows)]
+    last = _run_cells(run_totals(rows))
+    widths = [max(len(line[i]) for line in [*body, last]) for i in range(len(RUN_HEADER))]
+
+    def fmt(line: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i < RUN_LEFT else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(line, widths, strict=True))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([_run_title(since, step, until), "", *map(fmt, body), rule, fmt(last)]) \
+        + "\n"
+
+
+def render_runs_markdown(rows: Sequence[RunRow], *, since: Duration, step: Duration,
+                         until: float | None = None) -> str:
+    return f"{_run_title(since, step, until)}\n\n" + markdown(
+        RUN_HEADER, [_run_cells(r) for r in rows], _run_cells(run_totals(rows)), RUN_LEFT)
+
+
+def main_runs(args: argparse.Namespace, conn: Connection, since: Duration, step: Duration,
+              at: float) -> int:
+    results = {name: instant_query(args.prometheus, query, at, args.timeout, conn)
+               for name, query in run_queries(since, step).items()}
+    rows = build_run_rows(results, model=args.model)
+    if not rows:
+        which = "" if args.model is None else f" of model {args.model!r}"
+        print(f"{PROG}: no training runs{which} in the last {since.text} (containers with "
+              f'footprint_container_info{{phase="training"}} and an owner; {NO_DATA_HINT})',
+              file=sys.stderr)
+        return 1
+    if args.format == "json":
+        sys.stdout.write(render_runs_json(rows))
+    elif args.format == "csv":
+        sys.stdout.write(render_runs_csv(rows))
+    elif args.format == "markdown":
+        sys.stdout.write(render_runs_markdown(rows, since=since, step=step, until=args.until))
+    else:
+        sys.stdout.write(render_runs_table(rows, since=since, step=step, until=args.until))
+    return 0
+
+
 # --- main ------------------------------------------------------------------------------------
 
 def main(argv: Sequence[str]) -> int:
@@ -560,9 +893,11 @@ def main(argv: Sequence[str]) -> int:
         print(f"{PROG}: error: --step {step.text} is longer than --since {since.text}",
               file=sys.stderr)
         return 2
-    now = time.time()
+    now = time.time() if args.until is None else args.until
     try:
         conn = connection(args)
+        if args.by == "run":
+            return main_runs(args, conn, since, step, now)
         co2e = instant_query(args.prometheus, co2e_query(since, step), now, args.timeout, conn)
         energy = instant_query(args.prometheus, energy_query(since, step), now, args.timeout,
                                conn)
@@ -582,6 +917,8 @@ def main(argv: Sequence[str]) -> int:
         sys.stdout.write(render_json(rows))
     elif args.format == "csv":
         sys.stdout.write(render_csv(rows))
+    elif args.format == "markdown":
+        sys.stdout.write(render_markdown(rows, since=since, step=step))
     else:
         sys.stdout.write(render_table(rows, since=since, step=step))
     return 0

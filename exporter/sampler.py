@@ -13,7 +13,7 @@ from typing import Protocol
 from exporter import logs
 from exporter.accounting import AccountState, SourceReading, TickInputs, account
 from exporter.attribution import IdleBaseline
-from exporter.config import AttributionSettings, EmbodiedSettings, PueSettings
+from exporter.config import AttributionSettings, EmbodiedSettings, PueSettings, WaterSettings
 from exporter.exposition import Renderer, Snapshot, TickStats
 from exporter.facts import SECONDS_PER_YEAR, lifecycle_facts
 from exporter.gpus import Allocation
@@ -129,6 +129,7 @@ class Sampler:
                  intensity: FallbackChain, attribution: AttributionSettings,
                  node: str, cpu_model: str, kubernetes: Kubernetes | None = None,
                  embodied: EmbodiedSettings | None = None, pue: PueSettings | None = None,
+                 water: WaterSettings | None = None,
                  on_node: Callable[[dict[str, str], str], None] | None = None,
                  process_metrics: bool = True, read_timeout_seconds: float = 5.0,
                  clock: Callable[[], float] = time.monotonic,
@@ -153,6 +154,7 @@ class Sampler:
         self._provider_id = ""
         self._embodied = embodied or EmbodiedSettings()
         self._pue = pue or PueSettings()
+        self._water = water or WaterSettings()
         self._facts_key: object = None
         self._on_node = on_node
         self._node_seen: object = None
@@ -260,6 +262,7 @@ class Sampler:
         publish.intensity(intensity, live=live.name if live is not None else None,
                           live_up=self._intensity.up,
                           last_update_unix=self._intensity.last_update_unix)
+        publish.forecast(self._intensity.forecast())
         for reading in readings:
             if reading.timed_out:
                 publish.read_timeout(reading.name)
@@ -371,10 +374,12 @@ class Sampler:
         self._facts_key = key
         facts = lifecycle_facts(embodied=self._embodied, pue=self._pue,
                                 labels=self._node_labels, provider_id=self._provider_id,
-                                zone=zone, gpus=self._gpu_products)
+                                zone=zone, gpus=self._gpu_products, water=self._water)
         self._publish.facts(facts)
         gpus = sum(grams for _, grams in facts.gpu_grams)
         log.info(f"PUE {facts.pue:g} ({facts.pue_source}); embodied {_mass(facts.server_grams)} "
                  f"CO2e for the server + {_mass(gpus)} for {len(facts.gpu_grams)} GPU(s), "
                  f"spread over {facts.lifetime_seconds / SECONDS_PER_YEAR:.3g} years of use "
                  f"({facts.lifetime_seconds:.0f} s)")
+        log.info(f"water: WUE {facts.wue:g} L/kWh on site ({facts.wue_source}); grid "
+                 f"{facts.grid_water:g} L/kWh for zone {zone} ({facts.grid_water_source})")

@@ -35,9 +35,21 @@ def test_a_full_valid_file() -> None:
     assert dict(config.attribution.idle_watts) == {"cpu": 40.0, "dram": 5.5}
 
 
+def test_water_settings() -> None:
+    config = parse_file_config({"water": {"wue_liters_per_kwh": 0.2,
+                                          "grid_by_zone": {"FR": 2, "US-CAL-CISO": 3.1}}})
+    assert config.water.wue_liters_per_kwh == 0.2
+    assert dict(config.water.grid_by_zone) == {"FR": 2.0, "US-CAL-CISO": 3.1}
+    assert (config.water.wue_default, config.water.grid_default) == (1.8, 7.6)
+    assert parse_file_config(None).water.grid_liters_per_kwh is None
+    with pytest.raises(ConfigError, match=r"^water\.grid_default: expected a number >= 0 and "
+                                          r"<= 100, got 'dry'$"):
+        parse_file_config({"water": {"grid_default": "dry"}})
+
+
 @pytest.mark.parametrize(("data", "message"), [
     ({"carbn": {}}, "carbn: unknown key (expected one of: carbon, estimate, attribution, "
-                    "kubernetes, models, embodied, pue)"),
+                    "kubernetes, models, embodied, pue, water)"),
     ({"carbon": {"intensity": 5}},
      "carbon.intensity: unknown key (expected one of: provider, zone, intensity_grams_per_kwh, "
      "max_age_seconds, electricitymaps, watttime)"),

@@ -14,7 +14,7 @@ def facts(config: object = None, *, labels: dict[str, str] | None = None,
           gpus: tuple[tuple[str, str], ...] = ()):  # type: ignore[no-untyped-def]
     file = parse_file_config(config)
     return lifecycle_facts(embodied=file.embodied, pue=file.pue, labels=labels or {},
-                      provider_id=provider_id, zone=zone, gpus=gpus)
+                      provider_id=provider_id, zone=zone, gpus=gpus, water=file.water)
 
 
 def test_defaults_follow_bloom() -> None:
@@ -44,6 +44,28 @@ def test_configured_and_per_zone_pue_win() -> None:
     assert facts({"pue": {"value": 1.05, "by_zone": {"FR": 1.2}}}, zone="FR").pue == 1.05
 
 
+def test_water_defaults_lbnl_and_by_cloud() -> None:
+    f = facts()
+    assert (f.wue, f.wue_source) == (1.8, "default")  # Shehabi et al. 2016 (LBNL)
+    assert (f.grid_water, f.grid_water_source, f.zone) == (7.6, "default", "unknown")
+    assert facts(provider_id="aws:///us-east-1a/i-0abc").wue == 0.12
+    assert facts(provider_id="azure:///subscriptions/x/resourceGroups/y").wue == 0.27
+    assert facts(provider_id="gce://proj/europe-west4-a/node-1").wue == 1.8  # none published
+
+
+def test_configured_and_per_zone_water_win() -> None:
+    by_zone = {"water": {"wue_by_zone": {"FR": 0.4}, "grid_by_zone": {"FR": 2.5}}}
+    f = facts(by_zone, zone="FR", provider_id="aws:///x")
+    assert (f.wue, f.wue_source, f.grid_water, f.grid_water_source) == (0.4, "zone FR", 2.5,
+                                                                        "zone")
+    f = facts({"water": {"wue_liters_per_kwh": 0, "grid_liters_per_kwh": 3.1,
+                         **by_zone["water"]}}, zone="FR")
+    assert (f.wue, f.wue_source, f.grid_water, f.grid_water_source) == (0.0, "configured", 3.1,
+                                                                        "configured")
+    f = facts({"water": {"wue_default": 1.0, "grid_default": 4.0}}, zone="DE")
+    assert (f.wue, f.grid_water) == (1.0, 4.0)
+
+
 def test_overrides_by_node_label() -> None:
     config = {"embodied": {"overrides": [
         {"node_labels": {"node.kubernetes.io/instance-type": "p5.48xlarge"},
@@ -61,6 +83,12 @@ def test_overrides_by_node_label() -> None:
     ({"embodied": {"overrides": [{"node_labels": {"a": "b"}, "cpu_grams": 1}]}},
      "embodied.overrides[0].cpu_grams: unknown key"),
     ({"pue": {"value": 0.9}}, "pue.value: expected a number >= 1 and <= 5, got 0.9"),
+    ({"water": {"wue_liters_per_kwh": -1}},
+     "water.wue_liters_per_kwh: expected a number >= 0 and <= 100, got -1"),
+    ({"water": {"grid_by_zone": {"FR": "wet"}}}, "water.grid_by_zone.FR: expected a number"),
+    ({"water": {"grid_by_zone": ["FR", 2]}},
+     "water.grid_by_zone: expected a mapping of zone to litres per kWh"),
+    ({"water": {"wue": 1.8}}, "water.wue: unknown key"),
     ({"embodied": {"gpu_grams_by_product": {"H100": "heavy"}}},
      "embodied.gpu_grams_by_product.H100: expected a number"),
 ])

@@ -288,6 +288,9 @@ class StubLive:
     def reading(self) -> IntensityReading | None:
         return self.value
 
+    def forecast(self) -> None:
+        return None
+
     def start(self) -> None:
         pass
 

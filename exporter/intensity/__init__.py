@@ -18,15 +18,19 @@ from exporter.intensity.chain import (
 )
 from exporter.intensity.credentials import Secret
 from exporter.intensity.electricitymaps import ElectricityMaps
+from exporter.intensity.forecast import HORIZONS, Forecast, ForecastView
 from exporter.intensity.live import IntensityReading, LiveProvider
 from exporter.intensity.watttime import WattTime
 from exporter.intensity.zones import REGIONS, ZoneDefault, cloud_of, zone_for
 
 __all__ = [
     "DEFAULT_MAX_AGE_SECONDS",
+    "HORIZONS",
     "REGIONS",
     "ElectricityMaps",
     "FallbackChain",
+    "Forecast",
+    "ForecastView",
     "IntensityReading",
     "IntensitySource",
     "LiveProvider",

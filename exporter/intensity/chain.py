@@ -12,6 +12,7 @@ from typing import Protocol
 from exporter import logs
 from exporter.carbon import MAX_GRAMS_PER_KWH, Intensity
 from exporter.config import WORLD_AVERAGE_GRAMS_PER_KWH, CarbonSettings
+from exporter.intensity.forecast import Forecast, ForecastView, view
 from exporter.intensity.live import FUTURE_TOLERANCE_SECONDS, IntensityReading
 
 DEFAULT_MAX_AGE_SECONDS = CarbonSettings().max_age_seconds
@@ -38,6 +39,8 @@ class LiveSource(Protocol):
     def up(self) -> bool: ...
 
     def reading(self) -> IntensityReading | None: ...
+
+    def forecast(self) -> Forecast | None: ...
 
     def start(self) -> None: ...
 
@@ -105,6 +108,12 @@ class FallbackChain:
         live provider or before its first good answer."""
         reading = self.live.reading() if self.live is not None else None
         return None if reading is None else reading.observed_unix
+
+    def forecast(self) -> ForecastView | None:
+        """The live provider's forecast as published now (exporter.intensity.forecast.view);
+        None, and no forecast series, without a live provider, without a forecast from it, or
+        when its forecast is too old or over."""
+        return None if self.live is None else view(self.live.forecast(), self._clock())
 
     @property
     def up(self) -> bool:

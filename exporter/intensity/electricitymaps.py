@@ -3,6 +3,11 @@
 `GET {base}/v3/carbon-intensity/latest?zone=ZONE` with header `auth-token`, answered with
 `zone`, `carbonIntensity` (gCO2eq/kWh), `datetime`, `updatedAt`, `emissionFactorType`
 (`lifecycle` unless asked otherwise) and `isEstimated` (docs/carbon.md cites the API docs).
+
+With `forecast=True`, also `GET {base}/v3/carbon-intensity/forecast?zone=ZONE`, answered with
+`zone`, `forecast` (a list of `carbonIntensity` and `datetime`, hourly from the current hour)
+and `updatedAt`, on plans that include forecasts; a 401, 403 or 404 there means none for this
+token or zone (docs/carbon-aware.md).
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from typing import ClassVar
 from exporter.carbon import Intensity
 from exporter.config import ElectricityMapsSettings
 from exporter.intensity.credentials import Secret
+from exporter.intensity.forecast import MAX_FORECAST_POINTS, Forecast, build_forecast
 from exporter.intensity.live import (
     Fault,
     IntensityReading,
     LiveProvider,
+    _api_message,
     parse_json_object,
     parse_number,
     parse_time,
@@ -37,10 +44,10 @@ class ElectricityMaps(LiveProvider):
                  timeout_seconds: float = _DEFAULTS.timeout_seconds,
                  refresh_seconds: float = _DEFAULTS.refresh_seconds,
                  clock: Callable[[], float] = time.time, trust_env: bool = True,
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None, forecast: bool = False) -> None:
         super().__init__(base_url=base_url, zone=zone, timeout_seconds=timeout_seconds,
                          refresh_seconds=refresh_seconds, clock=clock, trust_env=trust_env,
-                         log=log)
+                         log=log, forecast=forecast)
         self._token = token if isinstance(token, Secret) else Secret(token)
 
     def __repr__(self) -> str:
@@ -77,3 +84,31 @@ class ElectricityMaps(LiveProvider):
             basis=basis if isinstance(basis, str) and basis else "lifecycle",
             estimated=body.get("isEstimated") is True,
         )
+
+    async def _fetch_forecast(self) -> Forecast:
+        response = await self._get(f"{self.base_url}/v3/carbon-intensity/forecast",
+                                   params={"zone": self.zone},
+                                   headers={"auth-token": self._token.reveal()})
+        if response.status in (401, 403, 404):
+            raise Fault("refused", f"the API answered HTTP {response.status}"
+                                   f"{_api_message(response)} (forecasts need an Electricity "
+                                   "Maps plan that includes them for this zone)")
+        self._check(response)
+        body = parse_json_object(response)
+        zone = body.get("zone")
+        if zone is not None and (not isinstance(zone, str) or zone.upper() != self.zone.upper()):
+            raise Fault("malformed", f"answered a forecast for zone {zone!r}, not {self.zone!r}")
+        points = body.get("forecast")
+        if not isinstance(points, list):
+            raise Fault("malformed", "answered without a 'forecast' list")
+        if len(points) > MAX_FORECAST_POINTS:
+            raise Fault("malformed", f"answered a forecast of {len(points)} points (at most "
+                                     f"{MAX_FORECAST_POINTS})")
+        parsed = []
+        for point in points:
+            if not isinstance(point, dict):
+                raise Fault("malformed", "answered a forecast point that is not an object")
+            parsed.append((parse_time(point.get("datetime"), "datetime"),
+                           parse_number(point.get("carbonIntensity"), "carbonIntensity")))
+        return build_forecast(parsed, zone=self.zone, provider=self.name,
+                              now_unix=self._clock())

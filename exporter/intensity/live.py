@@ -27,13 +27,18 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 
 from exporter import __version__, logs
 from exporter.carbon import MAX_GRAMS_PER_KWH, Intensity
 from exporter.intensity.credentials import Secret
+from exporter.intensity.faults import Fault as Fault
+from exporter.intensity.faults import iso as _iso
+
+if TYPE_CHECKING:
+    from exporter.intensity.forecast import Forecast
 
 BACKOFF_START_SECONDS = 30.0
 """First retry after a timeout, 5xx or malformed answer; doubles up to the refresh period."""
@@ -85,16 +90,6 @@ class IntensityReading:
     basis: str
     """`lifecycle` or `direct` (average of the grid mix), or `marginal` (WattTime MOER)."""
     estimated: bool = False
-
-
-class Fault(Exception):
-    """A fetch that failed; `message` never holds a credential."""
-
-    def __init__(self, kind: str, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +223,8 @@ class LiveProvider:
 
     def __init__(self, *, base_url: str, zone: str, timeout_seconds: float,
                  refresh_seconds: float, clock: Callable[[], float] = time.time,
-                 trust_env: bool = True, log: logging.Logger | None = None) -> None:
+                 trust_env: bool = True, log: logging.Logger | None = None,
+                 forecast: bool = False) -> None:
         if not zone:
             raise ValueError(f"{self.name}: a zone is required")
         if not timeout_seconds > 0 or not refresh_seconds > 0:
@@ -251,6 +247,11 @@ class LiveProvider:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
+        self.forecasting = forecast
+        """Also fetch the provider's forecast (exporter.intensity.forecast), less often."""
+        self._forecast_value: Forecast | None = None
+        self._forecast_next_at = -math.inf
+        self._forecast_failures = 0
 
     # -- what the tick reads (any thread) ---------------------------------------------------
 
@@ -265,22 +266,76 @@ class LiveProvider:
         with self._lock:
             return self._up
 
+    def forecast(self) -> Forecast | None:
+        """The last good forecast, however old; None without one (not asked for, refused by
+        the plan, or not fetched yet)."""
+        with self._lock:
+            return self._forecast_value
+
     # -- one fetch -------------------------------------------------------------------------
 
     async def poll(self) -> float:
         """Fetch if one is due (not before a Retry-After or backoff ends); returns the seconds
-        until the next one is due. Faults are logged (throttled) and never raised."""
+        until the next one is due. Faults are logged (throttled) and never raised.
+
+        With `forecasting`, the forecast is fetched too when due, after a current value that
+        worked (a refused credential is not taken for a plan without forecasts); its faults
+        never touch the current value or `up`."""
         now = self._clock()
-        if now < self._next_at:
-            return self._next_at - now
-        try:
-            reading = check_reading(await self._fetch(), self._clock())
-        except Fault as fault:
-            delay = self._failed(fault)
-        else:
-            delay = self._succeeded(reading)
-        self._next_at = self._clock() + delay
+        delay = self._next_at - now
+        if now >= self._next_at:
+            try:
+                reading = check_reading(await self._fetch(), self._clock())
+            except Fault as fault:
+                delay = self._failed(fault)
+            else:
+                delay = self._succeeded(reading)
+            self._next_at = self._clock() + delay
+        if self.forecasting and self.up:
+            if self._clock() >= self._forecast_next_at:
+                self._forecast_next_at = self._clock() + await self._poll_forecast()
+            delay = min(delay, max(0.0, self._forecast_next_at - self._clock()))
         return delay
+
+    async def _poll_forecast(self) -> float:
+        """Fetch the forecast; the seconds until the next fetch. A refusal (no forecast on
+        this plan or zone) clears it and is logged once; another fault keeps the last one,
+        which `forecast.view` stops publishing once it is too old."""
+        from exporter.intensity.forecast import (
+            FORECAST_REFRESH_SECONDS,
+            FORECAST_REFUSED_RETRY_SECONDS,
+        )
+        try:
+            forecast = await self._fetch_forecast()
+        except Fault as fault:
+            if fault.kind == "refused":
+                with self._lock:
+                    self._forecast_value = None
+                self._forecast_failures = 0
+                self._auth_throttle.fault("forecast", self._redact(
+                    f"{self.name}: no forecast for {self.zone}: {fault.message}; the forecast "
+                    f"gauges stay absent, the current value is unaffected; asking again in "
+                    f"{FORECAST_REFUSED_RETRY_SECONDS:.0f} s"))
+                return FORECAST_REFUSED_RETRY_SECONDS
+            self._forecast_failures += 1
+            refresh = max(FORECAST_REFRESH_SECONDS, self.refresh_seconds)
+            delay = (min(fault.retry_after, MAX_RETRY_AFTER_SECONDS)
+                     if fault.retry_after is not None else
+                     min(refresh, BACKOFF_START_SECONDS * 2.0 ** min(self._forecast_failures - 1,
+                                                                      16)))
+            self._throttle.fault(f"forecast-{fault.kind}", self._redact(
+                f"{self.name}: forecast: {fault.message} (zone {self.zone}); keeping the last "
+                f"forecast, if any; next try in {delay:.0f} s"))
+            return delay
+        with self._lock:
+            self._forecast_value = forecast
+        self._forecast_failures = 0
+        message = (f"{self.name}: fetching the forecast of {self.zone} works again "
+                   f"({len(forecast.points)} points)")
+        self._auth_throttle.recovered("forecast", message)
+        for kind in FAULT_KINDS:
+            self._throttle.recovered(f"forecast-{kind}", message)
+        return max(FORECAST_REFRESH_SECONDS, self.refresh_seconds)
 
     async def close(self) -> None:
         """Close the HTTP session (on the loop that used it)."""
@@ -322,6 +377,10 @@ class LiveProvider:
 
     async def _fetch(self) -> IntensityReading:
         raise NotImplementedError
+
+    async def _fetch_forecast(self) -> Forecast:
+        """The provider's forecast; Fault `refused` when its plan or zone has none."""
+        raise Fault("refused", "this provider offers no forecast")
 
     async def _get(self, url: str, *, params: Mapping[str, str] | None = None,
                    headers: Mapping[str, str] | None = None) -> Response:
@@ -449,13 +508,6 @@ def _zlib_header(data: bytes) -> bool:
 
 def _size(limit: int) -> str:
     return f"{limit >> 20} MiB" if limit and limit % (1 << 20) == 0 else f"{limit} bytes"
-
-
-def _iso(unix: float) -> str:
-    try:
-        return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (ValueError, OverflowError, OSError):
-        return f"{unix:g} (Unix time)"
 
 
 def _api_message(response: Response) -> str:

@@ -3,9 +3,11 @@
 `GET {base}/login` with HTTP basic auth returns `{"token": ...}`, a bearer token valid for 30
 minutes; `GET {base}/v3/forecast?region=R&signal_type=co2_moer&horizon_hours=0` returns `data`
 (points of `point_time` and `value`) and `meta` (`units`: `lbs_co2_per_mwh`). The first point is
-the rate now. MOER is the emission rate of the generators that answer a change in load: a
-marginal figure, not the average of the grid mix that Electricity Maps and the static defaults
-give; the two must not be mixed in one series (docs/carbon.md).
+the rate now. With `forecast=True`, the same request with `horizon_hours=24` (every 30 minutes)
+gives the forecast: one point per 5 minutes for the next 24 hours (docs/carbon-aware.md). MOER
+is the emission rate of the generators that answer a change in load: a marginal figure, not
+the average of the grid mix that Electricity Maps and the static defaults give; the two must
+not be mixed in one series (docs/carbon.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, ClassVar
 from exporter.carbon import Intensity
 from exporter.config import WattTimeSettings
 from exporter.intensity.credentials import Secret
+from exporter.intensity.forecast import MAX_FORECAST_POINTS, Forecast, build_forecast
 from exporter.intensity.live import (
     Fault,
     IntensityReading,
@@ -38,6 +41,8 @@ GRAMS_PER_KWH_PER_LBS_PER_MWH = 0.453592
 """1 lb = 453.592 g and 1 MWh = 1000 kWh."""
 SIGNAL = "co2_moer"
 UNITS = "lbs_co2_per_mwh"
+FORECAST_HOURS = "24"
+"""`horizon_hours` of the forecast: the API's default, and the longest horizon published."""
 
 
 class WattTime(LiveProvider):
@@ -50,10 +55,10 @@ class WattTime(LiveProvider):
                  timeout_seconds: float = _DEFAULTS.timeout_seconds,
                  refresh_seconds: float = _DEFAULTS.refresh_seconds,
                  clock: Callable[[], float] = time.time, trust_env: bool = True,
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None, forecast: bool = False) -> None:
         super().__init__(base_url=base_url, zone=region, timeout_seconds=timeout_seconds,
                          refresh_seconds=refresh_seconds, clock=clock, trust_env=trust_env,
-                         log=log)
+                         log=log, forecast=forecast)
         if not username:
             raise ValueError("watttime: a username is required")
         self.username = username
@@ -103,17 +108,44 @@ class WattTime(LiveProvider):
         self._token_renew_at = self._clock() + TOKEN_LIFETIME_SECONDS - TOKEN_MARGIN_SECONDS
         return token
 
-    async def _forecast(self, token: str) -> Response:
+    async def _forecast(self, token: str, horizon_hours: str = "0") -> Response:
         return await self._get(
             f"{self.base_url}/v3/forecast",
-            params={"region": self.zone, "signal_type": SIGNAL, "horizon_hours": "0"},
+            params={"region": self.zone, "signal_type": SIGNAL, "horizon_hours": horizon_hours},
             headers={"Authorization": f"Bearer {token}"})
 
+    async def _fetch_forecast(self) -> Forecast:
+        response = await self._forecast(await self._bearer(), FORECAST_HOURS)
+        if response.status == 401:
+            self._token = None
+            response = await self._forecast(await self._bearer(), FORECAST_HOURS)
+            if response.status == 401:
+                raise Fault("auth", "the forecast refused a fresh login token (HTTP 401): "
+                                    "check the account with WattTime")
+        if response.status == 403:
+            raise Fault("refused", f"the account has no access to the {SIGNAL} forecast for "
+                                   f"region {self.zone} (HTTP 403)")
+        self._check(response)
+        body = parse_json_object(response)
+        _check_units(body)
+        data = body.get("data")
+        if not isinstance(data, list):
+            raise Fault("malformed", "answered without a 'data' list")
+        if len(data) > MAX_FORECAST_POINTS:
+            raise Fault("malformed", f"answered a forecast of {len(data)} points (at most "
+                                     f"{MAX_FORECAST_POINTS})")
+        points = []
+        for point in data:
+            if not isinstance(point, dict):
+                raise Fault("malformed", "answered a forecast point that is not an object")
+            points.append((parse_time(point.get("point_time"), "point_time"),
+                           parse_number(point.get("value"), "value")
+                           * GRAMS_PER_KWH_PER_LBS_PER_MWH))
+        return build_forecast(points, zone=self.zone, provider=self.name,
+                              now_unix=self._clock())
+
     def _parse(self, body: Mapping[str, Any]) -> IntensityReading:
-        meta = body.get("meta")
-        units = meta.get("units") if isinstance(meta, dict) else None
-        if units is not None and units != UNITS:
-            raise Fault("malformed", f"answered in {units!r}, not {UNITS}")
+        _check_units(body)
         data = body.get("data")
         if not isinstance(data, list) or not data or not isinstance(data[0], dict):
             raise Fault("malformed", "answered without a data point")
@@ -126,3 +158,10 @@ class WattTime(LiveProvider):
             fetched_unix=self._clock(),
             basis="marginal",
         )
+
+
+def _check_units(body: Mapping[str, Any]) -> None:
+    meta = body.get("meta")
+    units = meta.get("units") if isinstance(meta, dict) else None
+    if units is not None and units != UNITS:
+        raise Fault("malformed", f"answered in {units!r}, not {UNITS}")

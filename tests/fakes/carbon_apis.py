@@ -8,23 +8,32 @@ exporter depends on it:
   (else 401) and answers `zone`, `carbonIntensity` (gCO2eq/kWh), `datetime` (the hour the value
   is for), `updatedAt`, `createdAt`, `emissionFactorType` (`lifecycle`), `isEstimated`,
   `estimationMethod`. An unknown zone is a 404 with an `error` message.
+  `GET /v3/carbon-intensity/forecast?zone=Z` (same header) answers `zone`, `forecast` (one
+  `carbonIntensity`/`datetime` point per hour from the current hour, the values of
+  `forecasts[Z]`) and `updatedAt`; a zone without a forecast is a 404, and `forecast_refusal`
+  (401, 403 or 404) answers every forecast request so, as for a plan without forecasts.
 * `FakeWattTime`: `GET /login` with HTTP basic auth answers `{"token": ...}`, a new token valid
   for 30 minutes of the fake's clock; `GET /v3/forecast?region=R&signal_type=co2_moer&
   horizon_hours=H` needs `Authorization: Bearer <token>` (else 401), answers 403 for a region the
   account may not see, and returns `data` (one `point_time`/`value` point per 5 minutes from
-  now, `value` in lbs CO2/MWh) and `meta` (`units: lbs_co2_per_mwh`, ...).
+  now, `value` in lbs CO2/MWh) and `meta` (`units: lbs_co2_per_mwh`, ...). With
+  `horizon_hours` above 0 (a forecast), point i has the value `forecasts[R][i // 12]` (hourly
+  values) when given, and a region in `forecast_forbidden` answers 403.
 * `fallback_zone` (Electricity Maps) answers an unknown zone with another zone's data, as the
   real API falls back to the caller's IP location; `units` (WattTime) changes `meta.units`.
 
 Faults, queued with `fail(kind, times=n)` (or `times=None` for every request until `clear()`),
-apply to the data endpoint (`endpoint="login"` for WattTime's login): `401`, `429` (with
+apply to the data endpoint (`endpoint="login"` for WattTime's login, `endpoint="forecast"` for
+the forecasts: Electricity Maps' forecast path, WattTime's `/v3/forecast` with `horizon_hours`
+above 0): `401`, `429` (with
 `Retry-After`, seconds or an HTTP-date), `500`, `malformed` (a cut-off JSON body), `missing`
 (the value field is null), `slow` (answers only after `slow_seconds`; `stop()` releases it).
 
 Hostile answers, as a broken or compromised API could send them (issue 10):
 
 * `huge`: the value field is `huge_value` (1e12; WattTime's is in lbs/MWh);
-* `future`: the value is normal but dated `future_time` (9999-12-31);
+* `future`: the value is normal but dated `future_time` (9999-12-31) (a forecast's last
+  point);
 * `huge_body` / `huge_chunked`: HTTP 200 streaming `huge_body_bytes` (100 MiB) of one JSON
   object, with a Content-Length / chunked without one, written 1 MiB at a time so the fake never
   holds it; `streamed` records how many bytes each such answer got out before the client hung
@@ -320,6 +329,7 @@ class FakeElectricityMaps(_FakeAPI):
 
     name = "fake-electricitymaps"
     PATH = "/v3/carbon-intensity/latest"
+    FORECAST_PATH = "/v3/carbon-intensity/forecast"
 
     def __init__(self, *, token: str = "em-token-5ecret-0123456789",
                  zones: dict[str, float] | None = None,
@@ -331,9 +341,49 @@ class FakeElectricityMaps(_FakeAPI):
         self.fallback_zone: str | None = None
         """When set, an unknown zone is answered with this zone's data, as the real API falls
         back to the caller's IP location."""
+        self.forecasts: dict[str, list[float]] = {
+            "DE": [302.0 - 8.0 * i for i in range(13)] + [216.0 + 10.0 * i for i in range(12)]}
+        """Each zone's forecast, one value per hour from the current hour (25 hours)."""
+        self.forecast_refusal: int | None = None
+        """When set (401, 403, 404), every forecast request is refused so, as on a plan
+        without forecasts."""
 
     def _routes(self, app: web.Application) -> None:
         app.router.add_get(self.PATH, self._latest)
+        app.router.add_get(self.FORECAST_PATH, self._forecast)
+
+    def _forecast_body(self, zone: str, values: list[float | None],
+                       when: str | None = None) -> dict[str, Any]:
+        now = self.clock()
+        hour = now - now % 3600
+        last = len(values) - 1
+        return {
+            "zone": zone,
+            "forecast": [{"carbonIntensity": value,
+                          "datetime": when if when is not None and i == last
+                          else iso(hour + 3600 * i)}
+                         for i, value in enumerate(values)],
+            "updatedAt": iso(now - 60),
+        }
+
+    async def _forecast(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("auth-token") != self.token:
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        if self.forecast_refusal is not None:
+            return web.json_response(
+                {"error": "Your plan does not include access to the forecast endpoint"},
+                status=self.forecast_refusal)
+        zone = request.query.get("zone", "")
+        values = self.forecasts.get(zone, [302.0] * 25)
+        fault = await self._faulty(
+            request, "forecast",
+            lambda value, when: self._forecast_body(zone, [value] * len(values), when),
+            values[0])
+        if fault is not None:
+            return fault
+        if zone not in self.forecasts:
+            return web.json_response({"error": f"No forecast for zone '{zone}'."}, status=404)
+        return self._answer(self._forecast_body(zone, list(values)))
 
     def _body(self, zone: str, value: float | None, when: str | None = None) -> dict[str, Any]:
         now = self.clock()
@@ -384,6 +434,11 @@ class FakeWattTime(_FakeAPI):
         self.units = "lbs_co2_per_mwh"
         self.tokens: dict[str, float] = {}
         """Issued bearer tokens and when each expires (fake clock)."""
+        self.forecasts: dict[str, list[float]] = {}
+        """Hourly values (lbs/MWh) of a region's forecast (`horizon_hours` above 0); else the
+        region's `moer` throughout."""
+        self.forecast_forbidden: set[str] = set()
+        """Regions whose forecast (`horizon_hours` above 0) the account may not see."""
         self._serial = itertools.count(1)
 
     def revoke_tokens(self) -> None:
@@ -417,14 +472,15 @@ class FakeWattTime(_FakeAPI):
         return user, password
 
     def _body(self, region: str, value: float | None, horizon_hours: float,
-              when: str | None = None) -> dict[str, Any]:
+              when: str | None = None, hourly: list[float] | None = None) -> dict[str, Any]:
         now = self.clock()
         start = now - now % 300
         points = int(horizon_hours * 12) + 1
         return {
-            "data": [{"point_time": iso(start + 300 * i).replace("Z", "+00:00")
-                      if when is None else when,
-                      "value": value} for i in range(points)],
+            "data": [{"point_time": when if when is not None and i == points - 1
+                      else iso(start + 300 * i).replace("Z", "+00:00"),
+                      "value": value if not hourly else hourly[min(i // 12, len(hourly) - 1)]}
+                     for i in range(points)],
             "meta": {
                 "data_point_period_seconds": 300,
                 "region": region,
@@ -448,13 +504,16 @@ class FakeWattTime(_FakeAPI):
         except ValueError:
             return web.json_response({"error": "bad horizon_hours"}, status=400)
         fault = await self._faulty(
-            request, "data", lambda value, when: self._body(region, value, horizon, when),
+            request, "forecast" if horizon > 0 else "data",
+            lambda value, when: self._body(region, value, horizon, when),
             self.moer.get(region, 1000.0))
         if fault is not None:
             return fault
-        if region not in self.moer:
+        if region not in self.moer or (horizon > 0 and region in self.forecast_forbidden):
             return web.json_response(
                 {"error": f"Forbidden: no access to region {region}"}, status=403)
         if request.query.get("signal_type") != "co2_moer":
             return web.json_response({"error": "unsupported signal_type"}, status=400)
-        return self._answer(self._body(region, self.moer[region], horizon))
+        return self._answer(self._body(region, self.moer[region], horizon,
+                                       hourly=self.forecasts.get(region) if horizon > 0
+                                       else None))
