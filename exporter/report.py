@@ -519,16 +519,24 @@ def render_json(rows: Sequence[Row]) -> str:
     return json.dumps([_record(r) for r in [*rows, totals(rows)]], indent=2) + "\n"
 
 
-def render_csv(rows: Sequence[Row]) -> str:
+def _csv(fields: Sequence[str], records: Iterable[Mapping[str, object]]) -> str:
+    """A header of `fields`, then each record's values in that order (None as empty)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(FIELDS)
-    for row in [*rows, totals(rows)]:
+    writer.writerow(fields)
+    for record in records:
+        writer.writerow(["" if record[f] is None else record[f] for f in fields])
+    return out.getvalue()
+
+
+def render_csv(rows: Sequence[Row]) -> str:
+    def csv_record(row: Row) -> dict[str, str | float | None]:
         record = _record(row)
         if row.model is None:
             record["model"], record["phase"] = TOTAL_LABEL, ""
-        writer.writerow(["" if record[f] is None else record[f] for f in FIELDS])
-    return out.getvalue()
+        return record
+
+    return _csv(FIELDS, map(csv_record, [*rows, totals(rows)]))
 
 
 def significant(value: float, digits: int = 3) -> str:
@@ -566,18 +574,23 @@ def _cells(row: Row) -> list[str]:
             significant(row.energy_kwh), significant(row.energy_joules)]
 
 
-def render_table(rows: Sequence[Row], *, since: Duration, step: Duration) -> str:
-    body = [list(HEADER), *(_cells(r) for r in rows)]
-    last = _cells(totals(rows))
-    widths = [max(len(line[i]) for line in [*body, last]) for i in range(len(HEADER))]
+def _aligned(title: str, body: Sequence[Sequence[str]], last: Sequence[str], left: int) -> str:
+    """`title`, a blank line, `body` (the header first) in columns, a rule and `last`: the
+    first `left` columns left-aligned, the others right-aligned."""
+    widths = [max(len(line[i]) for line in [*body, last]) for i in range(len(body[0]))]
 
     def fmt(line: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i < LEFT else c.rjust(w)
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w)
                          for i, (c, w) in enumerate(zip(line, widths, strict=True))).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    title = f"CO2e per model and phase, last {since.text} (step {step.text})"
     return "\n".join([title, "", *map(fmt, body), rule, fmt(last)]) + "\n"
+
+
+def render_table(rows: Sequence[Row], *, since: Duration, step: Duration) -> str:
+    title = f"CO2e per model and phase, last {since.text} (step {step.text})"
+    return _aligned(title, [list(HEADER), *(_cells(r) for r in rows)], _cells(totals(rows)),
+                    LEFT)
 
 
 def markdown(header: Sequence[str], body: Sequence[Sequence[str]], last: Sequence[str],
@@ -802,16 +815,14 @@ def render_runs_json(rows: Sequence[RunRow]) -> str:
 
 
 def render_runs_csv(rows: Sequence[RunRow]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(RUN_FIELDS)
-    for row in [*rows, run_totals(rows)]:
+    def csv_record(row: RunRow) -> dict[str, str | float | None]:
         record = _run_record(row)
         if row.kind is None:
             record["namespace"], record["kind"], record["name"], record["model"] = (
                 "", "", TOTAL_LABEL, "")
-        writer.writerow(["" if record[f] is None else record[f] for f in RUN_FIELDS])
-    return out.getvalue()
+        return record
+
+    return _csv(RUN_FIELDS, map(csv_record, [*rows, run_totals(rows)]))
 
 
 RUN_HEADER = ("NAMESPACE", "KIND", "NAME", "MODEL", "START", "END", "GPU-HOURS", "ENERGY kWh",
@@ -842,17 +853,9 @@ def _run_title(since: Duration, step: Duration, until: float | None) -> str:
 
 def render_runs_table(rows: Sequence[RunRow], *, since: Duration, step: Duration,
                       until: float | None = None) -> str:
-    body = [list(RUN_HEADER), *(_run_cells(r) for r in rows)]
-    last = _run_cells(run_totals(rows))
-    widths = [max(len(line[i]) for line in [*body, last]) for i in range(len(RUN_HEADER))]
-
-    def fmt(line: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i < RUN_LEFT else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(line, widths, strict=True))).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([_run_title(since, step, until), "", *map(fmt, body), rule, fmt(last)]) \
-        + "\n"
+    return _aligned(_run_title(since, step, until),
+                    [list(RUN_HEADER), *(_run_cells(r) for r in rows)],
+                    _run_cells(run_totals(rows)), RUN_LEFT)
 
 
 def render_runs_markdown(rows: Sequence[RunRow], *, since: Duration, step: Duration,

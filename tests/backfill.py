@@ -23,7 +23,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,7 +32,7 @@ from typing import Any, TextIO
 import yaml
 
 from tests.e2e_node import free_port
-from tests.support import require_binary
+from tests.support import require_binary, stop_process, wait_http_ok
 
 Samples = Sequence[tuple[float, float]]
 """(unix seconds, value) in time order."""
@@ -116,28 +115,12 @@ class BlockPrometheus:
             args.append(f"--query.lookback-delta={self.lookback}")
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, f"prometheus exited:\n{self.logs()}"
-            try:
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"prometheus never ready:\n{self.logs()}"
-            time.sleep(0.1)
+        wait_http_ok(self.url + "/-/ready", self.proc, "prometheus", self.logs, timeout)
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
         self.proc = None
 
     def restart(self) -> None:

@@ -32,6 +32,8 @@ from tests.support import (
     max_uj,
     node_tree,
     read_uj,
+    stop_process,
+    wait_http_ok,
     write_atomic,
     zone_dir,
 )
@@ -363,6 +365,10 @@ class Prometheus:
                                     "labels": {"namespace": vllm_pod[0], "pod": vllm_pod[1]}}],
             }],
         }
+        self._launch(binary, tmp_path, config)
+
+    def _launch(self, binary: str, tmp_path: Path, config: dict[str, Any]) -> None:
+        """Writes `config` to prometheus.yml and starts the server on `self.port`."""
         self.config = tmp_path / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
         self.log = tmp_path / "prometheus.log"
@@ -379,17 +385,7 @@ class Prometheus:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, f"prometheus exited:\n{self.logs()}"
-            try:
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"prometheus never ready:\n{self.logs()}"
-            time.sleep(0.1)
+        wait_http_ok(self.url + "/-/ready", self.proc, "prometheus", self.logs, timeout)
 
     def logs(self) -> str:
         self._log.flush()
@@ -407,13 +403,7 @@ class Prometheus:
         return result
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
         self._log.close()
 
 

@@ -12,8 +12,9 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -201,3 +202,48 @@ def feed_fifo(path: Path, text: str, deadline: float) -> bool:
             os.close(fd)
         return True
     return False
+
+
+START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+"""The `clock` fixture's (tests/conftest.py) start: Unix seconds, as the carbon APIs' fakes use."""
+
+
+class FakeClock:
+    """A clock (and timer) that stands still until the test moves it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen[Any], name: str, logs: Callable[[], str],
+                 timeout: float) -> None:
+    """Poll `url` until it answers 200 while `proc` runs; fails with `logs()` when `proc`
+    exits or `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"{name} exited:\n{logs()}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{name} never ready:\n{logs()}"
+        time.sleep(0.1)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if `proc` has not exited within `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -46,7 +46,7 @@ import pytest
 import yaml
 
 from tests.e2e_node import free_port
-from tests.support import REPO, require_binary
+from tests.support import REPO, require_binary, stop_process, wait_http_ok
 from tests.test_report import (
     CO2E_RATE,
     GPU_GRAMS,
@@ -145,26 +145,11 @@ class Alertmanager:
                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, f"alertmanager exited:\n{self.log.read_text()}"
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "alertmanager never ready"
-            time.sleep(0.1)
+        wait_http_ok(f"{self.url}/-/ready", self.proc, "alertmanager", self.log.read_text,
+                     timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
 
 
 def budget_rules(path: Path) -> Path:

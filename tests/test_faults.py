@@ -33,7 +33,9 @@ from tests.fakes.kube_api import FakeKubeAPI
 from tests.fakes.podresources_server import FakePodResources
 from tests.fakes.podresources_server import pod as resources_of
 from tests.support import (
+    START,
     Exporter,
+    FakeClock,
     Series,
     advance,
     feed_fifo,
@@ -48,12 +50,9 @@ from tests.support import (
 )
 from tests.test_gpu_attribution import SLICED, WHOLE, gpu_node
 from tests.test_gpu_attribution import start as start_gpu_sampler
-from tests.test_intensity import START
-from tests.test_intensity import FakeClock as UnixClock
 from tests.test_kube import (
     NODE,
     NODE_LABELS,
-    FakeClock,
     add_busy,
     add_cpu,
     cid,
@@ -371,7 +370,7 @@ OUTAGE = (START + 2000.0, START + 2000.0 + 3600.0)
 
 
 async def test_intensity_provider_times_out_for_an_hour(tmp_path: Path) -> None:
-    clock = UnixClock()
+    clock = FakeClock(START)
     root = node_tree(tmp_path, "intel-2s")
     with FakeElectricityMaps(clock=clock) as em_api:
         em = ElectricityMaps(zone="DE", token=em_api.token, base_url=em_api.url,

@@ -17,11 +17,10 @@ from tests.fakes.fake_nvml import FakeNvml, FakeProcess, a100_mig, h100
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.fakes.podresources_server import FakePodResources
 from tests.fakes.podresources_server import pod as resources_of
-from tests.support import Series, parse, total, value
+from tests.support import FakeClock, Series, parse, total, value
 from tests.test_kube import (
     NODE,
     NODE_LABELS,
-    FakeClock,
     cid,
     node_with_cgroups,
     pod,
@@ -73,7 +72,7 @@ def start(tmp_path: Path, api: FakeKubeAPI, monkeypatch: pytest.MonkeyPatch, roo
     monkeypatch.setenv("NODE_NAME", NODE)
     settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
                                    str(root / "proc"), "--config.file", str(config)])
-    clock = FakeClock()
+    clock = FakeClock(5000.0)
     sampler = cli.build_sampler(settings, process_metrics=False, clock=clock, timer=clock,
                                 nvml_module=nvml)
     sampler.start()

@@ -16,7 +16,6 @@ and a control job without them, which must show the renaming the relabelings und
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -120,17 +119,8 @@ class ScrapingPrometheus(Prometheus):
 
     def __init__(self, binary: str, tmp_path: Path, scrape_configs: list[Obj]) -> None:
         self.port = free_port()
-        self.config = tmp_path / "prometheus.yml"
-        self.config.write_text(yaml.safe_dump(
-            {"global": {"scrape_interval": "1s"}, "scrape_configs": scrape_configs},
-            sort_keys=False))
-        self.log = tmp_path / "prometheus.log"
-        self._log = self.log.open("w")
-        self.proc = subprocess.Popen(
-            [binary, f"--config.file={self.config}",
-             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            cwd=tmp_path, stdout=self._log, stderr=subprocess.STDOUT)
+        self._launch(binary, tmp_path,
+                     {"global": {"scrape_interval": "1s"}, "scrape_configs": scrape_configs})
 
 
 def job(name: str, port: int, honor_labels: bool, relabelings: list[Obj]) -> Obj:

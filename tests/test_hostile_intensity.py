@@ -10,7 +10,6 @@ fake API, and every wait is a bounded loop, never an assertion on time."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import threading
 import time
@@ -47,8 +46,7 @@ from tests.fakes.carbon_apis import (
     compression_bomb,
     iso,
 )
-from tests.support import Exporter, advance, node_tree, total, value
-from tests.test_intensity import START, FakeClock
+from tests.support import START, Exporter, FakeClock, advance, node_tree, total, value
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -69,17 +67,6 @@ def hostile_log(kind: str, provider: str) -> str:
         "huge_chunked": "answered more than 1 MiB (zone",
         "bomb": "answered a gzip body that inflates to more than 1 MiB",
     }[kind]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="footprint")
-    return caplog
 
 
 def messages(caplog: pytest.LogCaptureFixture, text: str = "") -> list[str]:

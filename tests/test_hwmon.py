@@ -14,7 +14,7 @@ import pytest
 
 from exporter import cli
 from exporter.sources.hwmon import HwmonSource, classify
-from tests.support import node_tree, parse, value, write_atomic
+from tests.support import FakeClock, node_tree, parse, value, write_atomic
 
 GRACE = {"hwmon1": "Grace Power Socket 0", "hwmon2": "CPU Power Socket 0",
          "hwmon3": "SysIO Power Socket 0", "hwmon4": "Grace Power Socket 1",
@@ -484,20 +484,12 @@ def test_no_hwmon_class_says_why(tmp_path: Path) -> None:
 # -- the whole exporter ------------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_exporter_takes_cpu_from_hwmon_and_estimates_only_dram(tmp_path: Path) -> None:
     root = node_tree(tmp_path, "hwmon-ampere-altra")  # no powercap tree: no RAPL
     settings = cli.parse_settings(["--path.sysfs", str(root / "sys"),
                                    "--path.procfs", str(root / "proc"),
                                    "--no-collector.kubernetes", "--no-collector.nvml"])
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     sampler = cli.build_sampler(settings, process_metrics=False, clock=clock, timer=clock)
     statuses = {s.name: s.status for s in sampler.states}
     assert statuses["hwmon"].enabled and statuses["hwmon"].components == {"cpu"}

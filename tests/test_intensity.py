@@ -10,10 +10,11 @@ import pickle
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -32,34 +33,14 @@ from exporter.intensity import (
 from exporter.intensity.live import BACKOFF_START_SECONDS, retry_after_seconds
 from exporter.intensity.watttime import GRAMS_PER_KWH_PER_LBS_PER_MWH
 from tests.fakes.carbon_apis import FakeElectricityMaps, FakeWattTime
-from tests.support import REPO
+from tests.support import REPO, START, FakeClock
 
-START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+if TYPE_CHECKING:
+    from exporter.sampler import Sampler
+
 EM_PATH = FakeElectricityMaps.PATH
 WT_LOGIN = FakeWattTime.LOGIN
 WT_FORECAST = FakeWattTime.FORECAST
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="footprint")
-    return caplog
 
 
 @pytest.fixture
@@ -591,35 +572,46 @@ def test_every_zone_default_is_in_the_docs_table() -> None:
         assert line in docs, line
 
 
+def live_exporter_text(tmp_path: Path, api: FakeElectricityMaps, zone: str, what: str,
+                       ready: Callable[[Sampler], bool]) -> str:
+    """One tick's /metrics text of a sampler built from a config that names `api` (its token in
+    a file) for `zone`, on a fixture node, once `ready(sampler)` (else fails with `what`)."""
+    from exporter import cli
+    from tests.support import node_tree
+
+    token = tmp_path / "token"
+    token.write_text(api.token + "\n")
+    config = tmp_path / "footprint.yaml"
+    config.write_text(f"carbon:\n  provider: electricitymaps\n  zone: {zone}\n"
+                      f"  electricitymaps:\n    base_url: {api.url}\n"
+                      f"    token_file: {token}\n")
+    root = node_tree(tmp_path, "amd-epyc-2s")
+    settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
+                                   str(root / "proc"), "--config.file", str(config),
+                                   "--no-collector.kubernetes", "--no-collector.nvml"])
+    sampler = cli.build_sampler(settings, process_metrics=False)
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not ready(sampler):
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+        return sampler.tick().text.decode()
+    finally:
+        sampler.close()
+
+
 def test_live_intensity_in_the_exporter_never_shows_the_token(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The whole path: config -> chain -> sampler -> /metrics bytes, with a live provider."""
-    from exporter import cli
-    from tests.support import node_tree, parse, value
+    from tests.support import parse, value
 
     caplog.set_level(logging.DEBUG, logger="footprint")
     with FakeElectricityMaps() as api:
-        token = tmp_path / "token"
-        token.write_text(api.token + "\n")
-        config = tmp_path / "footprint.yaml"
-        config.write_text(f"carbon:\n  provider: electricitymaps\n  zone: FR\n"
-                          f"  electricitymaps:\n    base_url: {api.url}\n"
-                          f"    token_file: {token}\n")
-        root = node_tree(tmp_path, "amd-epyc-2s")
-        settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
-                                       str(root / "proc"), "--config.file", str(config),
-                                       "--no-collector.kubernetes", "--no-collector.nvml"])
-        sampler = cli.build_sampler(settings, process_metrics=False)
-        sampler.start()
-        try:
-            deadline = time.monotonic() + 10
-            while api.count("/v3/carbon-intensity/latest") == 0 or \
-                    sampler._intensity.last_update_unix is None:
-                assert time.monotonic() < deadline, "no fetch"
-                time.sleep(0.02)
-            text = sampler.tick().text.decode()
-        finally:
-            sampler.close()
+        text = live_exporter_text(
+            tmp_path, api, "FR", "no fetch",
+            lambda sampler: api.count("/v3/carbon-intensity/latest") != 0
+            and sampler._intensity.last_update_unix is not None)
     series = parse(text)
     assert value(series, "footprint_source_up", source="intensity") == 1.0
     assert value(series, "footprint_grid_intensity_grams_per_kwh",

@@ -7,7 +7,6 @@ hour, so every expected value is read off the fake's forecast by hand."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,8 +27,8 @@ from exporter.intensity.watttime import GRAMS_PER_KWH_PER_LBS_PER_MWH
 from exporter.ledger import Ledger
 from exporter.metrics import Publisher
 from tests.fakes.carbon_apis import FakeElectricityMaps, FakeWattTime
-from tests.support import Series, node_tree, parse, value
-from tests.test_intensity import START, FakeClock
+from tests.support import START, FakeClock, Series, node_tree, parse, value
+from tests.test_intensity import live_exporter_text
 
 EM_FORECAST = FakeElectricityMaps.FORECAST_PATH
 EM_LATEST = FakeElectricityMaps.PATH
@@ -41,17 +40,6 @@ STATIC_DE = Intensity(338.0, "DE", "static")
 WT_HOURLY = [1000.0 - 30.0 * i for i in range(10)] + [700.0 + 20.0 * i for i in range(15)]
 """CAISO_NORTH's forecast in the fake, lbs/MWh per hour: lowest (700) at hour 10."""
 HOSTILE = ("huge", "future", "missing", "malformed", "huge_body", "huge_chunked", "bomb", "past")
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="footprint")
-    return caplog
 
 
 @pytest.fixture
@@ -344,30 +332,10 @@ def test_build_forecast_bounds() -> None:
 def test_live_forecast_in_the_exporter_never_shows_the_token(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """config -> provider thread -> chain -> sampler -> /metrics, with a forecast."""
-    from exporter import cli
-
     caplog.set_level(logging.DEBUG, logger="footprint")
     with FakeElectricityMaps() as api:
-        token = tmp_path / "token"
-        token.write_text(api.token + "\n")
-        config = tmp_path / "footprint.yaml"
-        config.write_text(f"carbon:\n  provider: electricitymaps\n  zone: DE\n"
-                          f"  electricitymaps:\n    base_url: {api.url}\n"
-                          f"    token_file: {token}\n")
-        root = node_tree(tmp_path, "amd-epyc-2s")
-        settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
-                                       str(root / "proc"), "--config.file", str(config),
-                                       "--no-collector.kubernetes", "--no-collector.nvml"])
-        sampler = cli.build_sampler(settings, process_metrics=False)
-        sampler.start()
-        try:
-            deadline = time.monotonic() + 10
-            while sampler._intensity.forecast() is None:
-                assert time.monotonic() < deadline, "no forecast"
-                time.sleep(0.02)
-            text = sampler.tick().text.decode()
-        finally:
-            sampler.close()
+        text = live_exporter_text(tmp_path, api, "DE", "no forecast",
+                                  lambda sampler: sampler._intensity.forecast() is not None)
     series = parse(text)
     horizons = {dict(labels)["horizon"] for (name, labels) in series if name == FORECAST}
     assert horizons <= {label for label, _ in HORIZONS} and {"1h", "3h", "6h", "12h"} <= horizons

@@ -21,6 +21,7 @@ from exporter.sampler import Sampler
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.support import (
     Exporter,
+    FakeClock,
     Series,
     advance,
     node_tree,
@@ -38,14 +39,6 @@ NODE_LABELS = {"topology.kubernetes.io/zone": "europe-west4-a",
 CGROUPS = Path(__file__).parent / "fixtures" / "cgroup"
 VARIANT = "v2-cgroupfs-containerd"
 CHURN_CYCLES = 10_000
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def cid(digit: str) -> str:
@@ -155,7 +148,7 @@ def in_process(tmp_path: Path, api: FakeKubeAPI, monkeypatch: pytest.MonkeyPatch
     settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
                                    str(root / "proc"), "--config.file", str(path),
                                    "--no-collector.nvml"])
-    clock = FakeClock()
+    clock = FakeClock(5000.0)
     sampler = cli.build_sampler(settings, process_metrics=False, clock=clock, timer=clock)
     return root, sampler, clock
 

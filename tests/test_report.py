@@ -29,7 +29,7 @@ import pytest
 from aiohttp import web
 
 from exporter import report
-from tests.support import REPO
+from tests.support import REPO, stop_process
 from tests.test_webconfig import Pki, pki
 
 __all__ = ["pki"]  # the fixture, shared with tests/test_webconfig.py
@@ -679,13 +679,7 @@ class Prometheus:
         raise AssertionError(f"prometheus not ready after {timeout} s:\n{self.logs()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 20)
 
 
 def rule_health(url: str) -> str:

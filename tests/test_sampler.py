@@ -15,6 +15,7 @@ from exporter.sampler import Sampler
 from tests.fakes.fake_nvml import FakeNvml, h100
 from tests.support import (
     FIXTURES,
+    FakeClock,
     Series,
     advance,
     node_tree,
@@ -27,19 +28,11 @@ from tests.support import (
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def make_sampler(root: Path, *flags: str, clock: FakeClock | None = None) -> Sampler:
     settings = cli.parse_settings(["--path.sysfs", str(root / "sys"),
                                    "--path.procfs", str(root / "proc"),
                                    "--no-collector.kubernetes", "--no-collector.nvml", *flags])
-    clock = clock or FakeClock()
+    clock = clock or FakeClock(1000.0)
     return cli.build_sampler(settings, process_metrics=False, clock=clock, timer=clock)
 
 
@@ -92,7 +85,7 @@ def test_node_energy_sums_to_cpu_dram_and_gpu_on_every_fixture(tmp_path: Path,
                      h100("GPU-aaaaaaaa-0000-0000-0000-000000000002")])
     for board, watts in zip(nvml.gpus, (300.0, 450.0), strict=True):
         nvml.set_watts(board, watts)
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     settings = cli.parse_settings(["--path.sysfs", str(root / "sys"),
                                    "--path.procfs", str(root / "proc"),
                                    "--no-collector.kubernetes"])
@@ -157,7 +150,7 @@ def test_co2e_is_kwh_times_intensity(tmp_path: Path) -> None:
     root = node_tree(tmp_path, "intel-2s")
     config = tmp_path / "footprint.yaml"
     config.write_text("carbon:\n  zone: FR\n  intensity_grams_per_kwh: 57.3\n")
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     sampler = make_sampler(root, "--config.file", str(config), clock=clock)
     sampler.tick()
     series = drive(root, sampler, clock, ticks=7)
@@ -173,7 +166,7 @@ def test_co2e_is_kwh_times_intensity(tmp_path: Path) -> None:
 
 def test_all_energy_is_unattributed_and_conserved(tmp_path: Path) -> None:
     root = node_tree(tmp_path, "intel-2s")
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     sampler = make_sampler(root, clock=clock)
     sampler.tick()
     series = drive(root, sampler, clock, ticks=20)
@@ -191,7 +184,7 @@ def test_all_energy_is_unattributed_and_conserved(tmp_path: Path) -> None:
 
 def golden_text(tmp_path: Path) -> str:
     root = node_tree(tmp_path, "intel-2s")
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     sampler = make_sampler(root, clock=clock)
     sampler.tick()
     drive(root, sampler, clock, ticks=3)

@@ -20,12 +20,13 @@ from typing import ClassVar
 from exporter.carbon import Intensity
 from exporter.config import ElectricityMapsSettings
 from exporter.intensity.credentials import Secret
-from exporter.intensity.forecast import MAX_FORECAST_POINTS, Forecast, build_forecast
+from exporter.intensity.forecast import Forecast, build_forecast
 from exporter.intensity.live import (
     Fault,
     IntensityReading,
     LiveProvider,
     _api_message,
+    forecast_points,
     parse_json_object,
     parse_number,
     parse_time,
@@ -98,17 +99,6 @@ class ElectricityMaps(LiveProvider):
         zone = body.get("zone")
         if zone is not None and (not isinstance(zone, str) or zone.upper() != self.zone.upper()):
             raise Fault("malformed", f"answered a forecast for zone {zone!r}, not {self.zone!r}")
-        points = body.get("forecast")
-        if not isinstance(points, list):
-            raise Fault("malformed", "answered without a 'forecast' list")
-        if len(points) > MAX_FORECAST_POINTS:
-            raise Fault("malformed", f"answered a forecast of {len(points)} points (at most "
-                                     f"{MAX_FORECAST_POINTS})")
-        parsed = []
-        for point in points:
-            if not isinstance(point, dict):
-                raise Fault("malformed", "answered a forecast point that is not an object")
-            parsed.append((parse_time(point.get("datetime"), "datetime"),
-                           parse_number(point.get("carbonIntensity"), "carbonIntensity")))
+        parsed = forecast_points(body, "forecast", "datetime", "carbonIntensity")
         return build_forecast(parsed, zone=self.zone, provider=self.name,
                               now_unix=self._clock())

@@ -36,6 +36,7 @@ from exporter.carbon import MAX_GRAMS_PER_KWH, Intensity
 from exporter.intensity.credentials import Secret
 from exporter.intensity.faults import Fault as Fault
 from exporter.intensity.faults import iso as _iso
+from exporter.intensity.forecast import MAX_FORECAST_POINTS
 
 if TYPE_CHECKING:
     from exporter.intensity.forecast import Forecast
@@ -137,6 +138,25 @@ def parse_number(value: object, field: str) -> float:
     if value < 0:
         raise Fault("malformed", f"answered a negative {field!r}")
     return float(value)
+
+
+def forecast_points(body: Mapping[str, Any], key: str, time_field: str, value_field: str,
+                    scale: float = 1.0) -> list[tuple[float, float]]:
+    """The (period start, value x `scale`) points of the list `body[key]`, each an object with
+    `time_field` and `value_field`; Fault (malformed) when it is no such list or too long."""
+    points = body.get(key)
+    if not isinstance(points, list):
+        raise Fault("malformed", f"answered without a {key!r} list")
+    if len(points) > MAX_FORECAST_POINTS:
+        raise Fault("malformed", f"answered a forecast of {len(points)} points (at most "
+                                 f"{MAX_FORECAST_POINTS})")
+    parsed = []
+    for point in points:
+        if not isinstance(point, dict):
+            raise Fault("malformed", "answered a forecast point that is not an object")
+        parsed.append((parse_time(point.get(time_field), time_field),
+                       parse_number(point.get(value_field), value_field) * scale))
+    return parsed
 
 
 def check_reading(reading: IntensityReading, now_unix: float) -> IntensityReading:

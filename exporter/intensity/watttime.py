@@ -21,12 +21,13 @@ from typing import Any, ClassVar
 from exporter.carbon import Intensity
 from exporter.config import WattTimeSettings
 from exporter.intensity.credentials import Secret
-from exporter.intensity.forecast import MAX_FORECAST_POINTS, Forecast, build_forecast
+from exporter.intensity.forecast import Forecast, build_forecast
 from exporter.intensity.live import (
     Fault,
     IntensityReading,
     LiveProvider,
     Response,
+    forecast_points,
     parse_json_object,
     parse_number,
     parse_time,
@@ -128,19 +129,8 @@ class WattTime(LiveProvider):
         self._check(response)
         body = parse_json_object(response)
         _check_units(body)
-        data = body.get("data")
-        if not isinstance(data, list):
-            raise Fault("malformed", "answered without a 'data' list")
-        if len(data) > MAX_FORECAST_POINTS:
-            raise Fault("malformed", f"answered a forecast of {len(data)} points (at most "
-                                     f"{MAX_FORECAST_POINTS})")
-        points = []
-        for point in data:
-            if not isinstance(point, dict):
-                raise Fault("malformed", "answered a forecast point that is not an object")
-            points.append((parse_time(point.get("point_time"), "point_time"),
-                           parse_number(point.get("value"), "value")
-                           * GRAMS_PER_KWH_PER_LBS_PER_MWH))
+        points = forecast_points(body, "data", "point_time", "value",
+                                 GRAMS_PER_KWH_PER_LBS_PER_MWH)
         return build_forecast(points, zone=self.zone, provider=self.name,
                               now_unix=self._clock())
 
