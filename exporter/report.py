@@ -37,6 +37,9 @@ PROG = "footprint-exporter report"
 CO2E_RULE = "model:footprint_co2e_grams:rate5m"
 """Grams CO2e per second, labels model, phase, scope (rules/footprint.rules.yaml)."""
 ENERGY_RULE = "model:footprint_energy_joules:rate5m"
+WATER_RULE = "model:footprint_water_liters:rate5m"
+"""Litres per second by model, phase and scope (water_onsite, water_offsite)."""
+WATER_SCOPES = ("water_onsite", "water_offsite")
 """Joules per second (watts), labels model, phase (rules/footprint.rules.yaml)."""
 
 SCOPES = ("operational", "infrastructure", "embodied")
@@ -340,6 +343,12 @@ def energy_query(since: Duration, step: Duration) -> str:
             f" * {step.promql_seconds()}")
 
 
+def water_query(since: Duration, step: Duration) -> str:
+    """Litres per (model, phase, scope): the Riemann sum of the litres-per-second rule."""
+    return (f"sum by (model, phase, scope) (sum_over_time({WATER_RULE}[{since.text}:{step.text}]))"
+            f" * {step.promql_seconds()}")
+
+
 Sample = tuple[Mapping[str, str], float]
 
 
@@ -447,6 +456,9 @@ class Row:
     """Per scope in SCOPES."""
     total_grams: float
     energy_joules: float
+    water_liters: dict[str, float | None] = field(
+        default_factory=lambda: dict.fromkeys(WATER_SCOPES))
+    """Per scope in WATER_SCOPES; None where the rule pack recorded no water (no gauges)."""
 
     @property
     def energy_kwh(self) -> float:
@@ -458,7 +470,7 @@ class Row:
 
 
 def build_rows(co2e: Iterable[Sample], energy: Iterable[Sample], *,
-               model: str | None = None) -> list[Row]:
+               model: str | None = None, water: Iterable[Sample] = ()) -> list[Row]:
     """Rows sorted by model and phase. The total is the rule pack's scope="total" where it is
     there, else the sum of the three scopes. Non-finite values are left out, with a warning."""
     scoped: dict[tuple[str, str], dict[str, float]] = {}
@@ -483,26 +495,34 @@ def build_rows(co2e: Iterable[Sample], energy: Iterable[Sample], *,
         key = keep(labels, value)
         if key is not None:
             joules[key] = value
+    liters: dict[tuple[str, str], dict[str, float]] = {}
+    for labels, value in water:
+        key = keep(labels, value)
+        if key is not None and labels.get("scope") in WATER_SCOPES:
+            liters.setdefault(key, {})[labels["scope"]] = value
     rows = []
     for key in sorted(scoped.keys() | joules.keys()):
         by_scope = scoped.get(key, {})
         grams = {scope: by_scope.get(scope, 0.0) for scope in SCOPES}
         total = by_scope.get(TOTAL_SCOPE, math.fsum(grams.values()))
-        rows.append(Row(key[0], key[1], grams, total, joules.get(key, 0.0)))
+        rows.append(Row(key[0], key[1], grams, total, joules.get(key, 0.0),
+                        {s: liters.get(key, {}).get(s) for s in WATER_SCOPES}))
     return rows
 
 
 def totals(rows: Sequence[Row]) -> Row:
     return Row(None, None, {s: math.fsum(r.grams[s] for r in rows) for s in SCOPES},
-               math.fsum(r.total_grams for r in rows), math.fsum(r.energy_joules for r in rows))
+               math.fsum(r.total_grams for r in rows), math.fsum(r.energy_joules for r in rows),
+               {s: _sum_or_none(r.water_liters[s] for r in rows) for s in WATER_SCOPES})
 
 
 # --- output ----------------------------------------------------------------------------------
 
 FIELDS = ("model", "phase", "operational_grams", "infrastructure_grams", "embodied_grams",
           "total_grams", "operational_share", "infrastructure_share", "embodied_share",
-          "energy_joules", "energy_kwh")
-"""JSON keys and CSV columns, in base units: grams, joules (and kWh), shares as 0..1."""
+          "energy_joules", "energy_kwh", "water_onsite_liters", "water_offsite_liters")
+"""JSON keys and CSV columns, in base units: grams, joules (and kWh), litres, shares as 0..1;
+the water is null (empty) where the rule pack recorded none."""
 
 
 def _record(row: Row) -> dict[str, str | float | None]:
@@ -512,6 +532,7 @@ def _record(row: Row) -> dict[str, str | float | None]:
         "total_grams": row.total_grams,
         **{f"{s}_share": row.share(s) for s in SCOPES},
         "energy_joules": row.energy_joules, "energy_kwh": row.energy_kwh,
+        **{f"{s}_liters": row.water_liters[s] for s in WATER_SCOPES},
     }
 
 
@@ -561,7 +582,8 @@ def percent(share: float | None) -> str:
 
 
 HEADER = ("MODEL", "PHASE", "OPERATIONAL", "INFRASTRUCTURE", "EMBODIED", "TOTAL",
-          "OPER%", "INFRA%", "EMB%", "ENERGY kWh", "ENERGY J")
+          "OPER%", "INFRA%", "EMB%", "ENERGY kWh", "ENERGY J", "WATER ON-SITE L",
+          "WATER OFF-SITE L")
 LEFT = 2
 """The first LEFT columns are text (left-aligned); the others numbers (right-aligned)."""
 
@@ -571,7 +593,8 @@ def _cells(row: Row) -> list[str]:
     return [model, row.phase or "",
             *(grams(row.grams[s]) for s in SCOPES), grams(row.total_grams),
             *(percent(row.share(s)) for s in SCOPES),
-            significant(row.energy_kwh), significant(row.energy_joules)]
+            significant(row.energy_kwh), significant(row.energy_joules),
+            *(_maybe(row.water_liters[s]) for s in WATER_SCOPES)]
 
 
 def _aligned(title: str, body: Sequence[Sequence[str]], last: Sequence[str], left: int) -> str:
@@ -904,10 +927,12 @@ def main(argv: Sequence[str]) -> int:
         co2e = instant_query(args.prometheus, co2e_query(since, step), now, args.timeout, conn)
         energy = instant_query(args.prometheus, energy_query(since, step), now, args.timeout,
                                conn)
+        water = instant_query(args.prometheus, water_query(since, step), now, args.timeout,
+                              conn)
     except ReportError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    rows = build_rows(co2e, energy, model=args.model)
+    rows = build_rows(co2e, energy, model=args.model, water=water)
     if not rows:
         which = "" if args.model is None else f" for model {args.model!r}"
         others = sorted({labels.get("model", "") or NO_MODEL for labels, _ in co2e})

@@ -65,15 +65,24 @@ ENERGY_DATA = vector(
     ({"model": "llama", "phase": "training"}, 108_000_000.0),
     ({"model": "bert", "phase": "inference"}, 22_500_000_000.0),
 )
+WATER = "model:footprint_water_liters:rate5m"
+WATER_DATA = vector(  # none for bert: its nodes publish no water gauges
+    ({"model": "llama", "phase": "inference", "scope": "water_onsite"}, 0.0675),
+    ({"model": "llama", "phase": "inference", "scope": "water_offsite"}, 0.25),
+    ({"model": "llama", "phase": "training", "scope": "water_onsite"}, 54.0),
+    ({"model": "llama", "phase": "training", "scope": "water_offsite"}, 200.0),
+)
 
 
 @dataclass
 class FakePrometheus:
-    """Answers /api/v1/query: `co2e` for the grams query, `energy` for the joules query, each a
-    (HTTP status, body) pair; a str body goes out as text, anything else as JSON."""
+    """Answers /api/v1/query: `co2e` for the grams query, `water` for the litres query, `energy`
+    for the joules query, each a (HTTP status, body) pair; a str body goes out as text, anything
+    else as JSON."""
 
     co2e: tuple[int, Any] = (200, CO2E_DATA)
     energy: tuple[int, Any] = (200, ENERGY_DATA)
+    water: tuple[int, Any] = (200, WATER_DATA)
     delay: float = 0.0
     requests: list[dict[str, str]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -85,7 +94,9 @@ class FakePrometheus:
         self.requests.append(params)
         self.headers.append({k.lower(): v for k, v in request.headers.items()})
         await asyncio.sleep(self.delay)
-        status, body = self.co2e if CO2E in params.get("query", "") else self.energy
+        query = params.get("query", "")
+        status, body = (self.co2e if CO2E in query else self.water if WATER in query
+                        else self.energy)
         if isinstance(body, str):
             return web.Response(status=status, text=body)
         return web.json_response(body, status=status)
@@ -129,8 +140,10 @@ async def test_sends_the_documented_queries_at_one_instant(
         "sum by (model, phase, scope) (sum_over_time(model:footprint_co2e_grams:rate5m[7d:5m]))"
         " * 300",
         "sum by (model, phase) (sum_over_time(model:footprint_energy_joules:rate5m[7d:5m])) * 300",
+        "sum by (model, phase, scope) (sum_over_time(model:footprint_water_liters:rate5m[7d:5m]))"
+        " * 300",
     ]
-    assert prom.requests[0]["time"] == prom.requests[1]["time"]
+    assert prom.requests[0]["time"] == prom.requests[1]["time"] == prom.requests[2]["time"]
     assert before - 0.001 <= float(prom.requests[0]["time"]) <= time.time()
     assert {r["timeout"] for r in prom.requests} == {"12"}
     capsys.readouterr()
@@ -147,7 +160,7 @@ async def test_since_and_step_go_into_the_subquery(prom: FakePrometheus) -> None
 async def test_step_defaults_to_5m_or_since_where_shorter(prom: FakePrometheus) -> None:
     assert await run("--prometheus", prom.url, "--since", "90s", "--format", "csv") == 0
     assert await run("--prometheus", prom.url, "--since", "1d", "--format", "csv") == 0
-    assert [r["query"] for r in prom.requests[::2]] == [
+    assert [r["query"] for r in prom.requests[::3]] == [
         "sum by (model, phase, scope) (sum_over_time(model:footprint_co2e_grams:rate5m"
         "[90s:90s])) * 90",
         "sum by (model, phase, scope) (sum_over_time(model:footprint_co2e_grams:rate5m"
@@ -157,12 +170,12 @@ async def test_step_defaults_to_5m_or_since_where_shorter(prom: FakePrometheus) 
 TABLE = """\
 CO2e per model and phase, last 7d (step 5m)
 
-MODEL  PHASE      OPERATIONAL  INFRASTRUCTURE  EMBODIED    TOTAL  OPER%  INFRA%   EMB%  ENERGY kWh        ENERGY J
-bert   inference      2.50 t           500 kg   1.00 t   4.00 t   62.5%   12.5%  25.0%       6,250  22,500,000,000
-llama  inference      15.0 g          3.00 g    2.00 g   20.0 g   75.0%   15.0%  10.0%      0.0375         135,000
-llama  training       12.0 kg         2.40 kg    600 g   15.0 kg  80.0%   16.0%   4.0%        30.0     108,000,000
------  ---------  -----------  --------------  --------  -------  -----  ------  -----  ----------  --------------
-TOTAL                 2.51 t           502 kg   1.00 t   4.02 t   62.6%   12.5%  24.9%       6,280  22,608,135,000
+MODEL  PHASE      OPERATIONAL  INFRASTRUCTURE  EMBODIED    TOTAL  OPER%  INFRA%   EMB%  ENERGY kWh        ENERGY J  WATER ON-SITE L  WATER OFF-SITE L
+bert   inference      2.50 t           500 kg   1.00 t   4.00 t   62.5%   12.5%  25.0%       6,250  22,500,000,000                -                 -
+llama  inference      15.0 g          3.00 g    2.00 g   20.0 g   75.0%   15.0%  10.0%      0.0375         135,000           0.0675             0.250
+llama  training       12.0 kg         2.40 kg    600 g   15.0 kg  80.0%   16.0%   4.0%        30.0     108,000,000             54.0               200
+-----  ---------  -----------  --------------  --------  -------  -----  ------  -----  ----------  --------------  ---------------  ----------------
+TOTAL                 2.51 t           502 kg   1.00 t   4.02 t   62.6%   12.5%  24.9%       6,280  22,608,135,000             54.1               200
 """  # noqa: E501
 
 
@@ -174,24 +187,28 @@ async def test_table(prom: FakePrometheus, capsys: pytest.CaptureFixture[str]) -
 
 
 def record(model: str | None, phase: str | None, op: float, infra: float, emb: float,
-           total: float, joules: float) -> dict[str, Any]:
+           total: float, joules: float, water: tuple[float, float] | None = None
+           ) -> dict[str, Any]:
     return {"model": model, "phase": phase, "operational_grams": op,
             "infrastructure_grams": infra, "embodied_grams": emb, "total_grams": total,
             "operational_share": op / total, "infrastructure_share": infra / total,
             "embodied_share": emb / total, "energy_joules": joules,
-            "energy_kwh": joules / 3.6e6}
+            "energy_kwh": joules / 3.6e6,
+            "water_onsite_liters": None if water is None else water[0],
+            "water_offsite_liters": None if water is None else water[1]}
 
 
 BERT = record("bert", "inference", 2_500_000.0, 500_000.0, 1_000_000.0, 4_000_000.0, 22.5e9)
-LLAMA_INF = record("llama", "inference", 15.0, 3.0, 2.0, 20.0, 135_000.0)
-LLAMA_TRAIN = record("llama", "training", 12_000.0, 2_400.0, 600.0, 15_000.0, 108e6)
+LLAMA_INF = record("llama", "inference", 15.0, 3.0, 2.0, 20.0, 135_000.0, (0.0675, 0.25))
+LLAMA_TRAIN = record("llama", "training", 12_000.0, 2_400.0, 600.0, 15_000.0, 108e6,
+                     (54.0, 200.0))
 
 
 async def test_json(prom: FakePrometheus, capsys: pytest.CaptureFixture[str]) -> None:
     assert await run("--prometheus", prom.url, "--format", "json") == 0
     got = json.loads(capsys.readouterr().out)
     totals = record(None, None, 2_512_015.0, 502_403.0, 1_000_602.0, 4_015_020.0,
-                    22_608_135_000.0)
+                    22_608_135_000.0, (54.0675, 200.25))  # bert's missing water adds nothing
     assert got == [BERT, LLAMA_INF, LLAMA_TRAIN, totals]
     assert list(got[0]) == list(report.FIELDS)
 
@@ -200,11 +217,12 @@ async def test_csv(prom: FakePrometheus, capsys: pytest.CaptureFixture[str]) -> 
     assert await run("--prometheus", prom.url, "--model", "llama", "--format", "csv") == 0
     assert capsys.readouterr().out == (
         "model,phase,operational_grams,infrastructure_grams,embodied_grams,total_grams,"
-        "operational_share,infrastructure_share,embodied_share,energy_joules,energy_kwh\n"
-        "llama,inference,15.0,3.0,2.0,20.0,0.75,0.15,0.1,135000.0,0.0375\n"
-        "llama,training,12000.0,2400.0,600.0,15000.0,0.8,0.16,0.04,108000000.0,30.0\n"
+        "operational_share,infrastructure_share,embodied_share,energy_joules,energy_kwh,"
+        "water_onsite_liters,water_offsite_liters\n"
+        "llama,inference,15.0,3.0,2.0,20.0,0.75,0.15,0.1,135000.0,0.0375,0.0675,0.25\n"
+        "llama,training,12000.0,2400.0,600.0,15000.0,0.8,0.16,0.04,108000000.0,30.0,54.0,200.0\n"
         f"TOTAL,,12015.0,2403.0,602.0,15020.0,{12015 / 15020!r},{2403 / 15020!r},"
-        f"{602 / 15020!r},108135000.0,{108135000 / 3.6e6!r}\n")
+        f"{602 / 15020!r},108135000.0,{108135000 / 3.6e6!r},54.0675,200.25\n")
 
 
 async def test_model_filter_is_an_exact_match(
@@ -248,11 +266,11 @@ async def test_shares_total_and_missing_pieces(
     assert await run("--prometheus", prom.url) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[3].split() == ["(none)", "other", "0", "g", "0", "g", "4.00", "g", "4.00", "g",
-                                "0.0%", "0.0%", "100.0%", "0", "0"]
+                                "0.0%", "0.0%", "100.0%", "0", "0", "-", "-"]
     assert lines[5].split() == ["b", "inference", "0", "g", "0", "g", "0", "g", "0", "g",
-                                "-", "-", "-", "0", "0"]
+                                "-", "-", "-", "0", "0", "-", "-"]
     assert lines[6].split() == ["c", "inference", "0", "g", "0", "g", "0", "g", "0", "g",
-                                "-", "-", "-", "2.00", "7,200,000"]
+                                "-", "-", "-", "2.00", "7,200,000", "-", "-"]
 
 
 async def test_non_finite_values_are_left_out_with_a_warning(
@@ -260,7 +278,7 @@ async def test_non_finite_values_are_left_out_with_a_warning(
     prom.co2e = (200, vector(*grams("a", "training", operational=1.0, embodied=float("nan"))))
     assert await run("--prometheus", prom.url, "--format", "csv", "--model", "a") == 0
     out, err = capsys.readouterr()
-    assert "a,training,1.0,0.0,0.0,1.0,1.0,0.0,0.0,0.0,0.0\n" in out
+    assert "a,training,1.0,0.0,0.0,1.0,1.0,0.0,0.0,0.0,0.0,,\n" in out  # no water: empty
     assert err.startswith("footprint-exporter report: warning: leaving out nan for model='a'")
 
 
@@ -409,8 +427,8 @@ async def test_bearer_token_and_headers_are_sent(
                      "--header", "X-Scope-OrgID: tenant-1", "--header", "X-Extra:v:with:colons",
                      "--format", "csv") == 0
     out, err = capsys.readouterr()
-    assert len(prom.headers) == 2
-    for headers in prom.headers:  # both queries
+    assert len(prom.headers) == 3
+    for headers in prom.headers:  # every query
         assert headers["authorization"] == f"Bearer {TOKEN}"
         assert headers["x-scope-orgid"] == "tenant-1"
         assert headers["x-extra"] == "v:with:colons"
@@ -424,7 +442,7 @@ async def test_basic_auth_is_sent(prom: FakePrometheus, tmp_path: Path) -> None:
     assert await run("--prometheus", prom.url, "--basic-auth-user", "footprint",
                      "--basic-auth-password-file", str(password), "--format", "json") == 0
     expected = "Basic " + base64.b64encode(f"footprint:{PASSWORD}".encode()).decode()
-    assert [h["authorization"] for h in prom.headers] == [expected, expected]
+    assert [h["authorization"] for h in prom.headers] == [expected] * 3
 
 
 async def test_no_credentials_sent_without_options(prom: FakePrometheus) -> None:
