@@ -28,7 +28,7 @@ from exporter.server import (
 )
 from exporter.sources import registry
 from exporter.sources.base import EnergySource, Status
-from exporter.watchdog import read_timeout_for
+from exporter.watchdog import PROBE_TIMEOUT_SECONDS, call_within, read_timeout_for
 from exporter.webconfig import load_web_config
 
 DEFAULT_LISTEN_ADDRESS = ":9835"
@@ -163,12 +163,28 @@ def _log_status(name: str, status: Status) -> None:
         log.info(f"source {name}: off, {status.detail}")
 
 
+def probe(source: EnergySource, timeout_seconds: float) -> Status:
+    """The source's probe, bounded like its reads (exporter.watchdog): a hung driver or a FIFO
+    where a sysfs file should be leaves the source off instead of hanging the start-up."""
+    outcome = call_within(source.name, source.probe, timeout_seconds)
+    if outcome.hung:
+        return Status(False, f"its probe did not return within {timeout_seconds:g} s (a hung "
+                             "driver, or a FIFO or device where a sysfs file should be): off "
+                             "until the exporter restarts", present=True)
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.value is not None
+    return outcome.value
+
+
 def build_sampler(settings: Settings, *, process_metrics: bool = True,
                   clock: Callable[[], float] = time.monotonic,
                   timer: Callable[[], float] = time.perf_counter,
-                  nvml_module: ModuleType | None = None) -> Sampler:
+                  nvml_module: ModuleType | None = None,
+                  probe_timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> Sampler:
     """Make and probe each source of the registry once, in its order; each owns the
-    components it reports that no source before it took (exporter/sources/registry.py)."""
+    components it reports that no source before it took (exporter/sources/registry.py). A
+    probe that does not return within `probe_timeout_seconds` leaves its source off."""
     sources: list[EnergySource] = []
     statuses: list[Status] = []
     uncovered = frozenset(COMPONENTS)
@@ -179,7 +195,7 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
         if not settings.collectors[spec.flag]:
             status = Status(False, f"disabled by --no-collector.{spec.flag}", present=False)
         else:
-            status = source.probe()
+            status = probe(source, probe_timeout_seconds)
             if status.enabled:
                 owned = status.components & spec.components & uncovered
                 if owned != status.components:

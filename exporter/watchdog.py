@@ -111,3 +111,29 @@ class Guard(Generic[T]):
         if self._thread is not None:
             self._jobs.put(None)
             self._thread = None
+
+
+PROBE_TIMEOUT_SECONDS = 30.0
+"""How long a source's start-up probe may take: NVML's first init on a large GPU node without
+persistence mode takes seconds; a probe still blocked after this is a hung driver or a FIFO."""
+
+
+def call_within(name: str, call: Callable[[], T], timeout_seconds: float) -> Outcome[T]:
+    """`call()` in a daemon thread of its own, waited for at most `timeout_seconds`: its value
+    or error, or `hung` (the thread is left blocked; it never holds up the exit)."""
+    future: Future[T] = Future()
+
+    def work() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name=f"probe-{name}", daemon=True).start()
+    wait([future], timeout=timeout_seconds)
+    if not future.done():
+        return Outcome(hung=True, started_hang=True)
+    error = future.exception()
+    return Outcome(error=error) if error is not None else Outcome(value=future.result())

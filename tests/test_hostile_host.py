@@ -112,6 +112,37 @@ def test_a_fifo_at_energy_uj_marks_rapl_down_and_the_ticks_go_on(tmp_path: Path)
     assert not any("Traceback" in line for line in exp.lines)
 
 
+def test_a_fifo_at_energy_uj_at_start_up_leaves_rapl_off_and_the_exporter_starts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The probe is bounded like the reads: start-up goes on without RAPL, the estimate covers
+    cpu and dram, and RAPL says why it is off (it was hanging start-up for ever)."""
+    root = node_tree(tmp_path, "intel-2s")
+    path = zone_dir(root, "intel-rapl:0") / "energy_uj"
+    path.unlink()
+    os.mkfifo(path)
+    settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
+                                   str(root / "proc"), "--no-collector.kubernetes",
+                                   "--no-collector.nvml"])
+    try:
+        started = time.monotonic()
+        sampler = cli.build_sampler(settings, process_metrics=False, probe_timeout_seconds=0.5)
+        assert time.monotonic() - started < 10  # not the test's timeout: it returned at all
+        statuses = {s.name: s.status for s in sampler.states}
+        assert not statuses["rapl"].enabled and statuses["rapl"].present
+        assert "did not return within 0.5 s" in statuses["rapl"].detail
+        assert statuses["estimated"].components == {"cpu", "dram"}
+        series = parse(sampler.tick().text.decode())
+        assert value(series, "footprint_source_up", source="rapl") == 0.0
+        owners = {dict(ls)["component"]: dict(ls)["source"] for (n, ls) in series
+                  if n == "footprint_node_energy_joules_total"}
+        assert owners == {"cpu": "estimated", "dram": "estimated"}
+        assert len(list(log_lines([r.getMessage() for r in caplog.records],
+                                  "did not return within 0.5 s"))) == 1
+        sampler.close()
+    finally:  # let the blocked probe return, so its thread ends
+        feed_fifo(path, "1\n", time.monotonic() + 5)
+
+
 def test_sigterm_while_a_read_is_blocked_exits_zero(tmp_path: Path) -> None:
     root = node_tree(tmp_path, "intel-2s")
     path = zone_dir(root, "intel-rapl:0") / "energy_uj"
