@@ -296,15 +296,28 @@ def connect_kubernetes(settings: Settings, *, gpus: bool) -> Kubernetes | None:
                          backoff_max_seconds=k.backoff_max_seconds)
     tracker = WorkloadTracker(procfs=settings.procfs, cgroups=cgroups,
                               rules=settings.file.models.effective_rules)
-    podresources = None
+    podresources = slices = None
     if gpus:
         from exporter.kube.podresources import PodResourcesClient
 
         podresources = PodResourcesClient(Path(k.pod_resources_socket),
-                                          resource_prefixes=k.gpu_resources)
+                                          resource_prefixes=k.gpu_resources,
+                                          dra_drivers=k.dra_drivers)
         log.info(f"source podresources: on, {podresources.describe()}")
+    if gpus and k.dra_drivers:
+        from exporter.kube.slices import SliceWatcher
+
+        slices = SliceWatcher(cluster.resource_api, settings.node_name, k.dra_drivers,
+                              watch_timeout_seconds=k.watch_timeout_seconds,
+                              backoff_max_seconds=k.backoff_max_seconds)
+        log.info(f"source resourceslices: on, DRA devices of {', '.join(k.dra_drivers)} on "
+                 f"node {settings.node_name} resolved by their uuid attribute "
+                 "(resource.k8s.io/v1, Kubernetes 1.34+)")
+    elif gpus:
+        log.info("source resourceslices: off (kubernetes.dra_drivers is empty): GPUs claimed "
+                 "through DRA stay unattributed")
     return Kubernetes(pods=watcher, tracker=tracker, grace_seconds=k.grace_period_seconds,
-                      podresources=podresources)
+                      podresources=podresources, slices=slices)
 
 
 def settle_memory() -> None:

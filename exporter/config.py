@@ -146,6 +146,10 @@ class KubernetesSettings:
     gpu_resources: tuple[str, ...] = setting(
         ("nvidia.com/gpu", "nvidia.com/mig-"),
         doc="resource names (or prefixes) whose devices are GPUs or MIG slices")
+    dra_drivers: tuple[str, ...] = setting(
+        ("gpu.nvidia.com",),
+        doc="DRA drivers whose claimed devices are GPUs or MIG slices, resolved to NVML UUIDs "
+            "through this node's ResourceSlices (resource.k8s.io/v1); [] turns DRA off")
     backoff_max_seconds: float = setting(
         30.0, minimum=0.1, maximum=600.0,
         doc="longest wait between retries while the API fails (from 0.5 s, doubling, jittered)")

@@ -351,6 +351,12 @@ class Publisher:
     def podresources(self, up: bool) -> None:
         self._set(SOURCE_UP, ("podresources",), 1.0 if up else 0.0)
 
+    def slices(self, *, up: bool, api_errors: int) -> None:
+        """The ResourceSlice watch's state; `api_errors` is the increment since the last."""
+        self._set(SOURCE_UP, ("resourceslices",), 1.0 if up else 0.0)
+        if api_errors:
+            self._add(ERRORS, ("resourceslices", "api"), float(api_errors))
+
     def gpu_ratios(self, ratios: Mapping[Hashable, float]) -> None:
         published: set[Labels] = set()
         for holder, ratio in ratios.items():

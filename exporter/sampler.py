@@ -18,7 +18,9 @@ from exporter.exposition import Renderer, Snapshot, TickStats
 from exporter.facts import SECONDS_PER_YEAR, lifecycle_facts
 from exporter.gpus import Allocation
 from exporter.intensity.chain import FallbackChain
+from exporter.kube.podresources import ClaimHolder
 from exporter.kube.pods import PodView
+from exporter.kube.slices import DeviceIndex
 from exporter.ledger import Ledger
 from exporter.metrics import Publisher
 from exporter.sources.base import EnergySource, Reading, Status
@@ -83,9 +85,25 @@ class DeviceHolder(Protocol):
 class PodResources(Protocol):
     """The kubelet's device allocations (exporter.kube.podresources.PodResourcesClient)."""
 
-    def holders(self) -> Sequence[DeviceHolder] | None: ...
+    def holders(self) -> Sequence[DeviceHolder | ClaimHolder] | None: ...
 
     def close(self) -> None: ...
+
+
+class Slices(Protocol):
+    """This node's ResourceSlices (exporter.kube.slices.SliceWatcher)."""
+
+    def index(self) -> DeviceIndex: ...
+
+    def up(self) -> bool: ...
+
+    def synced(self) -> bool: ...
+
+    def errors(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
 
 
 class Pods(Protocol):
@@ -106,6 +124,8 @@ class Kubernetes:
     tracker: WorkloadTracker
     grace_seconds: float
     podresources: PodResources | None = None
+    slices: Slices | None = None
+    """Where DRA-claimed devices are resolved to NVML UUIDs; None: DRA off."""
 
 
 def _mass(grams: float) -> str:
@@ -161,6 +181,9 @@ class Sampler:
         self._gpu_products: tuple[tuple[str, str], ...] = ()
         self._api_errors = 0
         self._malformed = 0
+        self._slice_errors = 0
+        self._unresolved: set[tuple[ClaimHolder, str]] = set()
+        """Claimed devices that could not be resolved, as last reported (logged once each)."""
         self._read_throttle = logs.Throttle(log)
         self.ledger = Ledger()
         self._publish = Publisher(self.ledger)
@@ -196,6 +219,12 @@ class Sampler:
                     "podresources", "unknown" if held is None else
                     "up" if held == 1.0 else "down", "gpu holders",
                     "the kubelet's device allocations"))
+            if k.slices is not None:
+                index = k.slices.index()
+                rows.append(InputState(
+                    "resourceslices", "up" if k.slices.up() else "down", "dra gpu holders",
+                    f"{index.devices} DRA devices in {index.pools} pools of this node"
+                    + ("" if k.slices.synced() else "; waiting for the first list")))
         current = self._intensity.current()
         live = self._intensity.live
         rows.append(InputState(
@@ -213,11 +242,15 @@ class Sampler:
         self._intensity.start()
         if self._kubernetes is not None:
             self._kubernetes.pods.start()
+            if self._kubernetes.slices is not None:
+                self._kubernetes.slices.start()
 
     def close(self) -> None:
         self._intensity.stop()
         if self._kubernetes is not None:
             self._kubernetes.pods.stop()
+            if self._kubernetes.slices is not None:
+                self._kubernetes.slices.stop()
             if self._kubernetes.podresources is not None:
                 self._kubernetes.podresources.close()
         for source, _, guard in self._sources:
@@ -274,6 +307,7 @@ class Sampler:
             publish.gpus(gpus)
             if podresources_up is not None:
                 publish.podresources(podresources_up)
+            self._publish_slices()
             publish.gpu_ratios(result.gpu_allocation_ratio)
         publish.attribution(result)
         publish.expire(result.expired)
@@ -337,16 +371,46 @@ class Sampler:
             return (), {}, None
         allocations: list[Allocation] = []
         up: bool | None = None
+        unresolved: set[tuple[ClaimHolder, str]] = set()
         if k.podresources is not None:
             by_key = {c.key: c for c in sample.containers}
             held = k.podresources.holders()
             up = held is not None
+            index = k.slices.index() if k.slices is not None else None
             for h in held or ():
                 container = by_key.get((h.namespace, h.pod, h.container))
-                if container is not None:
+                if container is None:
+                    continue
+                if not isinstance(h, ClaimHolder):
                     allocations.append(Allocation(container, h.device))
+                elif index is not None and k.slices is not None and k.slices.synced():
+                    resolved = index.resolve(h.driver, h.pool, h.device)
+                    if resolved.uuid:
+                        allocations.append(Allocation(container, resolved.uuid))
+                    else:
+                        unresolved.add((h, resolved.reason))
+        self._report_unresolved(unresolved)
         pids = {p.pid for g in gpus for p in g.processes}
         return tuple(allocations), k.tracker.containers_of_pids(pids, sample.containers), up
+
+    def _report_unresolved(self, unresolved: set[tuple[ClaimHolder, str]]) -> None:
+        """Log and count each claimed device that cannot be resolved, once while it lasts."""
+        for holder, reason in unresolved - self._unresolved:
+            log.warning(
+                f"{reason}: the GPU that claim {holder.claim_namespace}/{holder.claim} of "
+                f"{holder.namespace}/{holder.pod}/{holder.container} holds stays unattributed "
+                "(counted in footprint_exporter_errors_total{source=\"resourceslices\", "
+                "reason=\"unresolved_device\"})")
+            self._publish.problems([("resourceslices", "unresolved_device")])
+        self._unresolved = unresolved  # bounded by what is claimed now
+
+    def _publish_slices(self) -> None:
+        slices = self._kubernetes.slices if self._kubernetes is not None else None
+        if slices is None:
+            return
+        errors = slices.errors()
+        self._publish.slices(up=slices.up(), api_errors=max(errors - self._slice_errors, 0))
+        self._slice_errors = max(self._slice_errors, errors)
 
     def _publish_kubernetes(self, view: PodView, sample: WorkloadSample | None,
                             allocatable: float) -> None:

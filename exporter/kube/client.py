@@ -14,6 +14,8 @@ class Cluster:
 
     api: Any  # kubernetes.client.CoreV1Api; typed loosely so the client loads only when used
     detail: str
+    resource_api: Any = None
+    """kubernetes.client.ResourceV1Api (resource.k8s.io/v1, DRA), on the same connection."""
 
 
 def connect(kubeconfig: Path | None = None) -> Cluster:
@@ -43,5 +45,6 @@ def connect(kubeconfig: Path | None = None) -> Cluster:
         except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
             return Cluster(None, f"kubeconfig {path} unusable: {exc}; fix it or unset KUBECONFIG")
         detail = f"kubeconfig {path} ({configuration.host})"
-    api = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(configuration))
-    return Cluster(api, detail)
+    client = kubernetes.client.ApiClient(configuration)
+    return Cluster(kubernetes.client.CoreV1Api(client), detail,
+                   kubernetes.client.ResourceV1Api(client))

@@ -1,15 +1,18 @@
 """Who holds which GPU: the kubelet's pod-resources API v1 (`List`), over its unix socket.
 
 The kubelet assigns device-plugin devices to containers and is the only one that knows the
-assignment; the Kubernetes API only has the requested counts. The socket is normally
-/var/lib/kubelet/pod-resources/kubelet.sock; the exporter mounts that directory (not the socket
-file), since a kubelet restart removes the socket and creates a new one.
+assignment; the Kubernetes API only has the requested counts. Devices claimed through Dynamic
+Resource Allocation (ResourceClaims) come in the same answer, as `dynamic_resources`: (driver,
+pool, device name) per claimed device, which exporter.kube.slices resolves to an NVML UUID.
+The socket is normally /var/lib/kubelet/pod-resources/kubelet.sock; the exporter mounts that
+directory (not the socket file), since a kubelet restart removes the socket and creates a new
+one.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +28,8 @@ log = logs.get("podresources")
 
 DEFAULT_PREFIXES = KubernetesSettings().gpu_resources
 """The config's default (`kubernetes.gpu_resources`), defined there once."""
+DEFAULT_DRIVERS = KubernetesSettings().dra_drivers
+"""The config's default (`kubernetes.dra_drivers`)."""
 
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """What the kubelet's own pod-resources client accepts; gRPC's 4 MiB default is small for a
@@ -63,6 +68,26 @@ class DeviceHolder:
         return device_of(self.device_id)
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimHolder:
+    """One device a ResourceClaim holds, for one container that names the claim."""
+
+    namespace: str
+    pod: str
+    container: str
+    claim_namespace: str
+    claim: str
+    driver: str
+    """The DRA driver, e.g. "gpu.nvidia.com"."""
+    pool: str
+    device: str
+    """The device's name in its ResourceSlice (e.g. "gpu-0", "gpu-2-mig-3g40gb-9-0"): not a
+    UUID, and its number is the GPU's minor number, not NVML's index."""
+
+
+Holder = DeviceHolder | ClaimHolder
+
+
 def device_of(device_id: str) -> str:
     """Strips the "::N" replica suffix that GPU sharing (time-slicing, MPS) appends to an id."""
     base, sep, replica = device_id.rpartition("::")
@@ -74,10 +99,11 @@ def matches(resource: str, prefixes: Sequence[str]) -> bool:
     return any(resource.startswith(prefix) for prefix in prefixes)
 
 
-def holders_of(response: pb.ListPodResourcesResponse,
-               prefixes: Sequence[str]) -> list[DeviceHolder]:
-    """Every device of a matching resource in a List response, in the kubelet's order."""
-    found: list[DeviceHolder] = []
+def holders_of(response: pb.ListPodResourcesResponse, prefixes: Sequence[str],
+               drivers: Collection[str] = ()) -> list[Holder]:
+    """Every device of a matching resource, and every device of a matching DRA driver that a
+    claim holds, in a List response, in the kubelet's order."""
+    found: list[Holder] = []
     for pod in response.pod_resources:
         for container in pod.containers:
             for devices in container.devices:
@@ -87,6 +113,13 @@ def holders_of(response: pb.ListPodResourcesResponse,
                                           container=container.name,
                                           resource=devices.resource_name, device_id=device_id)
                              for device_id in devices.device_ids if device_id)
+            for claim in container.dynamic_resources:
+                found.extend(ClaimHolder(
+                    namespace=pod.namespace, pod=pod.name, container=container.name,
+                    claim_namespace=claim.claim_namespace, claim=claim.claim_name,
+                    driver=r.driver_name, pool=r.pool_name, device=r.device_name)
+                    for r in claim.claim_resources
+                    if r.driver_name in drivers and r.device_name)
     return found
 
 
@@ -95,9 +128,11 @@ class PodResourcesClient:
 
     def __init__(self, socket_path: Path, *,
                  resource_prefixes: Sequence[str] = DEFAULT_PREFIXES,
+                 dra_drivers: Collection[str] = DEFAULT_DRIVERS,
                  timeout_seconds: float = 2.0) -> None:
         self._path = Path(socket_path)
         self._prefixes = tuple(resource_prefixes)
+        self._drivers = frozenset(dra_drivers)
         self._timeout = timeout_seconds
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
@@ -107,13 +142,14 @@ class PodResourcesClient:
         self._last_count = 0
         self._throttle = logs.Throttle(log)
 
-    def holders(self) -> list[DeviceHolder] | None:
-        """The devices held now; None when the kubelet could not be asked (logged, throttled)."""
+    def holders(self) -> list[Holder] | None:
+        """The devices held now (device-plugin devices, and DRA devices of the drivers
+        watched); None when the kubelet could not be asked (logged, throttled)."""
         with self._lock:
             try:
                 call = self._connect()
                 response = call(pb.ListPodResourcesRequest(), timeout=self._timeout)
-                found = holders_of(response, self._prefixes)
+                found = holders_of(response, self._prefixes, self._drivers)
             except Exception as exc:  # never raise into the sampler's tick
                 self._fail(exc)
                 return None
@@ -132,7 +168,9 @@ class PodResourcesClient:
         state = (f"up, {self._last_count} devices held" if self._up
                  else f"down: {self._last_error}")
         wanted = ", ".join(f"{prefix}*" for prefix in self._prefixes)
-        return f"kubelet pod-resources v1 at {self._path} ({state}; resources {wanted})"
+        drivers = ", ".join(sorted(self._drivers)) or "none"
+        return (f"kubelet pod-resources v1 at {self._path} ({state}; resources {wanted}; "
+                f"DRA drivers {drivers})")
 
     def close(self) -> None:
         with self._lock:
