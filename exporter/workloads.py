@@ -27,6 +27,18 @@ from exporter.usage.procstat import ProcError, read_cpu_times
 
 log = logs.get("workloads")
 
+MPS_SERVER = "nvidia-cuda-mps-server"
+"""The process an MPS control daemon starts per GPU (and user); NVML lists it on the GPU."""
+
+
+def process_name(procfs: Path, pid: int) -> str:
+    """`<procfs>/<pid>/comm` without its newline; "" when the pid is gone."""
+    try:
+        return (procfs / str(pid) / "comm").read_text(encoding="utf-8",
+                                                      errors="replace").strip()
+    except OSError:
+        return ""
+
 
 @dataclass(frozen=True, slots=True)
 class Container:
@@ -146,13 +158,23 @@ class WorkloadTracker:
                            containers: Sequence[Container]) -> dict[int, Container]:
         """Which container each GPU process belongs to (host PIDs, via <procfs>/<pid>/cgroup).
 
-        A pid's cgroup never changes, so each is read once while it lives.
+        A pid's cgroup never changes, so each is read once while it lives. An MPS server
+        (`nvidia-cuda-mps-server`) is nobody's: it runs the work of its clients, in their pods,
+        from the pod of the MPS control daemon (docs/attribution.md#mps).
         """
         by_id = {c.container_id: c for c in containers}
         known = {pid: self._pid_ids[pid] if pid in self._pid_ids
-                 else container_id_of_pid(self._procfs, pid) for pid in pids}
+                 else self._container_id_of_gpu_pid(pid) for pid in pids}
         self._pid_ids = known  # forget pids that are gone
         return {pid: by_id[cid] for pid, cid in known.items() if cid in by_id}
+
+    def _container_id_of_gpu_pid(self, pid: int) -> str | None:
+        container_id = container_id_of_pid(self._procfs, pid)
+        if container_id is not None and process_name(self._procfs, pid) == MPS_SERVER:
+            log.info(f"GPU process {pid} is an MPS server ({MPS_SERVER}, container "
+                     f"{container_id[:12]}): not a GPU holder; its clients are")
+            return None
+        return container_id
 
     def sample(self, view: PodView) -> WorkloadSample:
         busy_delta = 0.0

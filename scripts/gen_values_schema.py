@@ -31,7 +31,8 @@ from exporter import config  # noqa: E402  (after the path is set)
 from exporter.schema import optional_inner  # noqa: E402
 
 SCHEMA = Path("charts/footprint-exporter/values.schema.json")
-CHART_SETS = {"kubernetes.pod_resources_socket": "podResources"}
+CHART_SETS = {"kubernetes.pod_resources_socket": "podResources",
+              "kubernetes.dra_drivers": "gpu.dra.drivers"}
 """Config keys the chart's templates write from other values, so `config:` may not set them."""
 DESCRIPTION = (
     "The exporter's config file (docs/configuration.md), written to a ConfigMap. "

@@ -95,8 +95,11 @@ class Exporter:
     """footprint-exporter as a real process on a free loopback port."""
 
     def __init__(self, args: Sequence[str], *, env: Mapping[str, str] | None = None,
-                 unreadable_as_root: bool = False) -> None:
-        cmd = [sys.executable, "-m", "exporter", "--web.listen-address", "127.0.0.1:0", *args]
+                 unreadable_as_root: bool = False,
+                 launcher: Sequence[str] = ("-m", "exporter")) -> None:
+        """`launcher`: what runs the exporter, e.g. ("-m", "tests.fakes.nvml_process",
+        "tests.test_dra:four_dra_gpus") for the real process on the fake NVML."""
+        cmd = [sys.executable, *launcher, "--web.listen-address", "127.0.0.1:0", *args]
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "KUBECONFIG": str(REPO / "tests" / "no-such-kubeconfig"),

@@ -16,6 +16,7 @@ import json
 import math
 import posixpath
 import re
+import shutil
 import subprocess
 import sys
 import typing
@@ -48,7 +49,7 @@ RELEASE = "footprint"
 NAMESPACE = "monitoring"
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 FEATURES = {"servicemonitor", "podmonitor", "rules-budgets", "dashboards", "gpu", "gpu-only",
-            "parity",
+            "gpu-cdi", "gpu-volume-mounts", "parity",
             "networkpolicy", "webconfig-tls", "live-intensity", "hostpid", "config"}
 POD_RESOURCES_DIR = "/var/lib/kubelet/pod-resources"
 POOL_LABEL = "footprint.dev/pool"
@@ -61,8 +62,12 @@ HOST_PATHS = {
     "/sys/fs/cgroup": "/host/sys/fs/cgroup",
     "/proc": "/host/proc",  # per-PID cgroup files: the whole procfs
     POD_RESOURCES_DIR: POD_RESOURCES_DIR,
+    # gpu.injection=volume-mounts: the toolkit's device list, read from the mount's place only.
+    "/dev/null": "/var/run/nvidia-container-devices/all",
 }
 """hostPath -> mountPath of every host mount the chart may make."""
+HOST_DIRECTORIES = {path for path in HOST_PATHS if path != "/dev/null"}
+"""The host mounts of the default render: directories, all of them."""
 DEFAULT_NETWORK_PEERS = [
     {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 MEASURED_RSS_MB = 114  # docs/performance.md: 107-114 MB at 250 containers, 8 GPUs
@@ -72,6 +77,16 @@ RBAC_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
 ]
+DRA_RULE = {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices"],
+            "verbs": ["get", "list", "watch"]}
+"""The ClusterRole's own rule with gpu.enabled and gpu.dra.enabled: this node's ResourceSlices
+(never ResourceClaims)."""
+DRA_DRIVERS = ["gpu.nvidia.com"]  # gpu.dra.drivers' default
+DRA_KUBE_VERSIONS = ("1.34", "1.35", "1.36", "1.37")
+"""The minors that serve resource.k8s.io/v1 (GA in 1.34)."""
+INJECTIONS = ("env", "volume-mounts", "cdi")
+DEVICE_LIST_DIR = "/var/run/nvidia-container-devices"
+CDI_ANNOTATION = "cdi.k8s.io/footprint-exporter"
 
 Obj = dict[str, Any]
 
@@ -113,6 +128,13 @@ def pools(case: str) -> list[str]:
 
 
 CASE_POOLS = [(case, pool) for case in CASES for pool in pools(case)]
+
+
+def dra_on(values: Obj | None) -> bool:
+    """Whether values turn DRA attribution on: gpu.enabled and gpu.dra.enabled (on by
+    default)."""
+    gpu = (values or {}).get("gpu") or {}
+    return bool(gpu.get("enabled", False) and (gpu.get("dra") or {}).get("enabled", True))
 
 
 def render_templates(helm: ModuleType, values: Obj | None,
@@ -265,6 +287,9 @@ def test_the_exporter_accepts_the_config_file(rendered: dict[str, list[Obj]], ca
     objects = rendered[case]
     config = exporter_config.parse_file_config(config_file(objects))
     assert config.kubernetes.pod_resources_socket == f"{POD_RESOURCES_DIR}/kubelet.sock"
+    # DRA attribution only where a GPU DaemonSet runs and gpu.dra is on.
+    assert list(config.kubernetes.dra_drivers) == (
+        DRA_DRIVERS if dra_on(load_values(case)) else [])
     assert container(objects)["args"].count("--config.file=/etc/footprint/config.yaml") == 1
     assert mounts(objects)["config"]["mountPath"] == "/etc/footprint/config.yaml"
 
@@ -311,10 +336,11 @@ def test_every_host_path_is_mounted_read_only(
 
 
 @pytest.mark.parametrize(("case", "pool"), CASE_POOLS)
-def test_rbac_is_pods_read_and_nodes_get_only(
+def test_rbac_reads_pods_nodes_and_resourceslices_only(
         rendered: dict[str, list[Obj]], case: str, pool: str) -> None:
     objects = rendered[case]
-    assert one(objects, "ClusterRole")["rules"] == RBAC_RULES
+    assert one(objects, "ClusterRole")["rules"] == RBAC_RULES + (
+        [DRA_RULE] if dra_on(load_values(case)) else [])
     assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
     binding = one(objects, "ClusterRoleBinding")
     account = one(objects, "ServiceAccount")["metadata"]
@@ -375,8 +401,9 @@ def test_defaults(rendered: dict[str, list[Obj]]) -> None:
     # The kubelet's pod-resources directory, not its socket (docs/podresources.md).
     assert volumes(objects)["pod-resources"]["hostPath"] == {
         "path": POD_RESOURCES_DIR, "type": "Directory"}
-    assert config_file(objects) == {
-        "kubernetes": {"pod_resources_socket": f"{POD_RESOURCES_DIR}/kubelet.sock"}}
+    assert config_file(objects) == {  # no GPU DaemonSet: no DRA drivers
+        "kubernetes": {"pod_resources_socket": f"{POD_RESOURCES_DIR}/kubelet.sock",
+                       "dra_drivers": []}}
     service = one(objects, "Service")
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [
@@ -631,7 +658,9 @@ def test_one_release_measures_cpu_and_gpu_pools_once(rendered: dict[str, list[Ob
     assert gpu_spec["runtimeClassName"] == "nvidia" and "runtimeClassName" not in cpu_spec
     assert env(objects, "gpu")["NVIDIA_VISIBLE_DEVICES"] == "all"
     assert env(objects, "gpu")["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
-    assert not {"NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"} & set(env(objects, "cpu"))
+    assert env(objects, "gpu")["FOOTPRINT_GPU_INJECTION"] == "env"
+    assert not {"NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES",
+                "FOOTPRINT_GPU_INJECTION"} & set(env(objects, "cpu"))
     assert (gpu_spec["hostPID"], cpu_spec["hostPID"]) == (True, False)
     gpu_taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
     assert any(tolerates(t, gpu_taint) for t in gpu_spec["tolerations"])
@@ -855,7 +884,7 @@ def test_host_mounts_are_no_wider_than_the_exporter_reads(
         rendered: dict[str, list[Obj]]) -> None:
     objects = rendered["default"]
     assert {v["hostPath"]["path"]: v["hostPath"]["type"] for v in volumes(objects).values()
-            if "hostPath" in v} == {path: "Directory" for path in HOST_PATHS}
+            if "hostPath" in v} == {path: "Directory" for path in HOST_DIRECTORIES}
     args = container(objects)["args"]
     assert "--path.sysfs=/host/sys" in args and "--path.procfs=/host/proc" in args
     reads = {  # what the exporter reads, under --path.sysfs and --path.procfs
@@ -930,6 +959,150 @@ def test_config_changes_restart_the_pods(rendered: dict[str, list[Obj]]) -> None
 
 
 # ---------------------------------------------------------------------------------------------
+# How the GPU exporter gets its GPUs (gpu.injection), and DRA attribution (gpu.dra)
+
+
+def gpu_values(injection: str, dra: bool = True, **gpu: Any) -> Obj:
+    return {"gpu": {"enabled": True, "injection": injection, "dra": {"enabled": dra}, **gpu}}
+
+
+def check_injection(objects: list[Obj], injection: str) -> None:
+    """The GPU pods ask for every GPU the way gpu.injection says, and say which way in
+    FOOTPRINT_GPU_INJECTION; the CPU pods ask for none."""
+    gpu_env = env(objects, "gpu")
+    assert gpu_env["FOOTPRINT_GPU_INJECTION"] == injection
+    assert gpu_env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
+    names = [e["name"] for e in container(objects, "gpu")["env"]]
+    assert len(names) == len(set(names)), names
+    annotations = daemonset(objects, "gpu")["spec"]["template"]["metadata"]["annotations"]
+    device_list = volumes(objects, "gpu").get("nvidia-device-list")
+    device_list_mount = mounts(objects, "gpu").get("nvidia-device-list")
+    if injection == "env":
+        assert gpu_env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    elif injection == "volume-mounts":
+        assert gpu_env["NVIDIA_VISIBLE_DEVICES"] == DEVICE_LIST_DIR
+        # As NVIDIA's device plugin with deviceListStrategy volume-mounts: /dev/null, mounted
+        # where its name under the directory (`all`) is the device list.
+        assert device_list == {"name": "nvidia-device-list",
+                               "hostPath": {"path": "/dev/null", "type": "CharDevice"}}
+        assert device_list_mount == {"name": "nvidia-device-list",
+                                     "mountPath": f"{DEVICE_LIST_DIR}/all", "readOnly": True}
+    else:
+        assert injection == "cdi"
+        assert "NVIDIA_VISIBLE_DEVICES" not in gpu_env
+        assert annotations[CDI_ANNOTATION] == "nvidia.com/gpu=all"
+    assert (CDI_ANNOTATION in annotations) is (injection == "cdi")
+    assert (device_list is not None) is (device_list_mount is not None) is (
+        injection == "volume-mounts")
+    if len(of_kind(objects, "DaemonSet")) == 2:
+        cpu_env = env(objects, "cpu")
+        assert not {"NVIDIA_VISIBLE_DEVICES", "FOOTPRINT_GPU_INJECTION"} & set(cpu_env)
+        cpu_annotations = daemonset(objects, "cpu")["spec"]["template"]["metadata"][
+            "annotations"]
+        assert CDI_ANNOTATION not in cpu_annotations
+        assert "nvidia-device-list" not in volumes(objects, "cpu")
+
+
+def check_dra(objects: list[Obj], dra: bool) -> None:
+    """The resourceslices rule, a rule of its own, and the config's DRA drivers, together."""
+    rules = one(objects, "ClusterRole")["rules"]
+    assert rules == RBAC_RULES + ([DRA_RULE] if dra else [])
+    assert "resourceclaims" not in json.dumps(rules)
+    assert config_file(objects)["kubernetes"]["dra_drivers"] == (DRA_DRIVERS if dra else [])
+
+
+@pytest.mark.parametrize("dra", [True, False], ids=["dra", "no-dra"])
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_the_gpu_daemonset_validates_for_each_injection_with_and_without_dra(
+        helm: ModuleType, kubernetes_validate: ModuleType, injection: str, dra: bool) -> None:
+    """Rendered as each minor that has resource.k8s.io/v1, strictly validated: the GPU
+    DaemonSet, the ClusterRole and the ConfigMap."""
+    for version in DRA_KUBE_VERSIONS:
+        objects = render(helm, gpu_values(injection, dra), version)
+        check_injection(objects, injection)
+        check_dra(objects, dra)
+        for obj in (daemonset(objects, "gpu"), one(objects, "ClusterRole"),
+                    one(objects, "ConfigMap")):
+            try:
+                assert kubernetes_validate.validate(obj, version, strict=True) == version
+            except kubernetes_validate.ValidationError as exc:
+                where = ".".join(map(str, exc.path))
+                pytest.fail(f"{injection}, dra={dra}: {obj['kind']}/{obj['metadata']['name']} "
+                            f"on {version}: {where}: {exc.message}")
+
+
+def test_the_ci_values_of_each_injection(rendered: dict[str, list[Obj]]) -> None:
+    for case, injection, dra in (("gpu", "env", True), ("gpu-only", "env", True),
+                                 ("gpu-cdi", "cdi", True),
+                                 ("gpu-volume-mounts", "volume-mounts", False)):
+        assert load_values(case)["gpu"].get("injection", "env") == injection  # type: ignore[index]
+        check_injection(rendered[case], injection)
+        check_dra(rendered[case], dra)
+
+
+def test_dra_needs_the_gpu_pool_and_gpu_dra(helm: ModuleType) -> None:
+    """The resourceslices rule and the DRA drivers exactly with gpu.enabled and
+    gpu.dra.enabled; the drivers are gpu.dra.drivers, which the exporter accepts."""
+    for gpu_enabled in (False, True):
+        for dra in (False, True):
+            objects = render(helm, {"gpu": {"enabled": gpu_enabled, "dra": {"enabled": dra}}})
+            check_dra(objects, gpu_enabled and dra)
+    drivers = ["gpu.nvidia.com", "gpu.example.com"]
+    objects = render(helm, {"gpu": {"enabled": True, "dra": {"drivers": drivers}}})
+    config = config_file(objects)
+    assert config["kubernetes"]["dra_drivers"] == drivers
+    assert list(exporter_config.parse_file_config(config).kubernetes.dra_drivers) == drivers
+    # The chart's config keys stay its own, beside the user's kubernetes settings.
+    objects = render(helm, {"gpu": {"enabled": True},
+                            "config": {"kubernetes": {"grace_period_seconds": 60}}})
+    assert config_file(objects)["kubernetes"] == {
+        "grace_period_seconds": 60, "dra_drivers": DRA_DRIVERS,
+        "pod_resources_socket": f"{POD_RESOURCES_DIR}/kubelet.sock"}
+    assert not of_kind(render(helm, {"gpu": {"enabled": True}, "rbac": {"create": False}}),
+                       "ClusterRole")
+
+
+def test_gpu_env_may_replace_the_visible_devices_only_with_env(helm: ModuleType) -> None:
+    uuids = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "GPU-0,GPU-1"},
+             {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"}]
+    objects = render(helm, gpu_values("env", env=uuids))
+    names = [e["name"] for e in container(objects, "gpu")["env"]]
+    assert names.count("NVIDIA_VISIBLE_DEVICES") == 1  # the chart's `all` gives way
+    assert env(objects, "gpu")["NVIDIA_VISIBLE_DEVICES"] == "GPU-0,GPU-1"
+    for injection in ("volume-mounts", "cdi"):
+        with pytest.raises(helm.HelmRenderError,
+                           match=rf"gpu\.env sets NVIDIA_VISIBLE_DEVICES, which "
+                                 rf"gpu\.injection={injection} does not take from there"):
+            render(helm, gpu_values(injection, env=uuids))
+    # gpu.env without NVIDIA_VISIBLE_DEVICES goes with every injection.
+    extra = [{"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"},
+             {"name": "NVIDIA_MIG_MONITOR_DEVICES", "value": "all"}]
+    for injection in INJECTIONS:
+        assert env(render(helm, gpu_values(injection, env=extra)), "gpu")[
+            "NVIDIA_MIG_MONITOR_DEVICES"] == "all"
+
+
+def test_an_unknown_injection_fails_even_without_the_schema(
+        helm: ModuleType, tmp_path: Path) -> None:
+    """The schema's enum refuses it; the template refuses it too, for installs that skip the
+    schema (helm --skip-schema-validation)."""
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"gpu": {"injection": "volume-mount"}})
+    unchecked = tmp_path / CHART.name
+    shutil.copytree(CHART, unchecked, ignore=shutil.ignore_patterns("values.schema.json"))
+    with helm.Chart.load(unchecked) as chart:
+        for bad, shown in (("volume-mount", "volume-mount"), ("ENV", "ENV"), ("", ""),
+                           (None, "")):  # null removes the key: the schema has nothing to check
+            with pytest.raises(helm.HelmRenderError,
+                               match=rf'gpu\.injection is "{shown}": choose env, '
+                                     "volume-mounts or cdi"):
+                chart.render({"gpu": {"enabled": True, "injection": bad}}, name=RELEASE,
+                             namespace=NAMESPACE, is_install=True)
+    with pytest.raises(helm.HelmRenderError, match=r'gpu\.injection is "": choose'):
+        render(helm, {"gpu": {"enabled": True, "injection": None}})
+
+
+# ---------------------------------------------------------------------------------------------
 # values.yaml and values.schema.json
 
 
@@ -994,13 +1167,14 @@ def schema_fields(node: Obj, prefix: str = "") -> set[str]:
 def test_the_config_schema_matches_the_exporter_settings() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     config = schema["properties"]["config"]
-    # The chart sets the pod-resources socket itself (podResources), so values may not.
-    assert schema_fields(config) == (
-        config_fields(exporter_config.FileConfig) - {"kubernetes.pod_resources_socket"})
+    # The chart sets the pod-resources socket (podResources) and the DRA drivers (gpu.dra)
+    # itself, so values may not.
+    assert schema_fields(config) == config_fields(exporter_config.FileConfig) - CHART_SETS
 
 
-CHART_SETS = {"kubernetes.pod_resources_socket"}
-"""Config keys the chart writes itself (podResources), so `config:` values may not set them."""
+CHART_SETS = {"kubernetes.pod_resources_socket", "kubernetes.dra_drivers"}
+"""Config keys the chart writes itself (podResources, gpu.dra), so `config:` values may not set
+them."""
 
 
 def _types(node: Obj) -> set[str]:
@@ -1197,6 +1371,10 @@ def test_the_schema_rejects_unknown_and_mistyped_values(helm: ModuleType) -> Non
     with helm.Chart.load(CHART) as chart:
         for bad in ({"hostPid": True}, {"config": {"carbon": {"provder": "static"}}},
                     {"config": {"kubernetes": {"pod_resources_socket": "/x.sock"}}},
+                    {"config": {"kubernetes": {"dra_drivers": ["gpu.nvidia.com"]}}},
+                    {"gpu": {"injection": "envvar"}}, {"gpu": {"injection": "ENV"}},
+                    {"gpu": {"dra": {"drivers": []}}}, {"gpu": {"dra": {"drivers": [""]}}},
+                    {"gpu": {"dra": {"enabled": "yes"}}}, {"gpu": {"dra": {"driver": []}}},
                     {"collectorInterval": "5s"}, {"prometheusRule": {"budgets": {"m": "lots"}}},
                     {"serviceMonitor": {"interval": "30 seconds"}}):
             with pytest.raises(helm.HelmValuesError):

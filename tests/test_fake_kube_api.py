@@ -1,4 +1,5 @@
-"""The fake apiserver, checked against the real `kubernetes` client (all traffic to 127.0.0.1)."""
+"""The fake apiserver, checked against the real `kubernetes` client (all traffic to 127.0.0.1):
+pods and node through CoreV1Api, DRA ResourceSlices through ResourceV1Api."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from tests.fakes import FakeKubeAPI
+from tests.fakes.kube_api import SLICE_PATH, gpu_device, gpu_slice, mig_device
 
 NODE = "node-a"
 SELECTOR = f"spec.nodeName={NODE}"
@@ -426,3 +428,312 @@ async def test_usable_from_async_tests(fake: FakeKubeAPI) -> None:
         event = json.loads(line)
         assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "a1")
         assert fake.stats["open_watches"] == 1
+
+
+# -- DRA ResourceSlices (resource.k8s.io/v1) -------------------------------------------------
+
+NVIDIA = "gpu.nvidia.com"
+NODE_SLICES = f"spec.nodeName={NODE}"
+SLICE_KIND = {"kind": "ResourceSlice", "apiVersion": "resource.k8s.io/v1"}
+
+
+def uuid_of(minor: int) -> str:
+    return f"GPU-{minor:08d}-1111-2222-3333-444455556666"
+
+
+def nvidia_slice(node: str = NODE, *, gpus: int = 2, generation: int = 1) -> dict[str, Any]:
+    return gpu_slice(node, name=f"{node}-{NVIDIA}-x7k2p", generation=generation,
+                     devices=[gpu_device(i, uuid_of(i)) for i in range(gpus)])
+
+
+def other_driver_slice(node: str = NODE) -> dict[str, Any]:
+    return {"metadata": {"name": f"{node}-dra.example.com-q9z8w"},
+            "spec": {"driver": "dra.example.com", "nodeName": node,
+                     "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+                     "devices": [{"name": "nic-0"}]}}
+
+
+def make_resource_api(server: FakeKubeAPI, tmp_path: Path) -> Iterator[client.ResourceV1Api]:
+    cfg = client.Configuration()
+    kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
+    config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig), client_configuration=cfg)
+    with client.ApiClient(cfg) as api_client:
+        yield client.ResourceV1Api(api_client)
+
+
+@pytest.fixture
+def rapi(fake: FakeKubeAPI, tmp_path: Path) -> Iterator[client.ResourceV1Api]:
+    yield from make_resource_api(fake, tmp_path)
+
+
+def raw_slice_watch(rapi: client.ResourceV1Api, **kwargs: Any) -> urllib3.BaseHTTPResponse:
+    return cast(urllib3.BaseHTTPResponse, rapi.list_resource_slice(
+        watch=True, _preload_content=False, _request_timeout=TIMEOUT, **kwargs))
+
+
+def slice_names(listed: Any) -> list[str]:
+    return [s.metadata.name for s in listed.items]
+
+
+def test_nvidia_slice_helpers_build_the_drivers_objects() -> None:
+    mig = mig_device(2, "3g.40gb", 9, 0, "MIG-aaaa", uuid_of(2))
+    assert mig["name"] == "gpu-2-mig-3g40gb-9-0"
+    assert {k: mig["attributes"][k] for k in ("type", "uuid", "parentUUID", "profile")} == {
+        "type": {"string": "mig"}, "uuid": {"string": "MIG-aaaa"},
+        "parentUUID": {"string": uuid_of(2)}, "profile": {"string": "3g.40gb"}}
+    assert mig["capacity"]["multiprocessors"] == {"value": "60"}
+    assert "memory" in mig["capacity"]
+    gpu = gpu_device(3, uuid_of(3))
+    assert gpu["name"] == "gpu-3"
+    assert gpu["attributes"]["type"] == {"string": "gpu"}
+    assert gpu["attributes"]["uuid"] == {"string": uuid_of(3)}
+    assert gpu["attributes"]["productName"] == {"string": "NVIDIA H100 80GB HBM3"}
+    assert gpu["attributes"]["architecture"] == {"string": "Hopper"}
+    assert gpu["attributes"]["brand"] == {"string": "Nvidia"}
+    assert "string" in gpu["attributes"]["resource.kubernetes.io/pciBusID"]
+    assert gpu["capacity"] == {"memory": {"value": "80Gi"}}
+    built = gpu_slice(NODE, name="s", generation=3, devices=[gpu])
+    assert {k: built[k] for k in ("kind", "apiVersion")} == SLICE_KIND
+    assert built["spec"]["driver"] == NVIDIA and built["spec"]["nodeName"] == NODE
+    assert built["spec"]["pool"] == {"name": NODE, "generation": 3, "resourceSliceCount": 1}
+    assert gpu_slice(NODE, name="s", pool="p", devices=[])["spec"]["pool"]["name"] == "p"
+
+
+def test_slices_list_filters_by_node_and_driver(
+        fake: FakeKubeAPI, rapi: client.ResourceV1Api, api: client.CoreV1Api) -> None:
+    fake.add_slice(nvidia_slice())
+    fake.add_slice(nvidia_slice("node-b"))
+    fake.add_slice(other_driver_slice())
+    fake.add_pod(pod("a1"))
+
+    def names(selector: str | None) -> list[str]:
+        listed: Any = rapi.list_resource_slice(field_selector=selector, _request_timeout=TIMEOUT)
+        assert listed.metadata.resource_version == fake.resource_version == "5"
+        return slice_names(listed)
+
+    assert names(None) == [f"{NODE}-dra.example.com-q9z8w", f"{NODE}-{NVIDIA}-x7k2p",
+                           f"node-b-{NVIDIA}-x7k2p"]  # name order
+    assert names(NODE_SLICES) == [f"{NODE}-dra.example.com-q9z8w", f"{NODE}-{NVIDIA}-x7k2p"]
+    assert names(f"spec.driver=={NVIDIA}") == [f"{NODE}-{NVIDIA}-x7k2p", f"node-b-{NVIDIA}-x7k2p"]
+    assert names(f"{NODE_SLICES},spec.driver={NVIDIA}") == [f"{NODE}-{NVIDIA}-x7k2p"]
+    assert names(f"spec.driver={NVIDIA},spec.nodeName=node-z") == []
+
+    listed: Any = rapi.list_resource_slice(field_selector=f"spec.driver={NVIDIA}",
+                                           _request_timeout=TIMEOUT)
+    device = listed.items[0].spec.devices[1]  # deserialized by the client's v1 models
+    assert device.name == "gpu-1" and device.attributes["uuid"].string == uuid_of(1)
+    assert device.capacity["memory"].value == "80Gi"
+    assert listed.items[0].spec.pool.resource_slice_count == 1
+    assert listed.items[0].metadata.generation == 1 and listed.items[0].metadata.uid
+    assert api.list_pod_for_all_namespaces(_request_timeout=TIMEOUT).items[0].kind is None
+
+    for bad in ("spec.pool.name=x", "status.phase=Running", f"spec.nodeName!={NODE}",
+                f"{NODE_SLICES},metadata.namespace=x"):
+        with pytest.raises(ApiException) as refused:
+            rapi.list_resource_slice(field_selector=bad, _request_timeout=TIMEOUT)
+        assert refused.value.status == 400
+        body = status_body(refused.value)
+        assert body["reason"] == "BadRequest"
+        assert body["message"].startswith("field label not supported for resource.k8s.io/v1")
+    # Raw wire form: list and item kinds as the apiserver writes them.
+    with urllib3.PoolManager() as http:
+        raw = json.loads(http.request("GET", fake.url + SLICE_PATH, timeout=5.0).data)
+    assert (raw["kind"], raw["apiVersion"]) == ("ResourceSliceList", "resource.k8s.io/v1")
+    assert "kind" not in raw["items"][0]
+    assert raw["items"][1]["spec"]["devices"][0]["attributes"]["type"] == {"string": "gpu"}
+
+
+def test_slice_and_pod_watches_see_only_their_own_resource(
+        fake: FakeKubeAPI, rapi: client.ResourceV1Api, api: client.CoreV1Api) -> None:
+    fake.add_slice(nvidia_slice())
+    listed: Any = rapi.list_resource_slice(field_selector=NODE_SLICES, _request_timeout=TIMEOUT)
+    rv = listed.metadata.resource_version
+    moved = fake.add_slice(other_driver_slice("node-b"))  # after the list: replayed
+    fake.add_pod(pod("a1"))
+    fake.modify_slice(moved["metadata"]["name"], other_driver_slice(NODE))  # moves onto NODE
+    fake.add_pod(pod("a2"))
+
+    # The replayed part, raw: a pod watch from the same RV sees only pods, and vice versa.
+    resp = raw_watch(api, resource_version=rv, field_selector=SELECTOR, timeout_seconds=1)
+    try:
+        pod_events = list(raw_events(resp))
+    finally:
+        close(resp)
+    assert [(e["type"], e["object"]["kind"], e["object"]["metadata"]["name"])
+            for e in pod_events] == [("ADDED", "Pod", "a1"), ("ADDED", "Pod", "a2")]
+
+    w = new_watch()
+    seen: list[tuple[str, str, str, int]] = []
+    for event in w.stream(rapi.list_resource_slice, field_selector=NODE_SLICES,
+                          resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=5,
+                          _request_timeout=TIMEOUT):
+        raw = event["raw_object"]
+        if event["type"] != "BOOKMARK":
+            assert {k: raw[k] for k in ("kind", "apiVersion")} == SLICE_KIND
+        seen.append((event["type"], name_of(event), raw["metadata"]["resourceVersion"],
+                     raw["metadata"].get("generation", 0)))
+        mine = f"{NODE}-{NVIDIA}-x7k2p"
+        if event["type"] == "ADDED":  # live mutations, made while the stream is open
+            fake.add_pod(pod("a3"))
+            grown = nvidia_slice(gpus=3)
+            grown["spec"]["devices"].append(mig_device(2, "1g.10gb", 19, 6, "MIG-b", uuid_of(2)))
+            fake.modify_slice(mine, grown)
+        elif event["type"] == "MODIFIED":
+            assert event["object"].spec.devices[3].name == "gpu-2-mig-1g10gb-19-6"
+            fake.delete_slice(mine)
+            fake.delete_pod("default", "a3")
+        elif event["type"] == "BOOKMARK" and seen[-2][0] == "DELETED":
+            w.stop()
+
+    changes = [s[:2] for s in seen if s[0] != "BOOKMARK"]
+    assert changes == [("ADDED", moved["metadata"]["name"]),  # moved onto the node
+                       ("MODIFIED", f"{NODE}-{NVIDIA}-x7k2p"),
+                       ("DELETED", f"{NODE}-{NVIDIA}-x7k2p")]
+    assert [s[3] for s in seen if s[0] == "MODIFIED"] == [2]  # spec changed: generation 2
+    versions = [int(s[2]) for s in seen if s[0] != "BOOKMARK"]
+    assert versions == sorted(versions) and versions[0] > int(rv)
+    # The bookmark goes past the pod deletion that followed the slice's.
+    assert seen[-1][2] == fake.resource_version == w.resource_version
+    assert fake.stats["resourceslices.watch"] == 1 and fake.stats["watch"] == 1
+    wait_until(lambda: fake.stats["open_watches"] == 0)
+
+
+def test_slice_watch_bookmarks_advance_past_pod_changes(
+        fake: FakeKubeAPI, rapi: client.ResourceV1Api) -> None:
+    fake.add_slice(nvidia_slice())
+    rv = fake.resource_version
+    resp = raw_slice_watch(rapi, resource_version=rv, allow_watch_bookmarks=True,
+                           field_selector=NODE_SLICES, timeout_seconds=1)
+    try:
+        assert resp.status == 200
+        fake.add_pod(pod("a1"))  # a pod of this node: no slice event, but the RV moves on
+        fake.add_slice(nvidia_slice("node-b"))  # another node's slice: likewise
+        events = list(raw_events(resp))
+    finally:
+        close(resp)
+    assert {e["type"] for e in events} == {"BOOKMARK"}
+    assert len(events) >= 3
+    assert events[-1]["object"] == {**SLICE_KIND,
+                                    "metadata": {"resourceVersion": fake.resource_version}}
+    assert int(fake.resource_version) == int(rv) + 2
+    assert fake.requests[-1] == ("GET", SLICE_PATH, {
+        "allowWatchBookmarks": "true", "fieldSelector": NODE_SLICES, "resourceVersion": rv,
+        "timeoutSeconds": "1", "watch": "true"})
+
+
+def test_slice_watch_from_zero_and_410_after_compaction(
+        fake: FakeKubeAPI, rapi: client.ResourceV1Api) -> None:
+    fake.add_slice(nvidia_slice())
+    fake.add_slice(nvidia_slice("node-b"))
+    resp = raw_slice_watch(rapi, resource_version="0", field_selector=NODE_SLICES,
+                           timeout_seconds=5)
+    try:
+        events = raw_events(resp)
+        first = next(events)
+        assert (first["type"], first["object"]["kind"]) == ("ADDED", "ResourceSlice")
+        assert first["object"]["spec"]["nodeName"] == NODE
+        wait_until(lambda: fake.stats["open_watches"] == 1)
+        old = fake.resource_version
+        fake.modify_slice(f"{NODE}-{NVIDIA}-x7k2p", nvidia_slice(gpus=1))
+        assert next(events)["type"] == "MODIFIED"
+        fake.compact()  # the open slice watch ends with the in-stream 410
+        rest = list(events)
+    finally:
+        close(resp)
+    assert [(e["type"], e["object"]["code"]) for e in rest] == [("ERROR", 410)]
+
+    resp = raw_slice_watch(rapi, resource_version=old, timeout_seconds=3)
+    try:
+        assert resp.status == 200
+        expired = list(raw_events(resp))
+    finally:
+        close(resp)
+    assert [e["type"] for e in expired] == ["ERROR"]
+    assert expired[0]["object"]["reason"] == "Expired"
+    assert expired[0]["object"]["message"] == (
+        f"too old resource version: {old} ({fake.resource_version})")
+    with pytest.raises(ApiException) as gone:
+        list(new_watch().stream(rapi.list_resource_slice, resource_version=old,
+                                  timeout_seconds=3, _request_timeout=TIMEOUT))
+    assert gone.value.status == 410
+    wait_until(lambda: fake.stats["open_watches"] == 0)
+
+
+def test_faults_cut_slice_watches(fake: FakeKubeAPI, rapi: client.ResourceV1Api) -> None:
+    fake.add_slice(nvidia_slice())
+    resp = raw_slice_watch(rapi, resource_version="0", timeout_seconds=5)
+    seen: list[dict[str, Any]] = []
+    try:
+        with pytest.raises(urllib3.exceptions.ProtocolError):
+            for event in raw_events(resp):
+                seen.append(event)
+                fake.drop_watches()
+    finally:
+        close(resp)
+    assert [e["type"] for e in seen] == ["ADDED"]
+    fake.set_outage(True, status=503)
+    with pytest.raises(ApiException) as unavailable:
+        rapi.list_resource_slice(_request_timeout=TIMEOUT)
+    assert unavailable.value.status == 503
+    assert fake.stats["outage_responses"] == 1
+    wait_until(lambda: fake.stats["open_watches"] == 0)
+
+
+def test_stats_count_each_resource(fake: FakeKubeAPI, rapi: client.ResourceV1Api,
+                                   api: client.CoreV1Api) -> None:
+    rapi.list_resource_slice(_request_timeout=TIMEOUT)
+    rapi.list_resource_slice(field_selector=NODE_SLICES, _request_timeout=TIMEOUT)
+    list(new_watch().stream(rapi.list_resource_slice, resource_version="0", timeout_seconds=1,
+                            _request_timeout=TIMEOUT))
+    api.list_pod_for_all_namespaces(_request_timeout=TIMEOUT)
+    api.read_node(NODE, _request_timeout=TIMEOUT)
+    assert fake.stats == {"list": 1, "watch": 0, "node": 1, "open_watches": 0,
+                          "outage_responses": 0, "resourceslices.list": 2,
+                          "resourceslices.watch": 1}
+
+
+def test_slice_mutations(fake: FakeKubeAPI) -> None:
+    given = {**nvidia_slice(), "metadata": {"name": "s1", "namespace": "ignored"}}
+    stored = fake.add_slice(given)
+    meta = stored["metadata"]
+    assert meta["uid"] and meta["creationTimestamp"] and meta["resourceVersion"] == "2"
+    assert meta["generation"] == 1 and "namespace" not in meta  # cluster-scoped
+    assert "kind" not in stored and given["metadata"]["namespace"] == "ignored"
+    same = fake.modify_slice("s1", {"metadata": {"labels": {"x": "y"}}, "spec": stored["spec"]})
+    assert same["metadata"]["generation"] == 1  # spec unchanged
+    assert same["metadata"]["uid"] == meta["uid"]
+    changed = fake.modify_slice("s1", nvidia_slice(gpus=1))
+    assert changed["metadata"]["generation"] == 2 and changed["metadata"]["name"] == "s1"
+    assert [s["metadata"]["name"] for s in fake.slices()] == ["s1"]
+    with pytest.raises(ValueError, match="already exists"):
+        fake.add_slice({**nvidia_slice(), "metadata": {"name": "s1"}})
+    with pytest.raises(ValueError):
+        fake.add_slice({"spec": {}})
+    with pytest.raises(KeyError, match=r"resourceslices\.resource\.k8s\.io"):
+        fake.modify_slice("nope", nvidia_slice())
+    with pytest.raises(KeyError):
+        fake.delete_slice("nope")
+    fake.delete_slice("s1")
+    assert fake.slices() == [] and fake.pods() == []
+    assert fake.resource_version == "5"
+
+
+def test_without_dra_the_group_is_not_found(tmp_path: Path) -> None:
+    with FakeKubeAPI(serve_dra=False) as server:
+        for rapi in make_resource_api(server, tmp_path):
+            with pytest.raises(ApiException) as listed:
+                rapi.list_resource_slice(_request_timeout=TIMEOUT)
+            assert listed.value.status == 404
+            body = status_body(listed.value)
+            assert (body["kind"], body["reason"], body["code"]) == ("Status", "NotFound", 404)
+            assert body["message"] == "the server could not find the requested resource"
+            with pytest.raises(ApiException) as watched:
+                list(new_watch().stream(rapi.list_resource_slice, resource_version="0",
+                                          timeout_seconds=1, _request_timeout=TIMEOUT))
+            assert watched.value.status == 404
+        for api in make_api(server, tmp_path):
+            assert api.list_pod_for_all_namespaces(_request_timeout=TIMEOUT).items == []
+        assert server.stats["resourceslices.list"] == 1
+        assert server.stats["resourceslices.watch"] == 1
+        assert server.stats["list"] == 1

@@ -453,8 +453,8 @@ def test_no_processes_is_an_empty_list_and_not_available_memory_is_none() -> Non
 
 # ---- cadence: energy every read, processes every processes_every_s ----------------------
 
-PER_REFRESH = ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetProcessUtilization",
-               "nvmlDeviceGetMigMode")
+PER_REFRESH = ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetMPSComputeRunningProcesses",
+               "nvmlDeviceGetProcessUtilization", "nvmlDeviceGetMigMode")
 """The calls a process refresh makes per GPU (MIG capable, MIG off: no enumeration)."""
 
 
@@ -498,7 +498,7 @@ def test_call_counts_over_50_reads_of_8_gpus() -> None:
     for name in PER_REFRESH:
         assert calls[name] == 8 * len(refresh_at), name
     assert calls["nvmlDeviceGetName"] == 0  # known GPUs are not named again
-    assert sum(calls.values()) == reads + 8 * (4 * reads + 3 * len(refresh_at))  # 1,866
+    assert sum(calls.values()) == reads + 8 * (4 * reads + 4 * len(refresh_at))  # 1,938
     # the energy is exact: each GPU's watts x 250 s, to the millijoule counter's resolution
     for gpu, reading_ in zip(gpus, source.gpus, strict=True):
         assert reading_.joules_total == pytest.approx(gpu.watts * tick * reads, abs=0.01)
@@ -513,7 +513,7 @@ def test_processes_at_every_read_when_asked() -> None:
     calls = fake.take_calls()
     for name in (*PER_REFRESH, "nvmlDeviceGetTotalEnergyConsumption"):
         assert calls[name] == 8 * 50, name
-    assert sum(calls.values()) == 50 + 8 * 7 * 50  # 2,850, against 1,866 at the default
+    assert sum(calls.values()) == 50 + 8 * 8 * 50  # 3,250, against 1,938 at the default
 
 
 def test_the_refresh_is_the_read_nearest_the_period() -> None:
@@ -831,3 +831,15 @@ def test_nvml_module_is_the_only_pynvml_importer() -> None:
     sources = [p for p in (ROOT / "exporter").rglob("*.py") if "pynvml" in p.read_text()]
     assert [p.name for p in sources] == ["nvml.py"]
     assert nvml_module.NvmlSource.name == "nvml"
+
+
+@pytest.mark.parametrize("mode", ["env", "volume-mounts", "cdi"])
+def test_no_driver_says_what_to_check_for_the_charts_gpu_injection(
+        monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    monkeypatch.setenv("FOOTPRINT_GPU_INJECTION", mode)
+    status = NvmlSource(nvml=FakeNvml(library_found=False)).probe()
+    assert status.detail.startswith(f"{NO_DRIVER}; gpu.injection={mode}: ")
+    others = {"env": "envvar-when-unprivileged", "volume-mounts": "as-volume-mounts",
+              "cdi": "nvidia-ctk cdi list"}
+    assert others[mode] in status.detail  # the row of docs/install.md's table it points to
+    assert [m for m, word in others.items() if word in status.detail] == [mode]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.kube.podresources import DeviceHolder, PodResourcesClient, device_of
-from tests.fakes.podresources_server import FakePodResources, pod
+from exporter.kube.podresources import ClaimHolder, DeviceHolder, PodResourcesClient, device_of
+from tests.fakes.podresources_server import FakePodResources, claim, pod
 
 GPU_A = "GPU-8f0c5e6a-1b2c-3d4e-5f60-718293a4b5c6"
 GPU_B = "GPU-1d2e3f40-5a6b-7c8d-9e0f-a1b2c3d4e5f6"
@@ -54,6 +54,35 @@ def test_whole_gpus_by_container(kubelet: FakePodResources, client: PodResources
     assert client.up()
     assert "up, 3 devices held" in client.describe()
     assert kubelet.calls == 1
+
+
+def test_dra_claims_beside_device_plugin_devices(kubelet: FakePodResources,
+                                                 client: PodResourcesClient) -> None:
+    """The kubelet reports a claimed device by (driver, pool, device name); a claim shared by
+    two containers is reported for each; other drivers' devices are left out."""
+    shared = claim("ml", "shared-gpu", ("gpu.nvidia.com", "node-a", "gpu-3"),
+                   ("gpu.nvidia.com", "node-a", "gpu-2-mig-3g40gb-9-0"))
+    tpu = claim("ml", "tpu", ("tpu.example.com", "node-a", "tpu-0"))
+    kubelet.set_pods(pod("ml", "mixed", {"main": {"nvidia.com/gpu": [GPU_A]}},
+                         claims={"main": [shared], "helper": [shared, tpu]}))
+    holders = client.holders()
+    assert holders == [
+        DeviceHolder("ml", "mixed", "main", "nvidia.com/gpu", GPU_A),
+        ClaimHolder("ml", "mixed", "main", "ml", "shared-gpu", "gpu.nvidia.com", "node-a",
+                    "gpu-3"),
+        ClaimHolder("ml", "mixed", "main", "ml", "shared-gpu", "gpu.nvidia.com", "node-a",
+                    "gpu-2-mig-3g40gb-9-0"),
+        ClaimHolder("ml", "mixed", "helper", "ml", "shared-gpu", "gpu.nvidia.com", "node-a",
+                    "gpu-3"),
+        ClaimHolder("ml", "mixed", "helper", "ml", "shared-gpu", "gpu.nvidia.com", "node-a",
+                    "gpu-2-mig-3g40gb-9-0"),
+    ]
+    off = PodResourcesClient(client._path, dra_drivers=())  # kubernetes.dra_drivers: []
+    try:
+        assert off.holders() == [DeviceHolder("ml", "mixed", "main", "nvidia.com/gpu", GPU_A)]
+        assert "DRA drivers none" in off.describe()
+    finally:
+        off.close()
 
 
 def test_mig_devices_keep_their_profile(kubelet: FakePodResources,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -13,6 +14,28 @@ from exporter.sources.base import Reading, Status
 from exporter.sources.gpu import GpuProcessUse, GpuReading, MigSlice
 
 NO_DRIVER = "no NVIDIA driver here (libnvidia-ml.so.1 not found): the GPU source is off"
+INJECTION_ENV = "FOOTPRINT_GPU_INJECTION"
+"""How the chart asks the NVIDIA runtime for the exporter's GPUs (its value gpu.injection)."""
+INJECTION_HINTS = {
+    "env": "the toolkit may refuse NVIDIA_VISIBLE_DEVICES in unprivileged pods "
+           "(accept-nvidia-visible-devices-envvar-when-unprivileged = false, as on Bottlerocket): "
+           "use gpu.injection=volume-mounts or cdi",
+    "volume-mounts": "the toolkit needs accept-nvidia-visible-devices-as-volume-mounts = true "
+                     "to read the device list from /var/run/nvidia-container-devices",
+    "cdi": "the NVIDIA runtime must see the pod's cdi.k8s.io/ annotation (containerd: "
+           "pod_annotations = [\"cdi.k8s.io/*\"] on the nvidia runtime; mode auto or cdi) and "
+           "have a spec for nvidia.com/gpu=all (nvidia-ctk cdi list)",
+}
+"""What to check, per injection, when the driver library is missing (docs/install.md)."""
+
+
+def no_driver() -> str:
+    """NO_DRIVER, with what to check for the injection the chart chose (if it says which)."""
+    mode = os.environ.get(INJECTION_ENV, "")
+    hint = INJECTION_HINTS.get(mode)
+    if hint is None:
+        return NO_DRIVER
+    return f"{NO_DRIVER}; gpu.injection={mode}: {hint}"
 NO_PYNVML = ("the pynvml module (package nvidia-ml-py) is not installed: the GPU source is off "
              "(pip install nvidia-ml-py)")
 NOT_MIG = 0xFFFFFFFF
@@ -70,6 +93,8 @@ class _Gpu:
     held: tuple[GpuProcessUse, ...] = ()
     """The processes listed at the last refresh, with the utilisation it found (pids only
     sampled are left out: they had ended by then)."""
+    mps_list: bool = True
+    """NVML has an MPS process list for this GPU (False once it said NotSupported)."""
     refresh_due: bool = True
     """Refresh at the next read whatever the schedule: a new GPU, one back from down, or one
     whose last scheduled refresh came back incomplete (once)."""
@@ -125,7 +150,7 @@ class NvmlSource:
             try:
                 nv.nvmlInit()
             except nv.NVMLError_LibraryNotFound:
-                return Status(False, NO_DRIVER, present=False)
+                return Status(False, no_driver(), present=False)
             except nv.NVMLError as exc:
                 hint = f": {PERMISSION_HINT}" if isinstance(exc, nv.NVMLError_NoPermission) else ""
                 return Status(False, f"NVML did not start: {type(exc).__name__} ({exc}){hint}; "
@@ -395,12 +420,27 @@ class NvmlSource:
         gpu.last_seen_us = newest
         return {pid: sum(v) / len(v) for pid, v in values.items()}, not values
 
+    def _mps_clients(self, gpu: _Gpu, listed: set[int]) -> list[Any]:
+        """MPS clients (Volta and newer) that the compute list left out. Under MPS, NVML lists
+        the MPS server as a compute process; its clients, each with its own host pid and
+        memory, come from the MPS list (nvidia-smi's "M+C"), which is empty without MPS."""
+        nv = self._nv
+        if not gpu.mps_list:
+            return []
+        try:
+            clients = nv.nvmlDeviceGetMPSComputeRunningProcesses(gpu.handle)
+        except (nv.NVMLError_NotSupported, nv.NVMLError_FunctionNotFound):
+            gpu.mps_list = False  # before Volta, or an old driver: never any
+            return []
+        return [p for p in clients if int(p.pid) not in listed]
+
     def _processes(self, gpu: _Gpu) -> tuple[tuple[GpuProcessUse, ...], bool]:
         """This refresh's processes (sets `held`), and whether it is complete: False when
         processes are listed but NVML had no new utilisation sample for any of them, or one
         names a MIG slice not enumerated yet."""
         nv = self._nv
-        listed = nv.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
+        listed = list(nv.nvmlDeviceGetComputeRunningProcesses(gpu.handle))
+        listed += self._mps_clients(gpu, {int(p.pid) for p in listed})
         util, no_sample = self._utilisation(gpu)
         slices = {(s.gpu_instance_id, s.compute_instance_id): s.uuid for s in gpu.mig}
         memory: dict[tuple[int, str | None], int | None] = {}

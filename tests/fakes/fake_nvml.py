@@ -20,6 +20,10 @@ installed. Behaviours follow docs/gpu-readings.md (real H100 readings):
   before the call;
 - `nvmlDeviceGetComputeRunningProcesses` returns `[]` with no process; gpuInstanceId and
   computeInstanceId are 0xFFFFFFFF with MIG off;
+- MPS: a client (`FakeProcess.mps_client`) is in `nvmlDeviceGetMPSComputeRunningProcesses`
+  and, as nvidia-smi's "M+C" rows show, in the compute list beside the MPS server's own
+  process; before Volta (`FakeGpu.mps_list=False`, the P100) the MPS list raises NotSupported
+  and only the server is listed (NVIDIA's MPS guide);
 - a lost GPU raises `NVMLError_GpuIsLost` from every call that names it (its handle, its MIG
   devices' handles, and `nvmlDeviceGetHandleByIndex` at its index).
 
@@ -179,6 +183,9 @@ class FakeProcess:
     used_memory: int | None = 1_050_673_152
     gpu_instance_id: int = NOT_MIG
     compute_instance_id: int = NOT_MIG
+    mps_client: bool = False
+    """A client of the GPU's MPS server (nvidia-smi type "M+C"): in the MPS process list, and
+    in the compute list only where `FakeGpu.compute_lists_mps_clients`."""
 
 
 @dataclass
@@ -213,6 +220,13 @@ class FakeGpu:
     processes: list[FakeProcess] = field(default_factory=list)
     samples: list[Friendly] = field(default_factory=list)
     util_backlog: bool = False
+    mps_list: bool = True
+    """Volta and newer: `nvmlDeviceGetMPSComputeRunningProcesses` answers (the clients, or
+    `[]` without MPS). False (older GPUs): it raises NotSupported and MPS clients are in no
+    list: only the MPS server (an ordinary FakeProcess) is seen, as NVIDIA's MPS guide says."""
+    compute_lists_mps_clients: bool = True
+    """nvidia-smi shows clients as "M+C" (MPS and compute contexts) beside the server's "C":
+    the compute list holds them too. False: only the MPS list does."""
     lost: bool = False
     steps: list[tuple[float, float]] = field(default_factory=list)
     """(fake time, true watts from then on)."""
@@ -249,7 +263,8 @@ def a100_mig(uuid: str = "GPU-5b6f2a10-0c3e-4d1a-9f57-a100a100a100") -> FakeGpu:
 def p100(uuid: str = "GPU-0f0e0d0c-1111-2222-3333-00000000f100") -> FakeGpu:
     """Tesla P100-PCIE-16GB (Pascal): no energy counter, instant PowerUsage, no MIG."""
     return FakeGpu("Tesla P100-PCIE-16GB", uuid, 16_280 * MIB, energy_counter=False,
-                   power_lag_s=0.0, watts=30.0, power_limit_mw=250_000, mig_capable=False)
+                   power_lag_s=0.0, watts=30.0, power_limit_mw=250_000, mig_capable=False,
+                   mps_list=False)
 
 
 class FakeNvml(ModuleType):
@@ -453,7 +468,9 @@ class FakeNvml(ModuleType):
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Friendly]:
         h = self._enter("nvmlDeviceGetComputeRunningProcesses", handle)
         assert h is not None
-        procs = h.gpu.processes
+        gpu = h.gpu
+        procs = [p for p in gpu.processes
+                 if not p.mps_client or (gpu.mps_list and gpu.compute_lists_mps_clients)]
         if h.mig is not None:
             procs = [p for p in procs if (p.gpu_instance_id, p.compute_instance_id)
                      == (h.mig.gpu_instance_id, h.mig.compute_instance_id)]
@@ -461,6 +478,20 @@ class FakeNvml(ModuleType):
                          computeInstanceId=p.compute_instance_id) for p in procs]
 
     nvmlDeviceGetComputeRunningProcesses_v3 = nvmlDeviceGetComputeRunningProcesses
+
+    def nvmlDeviceGetMPSComputeRunningProcesses(self, handle: Any) -> list[Friendly]:
+        h = self._enter("nvmlDeviceGetMPSComputeRunningProcesses", handle)
+        assert h is not None
+        if not h.gpu.mps_list:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        procs = [p for p in h.gpu.processes if p.mps_client]
+        if h.mig is not None:
+            procs = [p for p in procs if (p.gpu_instance_id, p.compute_instance_id)
+                     == (h.mig.gpu_instance_id, h.mig.compute_instance_id)]
+        return [Friendly(pid=p.pid, usedGpuMemory=p.used_memory, gpuInstanceId=p.gpu_instance_id,
+                         computeInstanceId=p.compute_instance_id) for p in procs]
+
+    nvmlDeviceGetMPSComputeRunningProcesses_v3 = nvmlDeviceGetMPSComputeRunningProcesses
 
     def nvmlDeviceGetProcessUtilization(self, handle: Any, timeStamp: int) -> list[Friendly]:
         h = self._enter("nvmlDeviceGetProcessUtilization", handle)

@@ -1,4 +1,4 @@
-"""A protocol-faithful fake Kubernetes API server for the pod-watcher tests.
+"""A protocol-faithful fake Kubernetes API server for the pod- and ResourceSlice-watcher tests.
 
 `FakeKubeAPI` serves plain HTTP on 127.0.0.1 (or HTTPS, as a real apiserver does, given
 `tls_cert`/`tls_key` and the `tls_ca` that signed them) from its own thread and asyncio event
@@ -6,50 +6,69 @@ loop, so the real `kubernetes` client (or aiohttp, or a subprocess given `write_
 can talk to it while synchronous or async test code mutates its state. It reproduces these
 behaviours of a real kube-apiserver (watch cache enabled, JSON only):
 
-* `GET /api/v1/pods` lists pods of all namespaces as a `PodList` whose
-  `metadata.resourceVersion` is the current global RV; items are ordered by namespace/name
-  (etcd key order) and carry their own `metadata.resourceVersion`. `fieldSelector` supports
-  `spec.nodeName=<node>` (also `==`) and nothing else: any other field label is answered
-  400 `BadRequest` like the apiserver's "field label not supported". `labelSelector`,
-  `limit`, `continue` and `resourceVersion` of a list are accepted and ignored (never
-  paginates).
-* The same path with `watch=true|1|True` streams HTTP 200, chunked, `application/json`, one
+* Two watchable collections, described by one table of resource kinds (`KINDS`) and served by
+  the same code: `GET /api/v1/pods` (pods of all namespaces, `PodList`, kind `Pod`, apiVersion
+  `v1`) and `GET /apis/resource.k8s.io/v1/resourceslices` (cluster-scoped DRA ResourceSlices,
+  `ResourceSliceList`, kind `ResourceSlice`, apiVersion `resource.k8s.io/v1`, as served by
+  Kubernetes 1.34+). A list's `metadata.resourceVersion` is the current global RV; items are
+  ordered by namespace/name (etcd key order; by name for slices), carry their own
+  `metadata.resourceVersion` and, as in a real list, no `kind`/`apiVersion`.
+  `labelSelector`, `limit`, `continue` and `resourceVersion` of a list are accepted and
+  ignored (never paginates).
+* `fieldSelector` takes `label=value` (also `==`) terms, comma-joined, all of which must
+  match: pods support `spec.nodeName`, slices `spec.nodeName` and `spec.driver`. Any other
+  field label is answered 400 `BadRequest` with the apiserver's "field label not supported"
+  message (unlike the apiserver, `!=` and `metadata.*` labels are refused the same way).
+* The same paths with `watch=true|1|True` stream HTTP 200, chunked, `application/json`, one
   `{"type": ..., "object": ...}` JSON document per line; objects carry `kind`/`apiVersion`.
-  Watching from `resourceVersion=N` replays every logged event with RV > N before streaming
-  live ones, atomically (no gap, no duplicate). A missing or `"0"` RV starts at "now" with a
-  synthetic `ADDED` per current pod. An RV older than the compaction horizon gets HTTP 200
-  followed by a single in-stream `ERROR` event holding a 410 `Expired` Status ("too old
-  resource version: N (oldest)") and the end of the stream, exactly like the watch cache.
-  (Not reproduced: an RV from the future is simply waited for, where the apiserver would
-  answer "Too large resource version" after 3 s.)
+  Watching from `resourceVersion=N` replays every logged event of that resource with RV > N
+  before streaming live ones, atomically (no gap, no duplicate). A missing or `"0"` RV starts
+  at "now" with a synthetic `ADDED` per current object. An RV older than the compaction
+  horizon gets HTTP 200 followed by a single in-stream `ERROR` event holding a 410 `Expired`
+  Status ("too old resource version: N (oldest)") and the end of the stream, exactly like the
+  watch cache. (Not reproduced: an RV from the future is simply waited for, where the
+  apiserver would answer "Too large resource version" after 3 s.)
 * Field-selector transitions are reported like the watch cache's `cacheWatcher` does: an
-  object that starts matching (an unscheduled pod bound to the node) arrives as `ADDED`, one
-  that stops matching as `DELETED` (previous content, new RV); `DELETED` of a pod carries
-  its last state with the deletion's RV.
-* `allowWatchBookmarks=true` adds a `BOOKMARK` event (an object with only `kind`,
-  `apiVersion` and `metadata.resourceVersion`) every `bookmark_interval` seconds. Its RV
-  never runs ahead of the events already written to that stream, but does advance past
-  mutations that did not match the selector (other nodes, node label changes).
+  object that starts matching (an unscheduled pod bound to the node, a slice moved to the
+  node) arrives as `ADDED`, one that stops matching as `DELETED` (previous content, new RV);
+  `DELETED` carries the object's last state with the deletion's RV. A pod watch sees only pod
+  events and a slice watch only slice events.
+* `allowWatchBookmarks=true` adds a `BOOKMARK` event (an object with only `kind` (`Pod` or
+  `ResourceSlice`), `apiVersion` and `metadata.resourceVersion`) every `bookmark_interval`
+  seconds. Its RV never runs ahead of the events already written to that stream, but does
+  advance past mutations that it did not see (other nodes or drivers, the other resource,
+  node label changes), as the watch cache's progress notifications do.
 * `timeoutSeconds=N` ends the stream cleanly (terminating chunk) after N seconds.
+* `serve_dra=False` leaves `resource.k8s.io/v1` out, as on a 1.32/1.33 cluster: its path is
+  answered 404 `NotFound` ("the server could not find the requested resource").
 * `GET /api/v1/nodes/<name>` returns the Node (labels, capacity, allocatable, Ready
   condition); any other name is a 404 `NotFound` Status. Unknown paths are 404 and other
   methods 405, both as Status objects.
-* One global, monotonically increasing resourceVersion (decimal string) is bumped by every
-  mutation; pods get `metadata.uid`, `namespace` ("default"), `creationTimestamp` and
-  `resourceVersion` on create, keep uid/creationTimestamp across replacements, and get
-  `spec.containers: []` if they have none (so the client's models accept them).
+* One global, monotonically increasing resourceVersion (decimal string) and one event log
+  (one etcd) for all resources, bumped by every mutation. Created objects get
+  `metadata.uid`, `creationTimestamp` and `resourceVersion` and keep uid/creationTimestamp
+  across replacements; pods also get `namespace` ("default") and `spec.containers: []` if
+  they have none (so the client's models accept them); slices (cluster-scoped, any namespace
+  dropped) get `metadata.generation` 1, bumped when a replacement changes the spec. Given
+  `kind`/`apiVersion` fields are not stored.
 
 Faults, for testing the client's recovery: `compact()` (every older RV becomes too old and
 every open watch gets the in-stream 410 and ends), automatic compaction of the oldest half
 of the event log beyond `max_events`, `set_outage()` (every request answered with a real
 apiserver error Status of the chosen HTTP code, open watches cut abruptly with no ERROR
 line), `drop_watches()` (transport aborted mid-stream, so the client sees a broken chunked
-body), and `set_delay()` (latency before every response starts).
+body), and `set_delay()` (latency before every response starts). All of them act on watches
+of both resources.
 
-`stats` counts requests as received (including those answered with an outage error):
-`list` (pod lists without watch), `watch` (pod watch requests), `node` (node GETs),
-`open_watches` (streams currently open) and `outage_responses`; `requests` records every
-request as `(method, path, query)`.
+`stats` counts requests as received (including those answered with an outage error or, with
+`serve_dra=False`, a 404): `list` (pod lists without watch), `watch` (pod watch requests),
+`resourceslices.list` and `resourceslices.watch` (the same for slices), `node` (node GETs),
+`open_watches` (streams of either resource currently open) and `outage_responses`;
+`requests` records every request as `(method, path, query)`.
+
+Mutations: `add_pod`/`modify_pod`/`delete_pod`/`pods` and `add_slice`/`modify_slice`/
+`delete_slice`/`slices`. `gpu_slice()`, `gpu_device()` and `mig_device()` build
+ResourceSlices as NVIDIA's DRA driver (`gpu.nvidia.com`) publishes them.
 """
 
 from __future__ import annotations
@@ -61,7 +80,7 @@ import json
 import ssl
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,8 +96,10 @@ JSON = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 POD_PATH = "/api/v1/pods"
+SLICE_PATH = "/apis/resource.k8s.io/v1/resourceslices"
 NODE_PREFIX = "/api/v1/nodes/"
 TOKEN = "fake-token"
+NVIDIA_DRIVER = "gpu.nvidia.com"
 
 _REASONS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "bad request"),
@@ -136,53 +157,204 @@ def _parse_bool(value: str | None) -> bool:
     raise ValueError(f"invalid boolean {value!r}")
 
 
-def _parse_node_selector(selector: str) -> str | None:
-    """`spec.nodeName=<node>` -> node; empty -> None (all pods); otherwise ValueError."""
-    if selector == "":
-        return None
-    key, sep, value = selector.partition("==")
-    if not sep:
-        key, sep, value = selector.partition("=")
-    if not sep or key.strip() != "spec.nodeName" or "," in value or "=" in value:
-        raise ValueError(f'field label not supported: "{selector}"')
-    return value.strip()
+# -- resource kinds -------------------------------------------------------------------------
+
+FieldGetter = Callable[[JSON], str]
+Selector = tuple[tuple[FieldGetter, str], ...]
+"""A parsed field selector: (field getter, wanted value) terms, all of which must match."""
 
 
-def _node_of(pod: JSON) -> str:
-    spec = pod.get("spec") or {}
-    return str(spec.get("nodeName") or "")
+def _spec_field(name: str) -> FieldGetter:
+    def get(obj: JSON) -> str:
+        spec = obj.get("spec") or {}
+        return str(spec.get(name) or "")
+    return get
 
 
-def _matches(pod: JSON | None, node: str | None) -> bool:
-    return pod is not None and (node is None or _node_of(pod) == node)
+def _fill_pod(obj: JSON) -> None:
+    obj.setdefault("spec", {}).setdefault("containers", [])
 
 
-def _with_kind(pod: JSON) -> JSON:
-    obj = copy.deepcopy(pod)
-    return {"kind": "Pod", "apiVersion": "v1", **obj}
+def _fill_nothing(obj: JSON) -> None:
+    pass
 
 
-def _with_rv(pod: JSON, rv: int) -> JSON:
-    obj = copy.deepcopy(pod)
-    obj.setdefault("metadata", {})["resourceVersion"] = str(rv)
-    return obj
+@dataclass(frozen=True, eq=False)
+class _Kind:
+    """One watchable resource: where it is served, how it is named and filtered."""
+
+    resource: str  # plural, as in RBAC and stats: "pods"
+    group: str  # "" for the core group
+    kind: str
+    list_kind: str
+    api_version: str
+    path: str
+    namespaced: bool
+    fields: Mapping[str, FieldGetter]  # supported field-selector labels
+    field_error: str  # the apiserver's message for another label; {label} is filled in
+    fill: Callable[[JSON], None] = _fill_nothing  # defaults the apiserver would set
+    generation: bool = False  # metadata.generation kept by the registry strategy
+    stat_prefix: str = ""  # stats keys: f"{prefix}list", f"{prefix}watch"
+
+    @property
+    def qualified(self) -> str:
+        """The resource as errors name it: `pods`, `resourceslices.resource.k8s.io`."""
+        return f"{self.resource}.{self.group}" if self.group else self.resource
+
+    def with_kind(self, obj: JSON) -> JSON:
+        return {"kind": self.kind, "apiVersion": self.api_version, **copy.deepcopy(obj)}
+
+    def parse_selector(self, selector: str) -> Selector:
+        """`label=value[,label==value...]` -> terms; ValueError (a 400) for anything else.
+
+        Splits terms and operators as apimachinery's `fields.ParseSelector` does (no escapes).
+        """
+        terms: list[tuple[FieldGetter, str]] = []
+        for term in selector.split(","):
+            if term == "":
+                continue
+            at = term.find("=")
+            if at < 0:
+                raise ValueError(f"invalid selector: '{selector}'; can't understand '{term}'")
+            if at > 0 and term[at - 1] == "!":
+                label, value = term[:at - 1], None  # "!=": not offered by this fake
+            elif term[at + 1:at + 2] == "=":
+                label, value = term[:at], term[at + 2:]
+            else:
+                label, value = term[:at], term[at + 1:]
+            label = label.strip()
+            getter = self.fields.get(label)
+            if getter is None or value is None:
+                raise ValueError(self.field_error.format(label=label))
+            if "=" in value:
+                raise ValueError(f"invalid field selector value: unescaped '=' in '{value}'")
+            terms.append((getter, value.strip()))
+        return tuple(terms)
+
+
+PODS = _Kind(
+    resource="pods", group="", kind="Pod", list_kind="PodList", api_version="v1",
+    path=POD_PATH, namespaced=True, fields={"spec.nodeName": _spec_field("nodeName")},
+    field_error="field label not supported: {label}", fill=_fill_pod)
+RESOURCE_SLICES = _Kind(
+    resource="resourceslices", group="resource.k8s.io", kind="ResourceSlice",
+    list_kind="ResourceSliceList", api_version="resource.k8s.io/v1", path=SLICE_PATH,
+    namespaced=False,
+    fields={"spec.nodeName": _spec_field("nodeName"), "spec.driver": _spec_field("driver")},
+    field_error="field label not supported for resource.k8s.io/v1, Kind=ResourceSlice: {label}",
+    generation=True, stat_prefix="resourceslices.")
+KINDS: tuple[_Kind, ...] = (PODS, RESOURCE_SLICES)
+
+
+def _matches(obj: JSON | None, selector: Selector) -> bool:
+    return obj is not None and all(get(obj) == value for get, value in selector)
+
+
+def _with_rv(obj: JSON, rv: int) -> JSON:
+    out = copy.deepcopy(obj)
+    out.setdefault("metadata", {})["resourceVersion"] = str(rv)
+    return out
+
+
+# -- NVIDIA DRA driver objects ----------------------------------------------------------------
+
+_H100_BUS_IDS = ("0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0",
+                 "0000:9a:00.0", "0000:ab:00.0", "0000:ba:00.0", "0000:db:00.0")
+# H100 80GB GPU-instance profiles: multiprocessors and memory (about what NVML reports).
+_H100_MIG: dict[str, tuple[int, str]] = {
+    "1g.10gb": (16, "9856Mi"), "1g.20gb": (26, "19968Mi"), "2g.20gb": (32, "19968Mi"),
+    "3g.40gb": (60, "40192Mi"), "4g.40gb": (64, "40192Mi"), "7g.80gb": (132, "80768Mi"),
+}
+_COMMON_GPU_ATTRIBUTES: JSON = {
+    "productName": {"string": "NVIDIA H100 80GB HBM3"},
+    "architecture": {"string": "Hopper"},
+    "brand": {"string": "Nvidia"},
+    "cudaComputeCapability": {"version": "9.0.0"},
+    "driverVersion": {"version": "570.172.8"},
+    "cudaDriverVersion": {"version": "12.8.0"},
+}
+
+
+def gpu_device(minor: int, uuid: str) -> dict[str, Any]:
+    """A full H100 as NVIDIA's DRA driver lists it in a ResourceSlice (v1 wire form)."""
+    return {
+        "name": f"gpu-{minor}",
+        "attributes": {
+            "type": {"string": "gpu"},
+            "uuid": {"string": uuid},
+            **copy.deepcopy(_COMMON_GPU_ATTRIBUTES),
+            "resource.kubernetes.io/pciBusID": {
+                "string": _H100_BUS_IDS[minor % len(_H100_BUS_IDS)]},
+        },
+        "capacity": {"memory": {"value": "80Gi"}},
+    }
+
+
+def mig_device(parent_minor: int, profile: str, profile_id: int, start: int, uuid: str,
+               parent_uuid: str) -> dict[str, Any]:
+    """A MIG device of an H100 (e.g. profile "3g.40gb", id 9, placement start 0) as NVIDIA's
+    DRA driver lists it: named `gpu-2-mig-3g40gb-9-0`."""
+    known = _H100_MIG.get(profile)
+    if known is not None:
+        multiprocessors, memory = known
+    else:  # another "<N>g.<M>gb" profile: N compute slices of 16 SMs, M GiB
+        compute, _, size = profile.partition("g.")
+        multiprocessors = 16 * int(compute) if compute.isdigit() else 16
+        memory = f"{size.removesuffix('gb') or '10'}Gi"
+    return {
+        "name": f"gpu-{parent_minor}-mig-{profile.replace('.', '')}-{profile_id}-{start}",
+        "attributes": {
+            "type": {"string": "mig"},
+            "uuid": {"string": uuid},
+            "parentUUID": {"string": parent_uuid},
+            "profile": {"string": profile},
+            **copy.deepcopy(_COMMON_GPU_ATTRIBUTES),
+        },
+        "capacity": {
+            "multiprocessors": {"value": str(multiprocessors)},
+            "memory": {"value": memory},
+        },
+    }
+
+
+def gpu_slice(node: str, *, name: str, pool: str | None = None, generation: int = 1,
+              devices: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ResourceSlice as NVIDIA's DRA driver publishes it for `node` (driver
+    `gpu.nvidia.com`, one slice per pool, pool named after the node unless `pool` is given)."""
+    return {
+        "apiVersion": RESOURCE_SLICES.api_version,
+        "kind": RESOURCE_SLICES.kind,
+        "metadata": {"name": name, "generateName": f"{node}-{NVIDIA_DRIVER}-"},
+        "spec": {
+            "driver": NVIDIA_DRIVER,
+            "nodeName": node,
+            "pool": {"name": pool if pool is not None else node, "generation": generation,
+                     "resourceSliceCount": 1},
+            "devices": copy.deepcopy(devices),
+        },
+    }
+
+
+# -- the store's log and watches --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Change:
     """One logged mutation: the object before (None on create) and after (None on delete)."""
 
+    kind: _Kind
     rv: int
     prev: JSON | None
     cur: JSON | None
 
-    def project(self, node: str | None) -> JSON | None:
-        """The watch event a watcher with this node selector sees, as the watch cache does."""
-        was, now = _matches(self.prev, node), _matches(self.cur, node)
+    def project(self, selector: Selector) -> JSON | None:
+        """The watch event a watcher with this selector sees, as the watch cache does."""
+        was, now = _matches(self.prev, selector), _matches(self.cur, selector)
         if now and self.cur is not None:
-            return {"type": "MODIFIED" if was else "ADDED", "object": _with_kind(self.cur)}
+            return {"type": "MODIFIED" if was else "ADDED", "object": self.kind.with_kind(self.cur)}
         if was and self.prev is not None:
-            return {"type": "DELETED", "object": _with_kind(_with_rv(self.prev, self.rv))}
+            return {"type": "DELETED",
+                    "object": self.kind.with_kind(_with_rv(self.prev, self.rv))}
         return None
 
 
@@ -198,7 +370,8 @@ class _Item:
 @dataclass(eq=False)
 class _Watch:
     request: web.Request
-    node: str | None
+    kind: _Kind
+    selector: Selector
     progress_rv: int
     queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
 
@@ -210,7 +383,7 @@ class FakeKubeAPI:
                  allocatable_cpu: str = "16", allocatable_memory: str = "64Gi",
                  bookmark_interval: float = 1.0, max_events: int = 100_000,
                  tls_cert: Path | None = None, tls_key: Path | None = None,
-                 tls_ca: Path | None = None) -> None:
+                 tls_ca: Path | None = None, serve_dra: bool = True) -> None:
         if (tls_cert is None) != (tls_key is None) or (tls_ca is not None and tls_cert is None):
             raise ValueError("HTTPS needs tls_cert and tls_key (and tls_ca for the kubeconfig)")
         self.node_name = node_name
@@ -218,11 +391,13 @@ class FakeKubeAPI:
         self._tls_ca = tls_ca
         self.bookmark_interval = bookmark_interval
         self.max_events = max_events
+        self.serve_dra = serve_dra
         self._lock = threading.RLock()
         self._rv = 1
         self._compacted_rv = 0
         self._log: list[_Change] = []
-        self._pods: dict[tuple[str, str], JSON] = {}
+        # resource -> (namespace or "", name) -> stored object
+        self._objects: dict[str, dict[tuple[str, str], JSON]] = {k.resource: {} for k in KINDS}
         self._node_labels = dict(node_labels) if node_labels is not None else {
             "kubernetes.io/hostname": node_name,
             "kubernetes.io/os": "linux",
@@ -238,6 +413,7 @@ class FakeKubeAPI:
         self._delay = 0.0
         self.stats: dict[str, int] = {
             "list": 0, "watch": 0, "node": 0, "open_watches": 0, "outage_responses": 0,
+            "resourceslices.list": 0, "resourceslices.watch": 0,
         }
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._url = ""
@@ -320,80 +496,143 @@ class FakeKubeAPI:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
+
     # -- state and mutations (any thread) -------------------------------------------------
 
     def add_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
         """Create a pod (deep-copied, defaults filled); emits ADDED. Returns the stored copy."""
-        obj = copy.deepcopy(pod)
-        meta = obj.setdefault("metadata", {})
-        if not meta.get("name"):
-            raise ValueError("pod needs metadata.name")
-        meta.setdefault("namespace", "default")
-        meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault("creationTimestamp", _now())
-        spec = obj.setdefault("spec", {})
-        spec.setdefault("containers", [])
-        key = (meta["namespace"], meta["name"])
-        with self._lock:
-            if key in self._pods:
-                raise ValueError(f'pods "{key[1]}" already exists in namespace "{key[0]}"')
-            rv = self._bump()
-            meta["resourceVersion"] = str(rv)
-            self._pods[key] = obj
-            self._record(_Change(rv, None, obj))
-            return copy.deepcopy(obj)
+        return self._create(PODS, pod)
 
     def modify_pod(self, namespace: str, name: str, pod: dict[str, Any]) -> dict[str, Any]:
         """Replace a pod (uid/creationTimestamp kept unless given); emits MODIFIED."""
-        obj = copy.deepcopy(pod)
-        meta = obj.setdefault("metadata", {})
-        meta["namespace"], meta["name"] = namespace, name
-        obj.setdefault("spec", {}).setdefault("containers", [])
-        with self._lock:
-            prev = self._pods.get((namespace, name))
-            if prev is None:
-                raise KeyError(f'pods "{name}" not found in namespace "{namespace}"')
-            meta.setdefault("uid", prev["metadata"]["uid"])
-            meta.setdefault("creationTimestamp", prev["metadata"]["creationTimestamp"])
-            rv = self._bump()
-            meta["resourceVersion"] = str(rv)
-            self._pods[(namespace, name)] = obj
-            self._record(_Change(rv, prev, obj))
-            return copy.deepcopy(obj)
+        return self._replace(PODS, namespace, name, pod)
 
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a pod; emits DELETED with its last state and the deletion's RV."""
-        with self._lock:
-            prev = self._pods.pop((namespace, name), None)
-            if prev is None:
-                raise KeyError(f'pods "{name}" not found in namespace "{namespace}"')
-            self._record(_Change(self._bump(), prev, None))
+        self._delete(PODS, namespace, name)
 
     def pods(self) -> list[dict[str, Any]]:
         """Deep copies of the stored pods, in namespace/name order."""
-        with self._lock:
-            return [copy.deepcopy(self._pods[k]) for k in sorted(self._pods)]
+        return self._stored(PODS)
+
+    def add_slice(self, resource_slice: dict[str, Any]) -> dict[str, Any]:
+        """Create a ResourceSlice (deep-copied, metadata filled, `generation` 1); emits ADDED.
+        Returns the stored copy."""
+        return self._create(RESOURCE_SLICES, resource_slice)
+
+    def modify_slice(self, name: str, resource_slice: dict[str, Any]) -> dict[str, Any]:
+        """Replace a ResourceSlice (uid/creationTimestamp kept unless given, `generation`
+        bumped if the spec changed); emits MODIFIED."""
+        return self._replace(RESOURCE_SLICES, "", name, resource_slice)
+
+    def delete_slice(self, name: str) -> None:
+        """Delete a ResourceSlice; emits DELETED with its last state and the deletion's RV."""
+        self._delete(RESOURCE_SLICES, "", name)
+
+    def slices(self) -> list[dict[str, Any]]:
+        """Deep copies of the stored ResourceSlices, in name order."""
+        return self._stored(RESOURCE_SLICES)
 
     def set_node_labels(self, labels: dict[str, str]) -> None:
-        """Replace the node's labels (bumps the RV; no pod event)."""
+        """Replace the node's labels (bumps the RV; no watch event)."""
         with self._lock:
             self._node_labels = dict(labels)
             self._node_rv = self._bump()
             self._progress_all()
+
+    @staticmethod
+    def _normalized(kind: _Kind, given: JSON, namespace: str | None = None,
+                    name: str | None = None) -> tuple[JSON, tuple[str, str]]:
+        obj = copy.deepcopy(given)
+        obj.pop("kind", None)
+        obj.pop("apiVersion", None)
+        meta = obj.setdefault("metadata", {})
+        if name is not None:
+            meta["name"] = name
+        if not meta.get("name"):
+            raise ValueError(f"{kind.resource.removesuffix('s')} needs metadata.name")
+        if not kind.namespaced:
+            meta.pop("namespace", None)
+        elif namespace is not None:
+            meta["namespace"] = namespace
+        else:
+            meta.setdefault("namespace", "default")
+        kind.fill(obj)
+        return obj, (meta.get("namespace", ""), meta["name"])
+
+    @staticmethod
+    def _describe(kind: _Kind, key: tuple[str, str]) -> tuple[str, str]:
+        where = f' in namespace "{key[0]}"' if kind.namespaced else ""
+        return f'{kind.qualified} "{key[1]}"', where
+
+    def _create(self, kind: _Kind, given: JSON) -> JSON:
+        obj, key = self._normalized(kind, given)
+        meta = obj["metadata"]
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", _now())
+        if kind.generation:
+            meta["generation"] = 1
+        store = self._objects[kind.resource]
+        with self._lock:
+            if key in store:
+                what, where = self._describe(kind, key)
+                raise ValueError(f"{what} already exists{where}")
+            rv = self._bump()
+            meta["resourceVersion"] = str(rv)
+            store[key] = obj
+            self._record(_Change(kind, rv, None, obj))
+            return copy.deepcopy(obj)
+
+    def _replace(self, kind: _Kind, namespace: str, name: str, given: JSON) -> JSON:
+        obj, key = self._normalized(kind, given, namespace, name)
+        meta = obj["metadata"]
+        store = self._objects[kind.resource]
+        with self._lock:
+            prev = store.get(key)
+            if prev is None:
+                what, where = self._describe(kind, key)
+                raise KeyError(f"{what} not found{where}")
+            meta.setdefault("uid", prev["metadata"]["uid"])
+            meta.setdefault("creationTimestamp", prev["metadata"]["creationTimestamp"])
+            if kind.generation:
+                old = int(prev["metadata"].get("generation", 1))
+                meta["generation"] = old + (obj.get("spec") != prev.get("spec"))
+            rv = self._bump()
+            meta["resourceVersion"] = str(rv)
+            store[key] = obj
+            self._record(_Change(kind, rv, prev, obj))
+            return copy.deepcopy(obj)
+
+    def _delete(self, kind: _Kind, namespace: str, name: str) -> None:
+        key = (namespace if kind.namespaced else "", name)
+        with self._lock:
+            prev = self._objects[kind.resource].pop(key, None)
+            if prev is None:
+                what, where = self._describe(kind, key)
+                raise KeyError(f"{what} not found{where}")
+            self._record(_Change(kind, self._bump(), prev, None))
+
+    def _stored(self, kind: _Kind, selector: Selector = ()) -> list[JSON]:
+        """Deep copies of the stored objects of a kind matching `selector`, in key order."""
+        with self._lock:
+            store = self._objects[kind.resource]
+            return [copy.deepcopy(store[k]) for k in sorted(store)
+                    if _matches(store[k], selector)]
 
     def _bump(self) -> int:
         self._rv += 1
         return self._rv
 
     def _record(self, change: _Change) -> None:
-        """Log a change and deliver it to every open watch (caller holds the lock)."""
+        """Log a change and deliver it to every open watch (caller holds the lock): as an
+        event where the watch's resource and selector see it, else as progress."""
         self._log.append(change)
         if len(self._log) > self.max_events:
             drop = len(self._log) // 2
             self._compacted_rv = self._log[drop - 1].rv
             del self._log[:drop]
         for watch in self._watches:
-            event = change.project(watch.node)
+            event = change.project(watch.selector) if change.kind is watch.kind else None
             kind: Literal["event", "progress"] = "progress" if event is None else "event"
             self._post(watch, _Item(kind, change.rv, event))
 
@@ -452,7 +691,10 @@ class FakeKubeAPI:
 
     async def _serve(self) -> str:
         app = web.Application(middlewares=[self._middleware])
-        app.router.add_get(POD_PATH, self._handle_pods)
+        for kind in KINDS:
+            if kind is RESOURCE_SLICES and not self.serve_dra:
+                continue  # a cluster without resource.k8s.io/v1: 404 like any unknown path
+            app.router.add_get(kind.path, self._collection_handler(kind))
         app.router.add_get(NODE_PREFIX + "{name}", self._handle_node)
         # handler_cancellation: a watch whose client hung up ends at once (open_watches drops),
         # as the apiserver's request context is cancelled on disconnect.
@@ -473,12 +715,13 @@ class FakeKubeAPI:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         query = dict(request.query)
         self.requests.append((request.method, request.path, query))
-        if request.path == POD_PATH:
+        kind = next((k for k in KINDS if k.path == request.path), None)
+        if kind is not None:
             try:
                 watching = _parse_bool(query.get("watch"))
             except ValueError:
                 watching = False
-            self.stats["watch" if watching else "list"] += 1
+            self.stats[kind.stat_prefix + ("watch" if watching else "list")] += 1
         elif request.path.startswith(NODE_PREFIX):
             self.stats["node"] += 1
         if self._delay > 0:
@@ -520,10 +763,15 @@ class FakeKubeAPI:
             }
         return web.json_response(node)
 
-    async def _handle_pods(self, request: web.Request) -> web.StreamResponse:
+    def _collection_handler(self, kind: _Kind) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._handle_collection(kind, request)
+        return handle
+
+    async def _handle_collection(self, kind: _Kind, request: web.Request) -> web.StreamResponse:
         query = request.query
         try:
-            node = _parse_node_selector(query.get("fieldSelector", ""))
+            selector = kind.parse_selector(query.get("fieldSelector", ""))
         except ValueError as exc:
             return _status_response(400, str(exc))
         try:
@@ -534,17 +782,16 @@ class FakeKubeAPI:
         except ValueError as exc:
             return _status_response(400, str(exc))
         if watching:
-            return await self._watch(request, node, query.get("resourceVersion", ""),
+            return await self._watch(request, kind, selector, query.get("resourceVersion", ""),
                                      bookmarks, timeout)
         with self._lock:
-            items = [copy.deepcopy(p) for k, p in sorted(self._pods.items())
-                     if _matches(p, node)]
+            items = self._stored(kind, selector)
             rv = self._rv
-        return web.json_response({"kind": "PodList", "apiVersion": "v1",
+        return web.json_response({"kind": kind.list_kind, "apiVersion": kind.api_version,
                                   "metadata": {"resourceVersion": str(rv)}, "items": items})
 
-    async def _watch(self, request: web.Request, node: str | None, rv_param: str,
-                     bookmarks: bool, timeout: int | None) -> web.StreamResponse:
+    async def _watch(self, request: web.Request, kind: _Kind, selector: Selector,
+                     rv_param: str, bookmarks: bool, timeout: int | None) -> web.StreamResponse:
         try:
             since = int(rv_param) if rv_param not in ("", "0") else None
         except ValueError:
@@ -555,16 +802,16 @@ class FakeKubeAPI:
                 self.stats["outage_responses"] += 1
                 return _status_response(self._outage, retry_after=self._retry_after)
             if since is None:
-                first = [{"type": "ADDED", "object": _with_kind(p)}
-                         for _, p in sorted(self._pods.items()) if _matches(p, node)]
+                first = [{"type": "ADDED", "object": kind.with_kind(obj)}
+                         for obj in self._stored(kind, selector)]
             elif since < self._compacted_rv:
                 first = [{"type": "ERROR", "object": status_object(
                     410, f"too old resource version: {since} ({self._compacted_rv})")}]
             else:
-                first = [e for c in self._log if c.rv > since
-                         if (e := c.project(node)) is not None]
+                first = [e for c in self._log if c.rv > since and c.kind is kind
+                         if (e := c.project(selector)) is not None]
             if since is None or since >= self._compacted_rv:
-                watch = _Watch(request, node, max(since or 0, self._rv))
+                watch = _Watch(request, kind, selector, max(since or 0, self._rv))
                 self._watches.add(watch)
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
@@ -605,7 +852,7 @@ class FakeKubeAPI:
                         return
                     if next_bookmark is not None and now >= next_bookmark:
                         await resp.write(json.dumps({"type": "BOOKMARK", "object": {
-                            "kind": "Pod", "apiVersion": "v1",
+                            "kind": watch.kind.kind, "apiVersion": watch.kind.api_version,
                             "metadata": {"resourceVersion": str(watch.progress_rv)}}}).encode()
                             + b"\n")
                         next_bookmark = now + self.bookmark_interval

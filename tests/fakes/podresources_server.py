@@ -27,8 +27,12 @@ _UNIX_PATH_MAX = 107  # sun_path is 108 bytes, NUL included
 
 def pod(namespace: str, name: str,
         containers: Mapping[str, Mapping[str, Sequence[str]]],
-        *, cpu_ids: Sequence[int] = ()) -> pb.PodResources:
-    """A pod's entry: container name -> resource name -> device ids (cpu_ids on each)."""
+        *, cpu_ids: Sequence[int] = (),
+        claims: Mapping[str, Sequence[pb.DynamicResource]] | None = None) -> pb.PodResources:
+    """A pod's entry: container name -> resource name -> device ids (cpu_ids on each), and
+    container name -> the DRA claims it names (`claim()`), as the kubelet reports them."""
+    claims = claims or {}
+    names = [*containers, *(c for c in claims if c not in containers)]
     return pb.PodResources(
         namespace=namespace, name=name,
         containers=[pb.ContainerResources(
@@ -36,8 +40,21 @@ def pod(namespace: str, name: str,
             devices=[pb.ContainerDevices(
                 resource_name=resource, device_ids=list(ids),
                 topology=pb.TopologyInfo(nodes=[pb.NUMANode(ID=0)]))
-                for resource, ids in devices.items()])
-            for container, devices in containers.items()])
+                for resource, ids in containers.get(container, {}).items()],
+            dynamic_resources=list(claims.get(container, ())))
+            for container in names])
+
+
+def claim(namespace: str, name: str, *devices: tuple[str, str, str]) -> pb.DynamicResource:
+    """One allocated ResourceClaim as the kubelet reports it: (driver, pool, device) per
+    device, each with the CDI device the driver prepared for it (NVIDIA's driver names them
+    k8s.gpu.nvidia.com/claim=<claim uid>-<device>)."""
+    return pb.DynamicResource(
+        claim_name=name, claim_namespace=namespace,
+        claim_resources=[pb.ClaimResource(
+            driver_name=driver, pool_name=pool, device_name=device,
+            cdi_devices=[pb.CDIDevice(name=f"k8s.{driver}/claim={name}-{device}")])
+            for driver, pool, device in devices])
 
 
 class _Servicer(pb_grpc.PodResourcesListerServicer):

@@ -116,13 +116,33 @@ Where the pod-resources directory and the provider's credential are mounted.
 {{- end }}
 
 {{/*
+Where the NVIDIA container toolkit looks for a device list given as volume mounts
+(accept-nvidia-visible-devices-as-volume-mounts, gpu.injection=volume-mounts): each /dev/null
+mounted under it names a device, `all` every GPU.
+*/}}
+{{- define "footprint-exporter.deviceListDir" -}}
+/var/run/nvidia-container-devices
+{{- end }}
+
+{{/*
+Whether the GPU exporter attributes GPUs claimed through DRA (gpu.dra): "true" or "".
+*/}}
+{{- define "footprint-exporter.draEnabled" -}}
+{{- if and .Values.gpu.enabled .Values.gpu.dra.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
 The exporter's config file: .Values.config, with the pod-resources socket in the mounted
-directory and, with carbon.existingSecret, the live provider's credential file.
+directory, the DRA drivers of gpu.dra (none unless gpu.enabled and gpu.dra.enabled) and, with
+carbon.existingSecret, the live provider's credential file.
 */}}
 {{- define "footprint-exporter.configFile" -}}
 {{- $config := deepCopy (.Values.config | default dict) }}
 {{- $kubernetes := get $config "kubernetes" | default dict }}
 {{- $_ := set $kubernetes "pod_resources_socket" (printf "%s/kubelet.sock" (include "footprint-exporter.podResourcesDir" .)) }}
+{{- $draDrivers := list }}
+{{- if include "footprint-exporter.draEnabled" . }}{{ $draDrivers = .Values.gpu.dra.drivers }}{{ end }}
+{{- $_ = set $kubernetes "dra_drivers" $draDrivers }}
 {{- $_ = set $config "kubernetes" $kubernetes }}
 {{- if .Values.carbon.existingSecret }}
 {{- $carbon := get $config "carbon" | default dict }}
@@ -161,6 +181,16 @@ Fails on combinations of values that cannot work.
 {{- end }}
 {{- if and .Values.gpu.enabled (not .Values.gpu.nodeSelector) .Values.cpu.enabled }}
 {{- fail "gpu.nodeSelector is empty: it names the GPU nodes, which the CPU DaemonSet leaves out; set it, or cpu.enabled=false on a GPU-only cluster" }}
+{{- end }}
+{{- if not (has .Values.gpu.injection (list "env" "volume-mounts" "cdi")) }}
+{{- fail (printf "gpu.injection is %q: choose env, volume-mounts or cdi (docs/install.md, GPUs through DRA)" (.Values.gpu.injection | default "" | toString)) }}
+{{- end }}
+{{- if ne .Values.gpu.injection "env" }}
+{{- range .Values.gpu.env }}
+{{- if eq (toString .name) "NVIDIA_VISIBLE_DEVICES" }}
+{{- fail (printf "gpu.env sets NVIDIA_VISIBLE_DEVICES, which gpu.injection=%s does not take from there (the chart renders it from gpu.injection): remove it from gpu.env, or set gpu.injection=env" $.Values.gpu.injection) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 
