@@ -295,3 +295,28 @@ def test_a_hostile_slice_is_bounded() -> None:
     assert len(kept.devices) == 127  # the API's 128 per slice, less the one that is no device
     assert all(len(d.uuid) == 256 for d in kept.devices)
     assert parse_slice({"spec": "garbage"}, {DRIVER}).devices == ()
+
+
+def test_before_1_34_the_log_says_dra_needs_it_and_asks_rarely(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A 1.32/1.33 cluster serves no resource.k8s.io/v1: one clear line, then a request every
+    10 minutes, not every backoff step."""
+    from exporter.kube.client import connect
+    from exporter.kube.slices import SliceWatcher
+
+    caplog.set_level(logging.WARNING)
+    with FakeKubeAPI(node_name=NODE, serve_dra=False) as old:
+        cluster = connect(old.write_kubeconfig(tmp_path / "kubeconfig"))
+        watcher = SliceWatcher(cluster.resource_api, NODE, {DRIVER}, backoff_base_seconds=0.01,
+                               backoff_max_seconds=0.02)
+        watcher.start()
+        try:
+            wait_for(lambda: watcher.errors() >= 1, "the refused list")
+            time.sleep(0.5)  # fifty backoff steps' worth
+            assert old.stats["resourceslices.list"] == 1
+            assert not watcher.up() and not watcher.synced() and watcher.index().devices == 0
+        finally:
+            watcher.stop()
+    (line,) = [r.getMessage() for r in caplog.records if "resource.k8s.io/v1" in r.getMessage()]
+    assert "DRA attribution needs Kubernetes 1.34 or newer" in line
+    assert "retrying in 6" in line  # 600 s, whatever the backoff says

@@ -264,6 +264,13 @@ class Reflector(Generic[T]):
                                           f"{str(obj)[:120]}")
 
 
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status an API error carries: ours (ApiError) or the client's ApiException,
+    which it raises itself for a non-2xx answer."""
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
 def _socket_of(response: Any) -> socket.socket | None:
     """The TCP socket a urllib3 response reads from, without taking any lock."""
     sock = getattr(getattr(response, "connection", None), "sock", None)  # urllib3 2.x

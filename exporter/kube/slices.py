@@ -20,7 +20,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.kube.reflector import ApiError, Reflector, _describe
+from exporter.kube.reflector import Reflector, _describe, status_of
 
 MAX_DEVICES_PER_SLICE = 128
 """The API server's own limit (ResourceSliceMaxDevices): a slice claiming more is cut there."""
@@ -149,7 +149,7 @@ class SliceWatcher(Reflector[Slice]):
         return parse_slice(obj, self._drivers)
 
     def explain(self, exc: BaseException) -> str:
-        status = exc.status if isinstance(exc, ApiError) else None
+        status = status_of(exc)
         if status == 404:
             return ("the API server does not serve resource.k8s.io/v1 ResourceSlices: DRA "
                     "attribution needs Kubernetes 1.34 or newer, so GPUs held through "
@@ -162,8 +162,7 @@ class SliceWatcher(Reflector[Slice]):
         return _describe(exc)
 
     def retry_floor(self, exc: BaseException) -> float:
-        not_served = isinstance(exc, ApiError) and exc.status == 404
-        return NOT_SERVED_RETRY_SECONDS if not_served else 0.0
+        return NOT_SERVED_RETRY_SECONDS if status_of(exc) == 404 else 0.0
 
     def up(self) -> bool:
         with self._lock:
