@@ -93,6 +93,28 @@ def test_wraparound_is_corrected_exactly(tmp_path: Path) -> None:
     assert zones_of(source, 3.0)[zone] == ("package", 5.0)
 
 
+def test_a_counter_stepping_back_is_a_glitch_not_a_wrap(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """1 uJ back, read as a wrap, would be +262 kJ in 5 s (52 kW from one package): more than
+    any sensor reads, so it is a reset: nothing counted, the total stays monotonic."""
+    root = node_tree(tmp_path, "amd-epyc-2s")
+    zone = "intel-rapl:0"
+    source = RaplSource(root / "sys")
+    source.probe()
+    source.read(5.0)
+    before = zones_of(source, 10.0)[zone][1]
+    caplog.set_level(logging.WARNING)
+    for i in range(5):
+        write_atomic(zone_dir(root, zone) / "energy_uj", f"{read_uj(root, zone) - 1}\n")
+        reading = source.read(15.0 + 5 * i)
+        assert reading.joules.get("cpu", 0.0) == 0.0
+    assert zones_of(source, 40.0)[zone][1] == before
+    assert any("went back" in r.getMessage() and "not energy" in r.getMessage()
+               for r in caplog.records)
+    advance(root, zone, 7_000_000)  # and it goes on from the new baseline
+    assert source.read(45.0).joules["cpu"] == 7.0
+
+
 def test_many_wraps_over_a_long_run_lose_nothing(tmp_path: Path) -> None:
     root = node_tree(tmp_path, "amd-epyc-2s")
     zone = "intel-rapl:1"

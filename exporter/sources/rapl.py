@@ -22,8 +22,8 @@ PERMISSION_HINT = (
     "UID 0 (the chart does), or pass --no-collector.rapl to use the usage estimate")
 
 MAX_ZONE_WATTS = MAX_SENSOR_WATTS
-"""For a zone whose max_energy_range_uj is 0 (no range to check values against): a step that
-implies more than this is garbage, not energy."""
+"""A step (a wrap included) that implies more than this over the time since the last read (at
+least 1 s) is a reset or garbage, not energy: counted as nothing."""
 
 log = logs.get("rapl")
 
@@ -138,18 +138,26 @@ class RaplSource:
                 self._fault(zone, f"zone {zone} down: {exc}")
                 continue
             if z.last_uj is not None:
-                if value >= z.last_uj:
+                wrapped = value < z.last_uj
+                if not wrapped:
                     step = value - z.last_uj
                 elif z.max_uj:
                     step = z.max_uj - z.last_uj + value
                 else:
                     step = 0  # no known range to correct with: restart the baseline
-                if not z.max_uj and step > MAX_ZONE_WATTS * 1e6 * max(now - z.last_now, 1.0):
+                seconds = max(now - z.last_now, 1.0)
+                if step > MAX_ZONE_WATTS * 1e6 * seconds:
+                    # A wrap is a wrap only when the energy it implies is physically possible:
+                    # a counter that steps back (a glitch, a driver reload, a VM migration)
+                    # or jumps ahead is a reset, and its step counts nothing.
                     up = False
-                    self._fault(zone, f"zone {zone} down: {z.path / 'energy_uj'} rose by "
-                                      f"{step} uJ in {max(now - z.last_now, 0.0):g} s, above "
-                                      f"{MAX_ZONE_WATTS:g} W with no max_energy_range_uj to "
-                                      "check it against; baseline restarted")
+                    how = (f"went back from {z.last_uj} to {value} uJ, which as a wrap of "
+                           f"{z.max_uj} would be {step} uJ" if wrapped
+                           else f"rose by {step} uJ")
+                    self._fault(zone, f"zone {zone} down: {z.path / 'energy_uj'} {how} in "
+                                      f"{max(now - z.last_now, 0.0):g} s, above "
+                                      f"{MAX_ZONE_WATTS:g} W: a reset or a glitch, not energy; "
+                                      "nothing counted, baseline restarted")
                     z.last_uj, z.last_now = value, now
                     continue
                 z.total_uj += step
