@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import gc
 import math
 import os
@@ -276,7 +277,7 @@ def connect_kubernetes(settings: Settings, *, gpus: bool) -> Kubernetes | None:
     """The pod watch for this node (and, with GPUs, the kubelet's device allocations), or None
     (logged once) when no cluster is configured."""
     from exporter.kube.client import connect
-    from exporter.kube.pods import PodWatcher
+    from exporter.kube.pods import PodWatcher, slim_pod
     from exporter.usage.cgroups import CgroupReader
     from exporter.workloads import WorkloadTracker
 
@@ -291,11 +292,12 @@ def connect_kubernetes(settings: Settings, *, gpus: bool) -> Kubernetes | None:
     cgroups = CgroupReader(settings.sysfs)
     log.info(f"source kubernetes: on, {cluster.detail}, pods of node {settings.node_name}; "
              f"container CPU time from {cgroups.describe()}")
+    rules = settings.file.models.effective_rules
     watcher = PodWatcher(cluster.api, settings.node_name,
+                         slim=functools.partial(slim_pod, rules=rules),
                          watch_timeout_seconds=k.watch_timeout_seconds,
                          backoff_max_seconds=k.backoff_max_seconds)
-    tracker = WorkloadTracker(procfs=settings.procfs, cgroups=cgroups,
-                              rules=settings.file.models.effective_rules)
+    tracker = WorkloadTracker(procfs=settings.procfs, cgroups=cgroups, rules=rules)
     podresources = slices = None
     if gpus:
         from exporter.kube.podresources import PodResourcesClient

@@ -15,7 +15,7 @@ from typing import Any
 
 from exporter import logs
 from exporter.attribution import Workload
-from exporter.kube.pods import Pod, PodView, parse_cpu_quantity
+from exporter.kube.pods import Pod, PodView, SlimPod, parse_cpu_quantity
 from exporter.models import ModelMatch, ModelRule, clean_label_value, match_pod
 from exporter.usage.cgroups import (
     CgroupReader,
@@ -195,7 +195,8 @@ class WorkloadTracker:
             live.add(uid)
             cached = self._pods.get(uid)
             if cached is None or cached[0] != rv:
-                found, wrong = containers_of(pod, match_pod(pod, self._rules))
+                match = pod.match if isinstance(pod, SlimPod) else match_pod(pod, self._rules)
+                found, wrong = containers_of(pod, match)
                 cached = (rv, found, wrong)
                 self._pods[uid] = cached
             containers.extend(cached[1])

@@ -690,7 +690,34 @@ def test_stats_count_each_resource(fake: FakeKubeAPI, rapi: client.ResourceV1Api
     api.read_node(NODE, _request_timeout=TIMEOUT)
     assert fake.stats == {"list": 1, "watch": 0, "node": 1, "open_watches": 0,
                           "outage_responses": 0, "resourceslices.list": 2,
-                          "resourceslices.watch": 1}
+                          "resourceslices.watch": 1, "continue": 0,
+                          "resourceslices.continue": 0}
+
+
+def test_a_list_is_paged_like_the_apiservers(fake: FakeKubeAPI,
+                                             api: client.CoreV1Api) -> None:
+    for i in range(7):
+        fake.add_pod({"metadata": {"name": f"p{i}"}, "spec": {"nodeName": NODE}})
+    first = api.list_pod_for_all_namespaces(limit=3, _request_timeout=TIMEOUT)
+    names = [p.metadata.name for p in first.items]
+    assert first.metadata.remaining_item_count == 4 and first.metadata._continue
+    fake.add_pod({"metadata": {"name": "late"}, "spec": {"nodeName": NODE}})  # not in this list
+    token = first.metadata._continue
+    while token:
+        page = api.list_pod_for_all_namespaces(limit=3, _continue=token,
+                                               _request_timeout=TIMEOUT)
+        assert page.metadata.resource_version == first.metadata.resource_version
+        names += [p.metadata.name for p in page.items]
+        token = page.metadata._continue
+    assert names == [f"p{i}" for i in range(7)]
+    assert (fake.stats["list"], fake.stats["continue"]) == (1, 2)
+    expired = api.list_pod_for_all_namespaces(limit=3, _request_timeout=TIMEOUT)
+    fake.delete_pod("default", "late")
+    fake.compact()  # the list's revision is gone
+    with pytest.raises(client.ApiException) as gone:
+        api.list_pod_for_all_namespaces(limit=3, _continue=expired.metadata._continue,
+                                        _request_timeout=TIMEOUT)
+    assert gone.value.status == 410 and "too old" in str(gone.value.body)
 
 
 def test_slice_mutations(fake: FakeKubeAPI) -> None:

@@ -1,19 +1,82 @@
 """The pods of this node, kept by one list-then-watch (exporter.kube.reflector), and the node's
-own labels, read again after each list."""
+own labels, read again after each list.
+
+A pod is kept slim (`slim_pod`): its model is matched once from the whole object as it arrives,
+then only what attribution reads is kept (names, uid, resourceVersion, each container's name and
+CPU request, each status's id and whether it runs). Args, env, annotations and managedFields,
+which a pod may carry by the megabyte, are never held (docs/performance.md#pods)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.kube.reflector import ApiError, Gone, Reflector, _describe, _Stopped
-
-__all__ = ["ApiError", "Gone", "NodeFacts", "Pod", "PodView", "PodWatcher", "node_facts",
-           "parse_cpu_quantity"]
+from exporter.kube.reflector import Reflector, _describe, _Stopped
+from exporter.models import ModelMatch, ModelRule, match_pod
 
 Pod = Mapping[str, Any]
+
+
+class SlimPod(dict[str, Any]):
+    """A pod reduced to what the exporter reads, in the API's own shape, and the model it was
+    matched to from the whole object."""
+
+    __slots__ = ("match",)
+
+    def __init__(self, fields: Mapping[str, Any], match: ModelMatch) -> None:
+        super().__init__(fields)
+        self.match = match
+
+
+def _strings(source: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {k: source[k] for k in keys if isinstance(source.get(k), str)}
+
+
+def _container(c: object) -> object:
+    if not isinstance(c, Mapping):
+        return None
+    resources = c.get("resources")
+    requests = resources.get("requests") if isinstance(resources, Mapping) else None
+    cpu = requests.get("cpu") if isinstance(requests, Mapping) else None
+    kept: dict[str, Any] = _strings(c, ("name",))
+    if isinstance(cpu, str | int | float) and not isinstance(cpu, bool):
+        kept["resources"] = {"requests": {"cpu": cpu}}
+    return kept
+
+
+def _status(cs: object) -> object:
+    if not isinstance(cs, Mapping):
+        return None
+    kept = _strings(cs, ("name", "containerID"))
+    state = cs.get("state")
+    if isinstance(state, Mapping) and "running" in state:
+        kept["state"] = {"running": {}}
+    return kept
+
+
+def slim_pod(obj: Mapping[str, Any], rules: Sequence[ModelRule] = ()) -> SlimPod:
+    """The model `obj` matches (exporter.models.match_pod), and only the fields that
+    exporter.workloads reads; what is malformed stays malformed (None) so it is still reported."""
+    match = match_pod(obj, rules)
+    meta, spec, status = obj.get("metadata"), obj.get("spec"), obj.get("status")
+    fields: dict[str, Any] = {
+        "metadata": _strings(meta, ("namespace", "name", "uid", "resourceVersion"))
+        if isinstance(meta, Mapping) else None}
+    if isinstance(spec, Mapping):
+        containers = spec.get("containers")
+        fields["spec"] = {**_strings(spec, ("nodeName",)), "containers": [
+            _container(c) for c in (containers if isinstance(containers, list) else ())]}
+    else:
+        fields["spec"] = None
+    if isinstance(status, Mapping):
+        statuses = status.get("containerStatuses")
+        fields["status"] = {**_strings(status, ("phase",)), "containerStatuses": [
+            _status(cs) for cs in (statuses if isinstance(statuses, list) else ())]}
+    elif status is not None:
+        fields["status"] = None
+    return SlimPod(fields, match)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +137,17 @@ class PodWatcher(Reflector[Pod]):
 
     kind = "pod"
 
-    def __init__(self, api: Any, node_name: str, **kwargs: Any) -> None:
+    def __init__(self, api: Any, node_name: str, *,
+                 slim: Callable[[Mapping[str, Any]], Pod] = slim_pod, **kwargs: Any) -> None:
+        """`slim`: what is kept of each pod; exporter.cli passes `slim_pod` with the model
+        rules in force."""
         super().__init__(api.list_pod_for_all_namespaces, node_name, **kwargs)
         self._api = api
+        self._slim = slim
         self._node_facts: NodeFacts | None = None
 
     def keep(self, obj: Mapping[str, Any]) -> Pod:
-        return obj
+        return self._slim(obj)
 
     def view(self) -> PodView:
         with self._lock:

@@ -22,7 +22,7 @@ import json
 import random
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from exporter import logs
@@ -30,6 +30,21 @@ from exporter import logs
 log = logs.get("kubernetes")
 
 T = TypeVar("T")
+
+MAX_OBJECT_BYTES = 2 * 1024 * 1024
+"""The longest watch line (one event) or list item allowed: etcd refuses objects over 1.5 MiB
+(its default --max-request-bytes), so a real API server never sends more than that plus the
+event's framing. A longer line ends the watch with an error instead of growing memory."""
+FIRST_PAGE = 10
+"""Objects in a list's first page (`limit`): the list is read page by page, never whole."""
+PAGE_BYTES = 8 * 1024 * 1024
+"""What a page's body should hold: each next page asks for as many objects as fit, at the
+largest mean object size seen in this list, between 1 and MAX_PAGE. Pods of a few KB are read
+500 a page; pods near etcd's 1.5 MiB limit 5 a page, so memory holds one page's body and its
+parsed objects at a time, whatever the pods (docs/performance.md#pods)."""
+MAX_PAGE = 500
+"""client-go's page size."""
+_READ = 64 * 1024
 
 
 class ApiError(Exception):
@@ -42,7 +57,8 @@ class ApiError(Exception):
 
 
 class Gone(Exception):
-    """410 Gone: the resourceVersion we resume from is too old; list again."""
+    """410 Gone: the resourceVersion we resume from (or a list's continue token) is too old;
+    list again."""
 
 
 class _Stopped(Exception):
@@ -60,9 +76,6 @@ class Reflector(Generic[T]):
     def __init__(self, list_call: Callable[..., Any], node_name: str, *,
                  watch_timeout_seconds: float = 300.0, backoff_base_seconds: float = 0.5,
                  backoff_max_seconds: float = 30.0, rng: random.Random | None = None) -> None:
-        from kubernetes.watch.watch import iter_resp_lines
-
-        self._iter_lines: Callable[[Any], Iterable[str]] = iter_resp_lines
         self._list_call = list_call
         self._node = node_name
         self._selector = f"spec.nodeName={node_name}"
@@ -137,6 +150,10 @@ class Reflector(Generic[T]):
             except Exception as exc:
                 if self._stopping.is_set():  # _Stopped, or a read cut short by stop()
                     break
+                if status_of(exc) == 410:  # a list's continue token expired mid-list
+                    log.info(f"{self.kind} list expired (410 Gone): listing again")
+                    self._rv = None
+                    continue
                 with self._lock:
                     self._up = False
                     self._errors += 1
@@ -178,27 +195,54 @@ class Reflector(Generic[T]):
         else:
             response.release_conn()
 
-    def _list(self) -> None:
+    def _page(self, token: str | None, limit: int
+              ) -> tuple[str, str | None, list[Any], int]:
+        """One page of the list: its resourceVersion, the next page's continue token, its
+        items and its body's size."""
+        continued = {"_continue": token} if token else {}
         response = self._request(self._list_call, field_selector=self._selector,
-                                 _request_timeout=(10, 60))
+                                 limit=limit, _request_timeout=(10, 60), **continued)
         try:
-            data = json.loads(response.data)
+            body = _read_bounded(response, limit * MAX_OBJECT_BYTES + _READ,
+                                 f"a page of the {self.kind} list")
+        finally:
+            self._done(response)
+        size = len(body)
+        try:
+            data = json.loads(body)
         except ValueError:
             raise ApiError(f"the {self.kind} list is not JSON: is the server a Kubernetes "
                            "API?") from None
-        finally:
-            self._done(response)
-        rv = (data.get("metadata") or {}).get("resourceVersion")
-        if not isinstance(rv, str) or not isinstance(data.get("items"), list):
+        del body
+        metadata = data.get("metadata") if isinstance(data, Mapping) else None
+        rv = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
+        items = data.get("items") if isinstance(data, Mapping) else None
+        if not isinstance(rv, str) or not isinstance(items, list):
             raise ApiError(f"the {self.kind} list has no resourceVersion or items")
+        following = metadata.get("continue") if isinstance(metadata, Mapping) else None
+        return rv, following if isinstance(following, str) and following else None, items, size
+
+    def _list(self) -> None:
+        """List page by page: each page's objects are reduced (`keep`) before the next is read.
+        Every page is a snapshot at the first page's resourceVersion; an expired continue token
+        (410) lists again from the start."""
         items: dict[str, T] = {}
-        for item in data["items"]:
-            uid = _uid(item)
-            if uid is None:
-                self._note_malformed(item)
-                continue
-            items[uid] = self.keep(item)
-        del data  # the parsed list, before the node is read
+        largest = 0.0
+        rv, token, page, size = self._page(None, FIRST_PAGE)
+        while True:
+            largest = max(largest, size / max(len(page), 1))
+            for item in page:
+                uid = _uid(item)
+                if uid is None:
+                    self._note_malformed(item)
+                    continue
+                items[uid] = self.keep(item)
+            if token is None:
+                break
+            page = []  # this page's objects go before the next is read
+            limit = max(1, min(MAX_PAGE, int(PAGE_BYTES // max(largest, 1.0))))
+            _, token, page, size = self._page(token, limit)
+        del page
         with self._lock:
             self._items = items
             self._version += 1
@@ -222,7 +266,7 @@ class Reflector(Generic[T]):
         try:
             with self._lock:
                 self._up = True
-            for line in self._iter_lines(response):
+            for line in _lines(response, MAX_OBJECT_BYTES, f"{self.kind} watch"):
                 if self._stopping.is_set():
                     return
                 self._apply(json.loads(line))
@@ -262,6 +306,36 @@ class Reflector(Generic[T]):
             self._malformed += 1
         self._throttle.fault("malformed", f"skipped a {self.kind} without metadata.uid: "
                                           f"{str(obj)[:120]}")
+
+
+def _read_bounded(response: Any, limit: int, what: str) -> bytearray:
+    """The whole body, or ApiError once it passes `limit` bytes (never read further)."""
+    body = bytearray()
+    for part in response.stream(_READ, decode_content=True):
+        body += part
+        if len(body) > limit:
+            raise ApiError(f"{what} is over {limit} bytes: not a Kubernetes API server's answer "
+                           "(objects are at most 1.5 MiB)")
+    return body
+
+
+def _lines(response: Any, limit: int, what: str) -> Iterator[bytes]:
+    """The lines of a streamed body as they arrive, each at most `limit` bytes: a longer one
+    raises ApiError instead of being held whole."""
+    buffer = bytearray()
+    for part in response.stream(_READ, decode_content=True):
+        buffer += part
+        start = 0
+        while (end := buffer.find(b"\n", start)) != -1:
+            if end > start:
+                yield bytes(buffer[start:end])
+            start = end + 1
+        del buffer[:start]
+        if len(buffer) > limit:
+            raise ApiError(f"a {what} line is over {limit} bytes: not a Kubernetes API "
+                           "server's event (objects are at most 1.5 MiB); watching again")
+    if buffer.strip():
+        yield bytes(buffer)
 
 
 def status_of(exc: BaseException) -> int | None:

@@ -13,8 +13,12 @@ behaviours of a real kube-apiserver (watch cache enabled, JSON only):
   Kubernetes 1.34+). A list's `metadata.resourceVersion` is the current global RV; items are
   ordered by namespace/name (etcd key order; by name for slices), carry their own
   `metadata.resourceVersion` and, as in a real list, no `kind`/`apiVersion`.
-  `labelSelector`, `limit`, `continue` and `resourceVersion` of a list are accepted and
-  ignored (never paginates).
+  `limit=N` pages the list as the apiserver does from etcd: N items, then
+  `metadata.continue` (an opaque token) and `remainingItemCount` while more remain; `continue`
+  serves the next page of the same snapshot, at the first page's resourceVersion. A token
+  older than the compaction horizon (`compact()`) is answered 410 `Expired` ("The provided
+  continue parameter is too old ..."). `labelSelector` and a list's `resourceVersion` are
+  accepted and ignored.
 * `fieldSelector` takes `label=value` (also `==`) terms, comma-joined, all of which must
   match: pods support `spec.nodeName`, slices `spec.nodeName` and `spec.driver`. Any other
   field label is answered 400 `BadRequest` with the apiserver's "field label not supported"
@@ -62,7 +66,9 @@ of both resources.
 
 `stats` counts requests as received (including those answered with an outage error or, with
 `serve_dra=False`, a 404): `list` (pod lists without watch), `watch` (pod watch requests),
-`resourceslices.list` and `resourceslices.watch` (the same for slices), `node` (node GETs),
+`resourceslices.list` and `resourceslices.watch` (the same for slices), `continue` and
+`resourceslices.continue` (a list's later pages: a paged list counts once in `list`), `node`
+(node GETs),
 `open_watches` (streams of either resource currently open) and `outage_responses`;
 `requests` records every request as `(method, path, query)`.
 
@@ -414,7 +420,10 @@ class FakeKubeAPI:
         self.stats: dict[str, int] = {
             "list": 0, "watch": 0, "node": 0, "open_watches": 0, "outage_responses": 0,
             "resourceslices.list": 0, "resourceslices.watch": 0,
+            "continue": 0, "resourceslices.continue": 0,
         }
+        self._snapshots: dict[str, tuple[int, list[JSON]]] = {}
+        """continue token -> (the list's RV, the items not served yet)."""
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -721,7 +730,8 @@ class FakeKubeAPI:
                 watching = _parse_bool(query.get("watch"))
             except ValueError:
                 watching = False
-            self.stats[kind.stat_prefix + ("watch" if watching else "list")] += 1
+            page = "continue" if query.get("continue") and not watching else ""
+            self.stats[kind.stat_prefix + (page or ("watch" if watching else "list"))] += 1
         elif request.path.startswith(NODE_PREFIX):
             self.stats["node"] += 1
         if self._delay > 0:
@@ -784,11 +794,35 @@ class FakeKubeAPI:
         if watching:
             return await self._watch(request, kind, selector, query.get("resourceVersion", ""),
                                      bookmarks, timeout)
+        try:
+            limit = int(query.get("limit") or 0)
+        except ValueError as exc:
+            return _status_response(400, str(exc))
+        token = query.get("continue", "")
         with self._lock:
-            items = self._stored(kind, selector)
-            rv = self._rv
+            if token:
+                snapshot = self._snapshots.pop(token, None)
+                if snapshot is None or snapshot[0] < self._compacted_rv:
+                    return _status_response(410, (
+                        "The provided continue parameter is too old to display a consistent "
+                        "list result. You can start a new list without the continue parameter, "
+                        "or use the continue token in this response to retrieve the remainder "
+                        "of the results. Continuing with the provided token results in an "
+                        "inconsistent list - objects that were created, modified, or deleted "
+                        "between the time the first chunk was returned and now may show up in "
+                        "the list."))
+                rv, items = snapshot
+            else:
+                items, rv = self._stored(kind, selector), self._rv
+            metadata: JSON = {"resourceVersion": str(rv)}
+            if 0 < limit < len(items):
+                following = str(uuid.uuid4())
+                self._snapshots[following] = (rv, items[limit:])
+                items = items[:limit]
+                metadata["continue"] = following
+                metadata["remainingItemCount"] = len(self._snapshots[following][1])
         return web.json_response({"kind": kind.list_kind, "apiVersion": kind.api_version,
-                                  "metadata": {"resourceVersion": str(rv)}, "items": items})
+                                  "metadata": metadata, "items": items})
 
     async def _watch(self, request: web.Request, kind: _Kind, selector: Selector,
                      rv_param: str, bookmarks: bool, timeout: int | None) -> web.StreamResponse:
