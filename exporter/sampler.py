@@ -30,6 +30,10 @@ from exporter.workloads import WorkloadSample, WorkloadTracker
 
 log = logs.get("sampler")
 
+HOST_READS = "cgroups"
+"""The guard of the tick's host reads besides the sources' (container CPU time, /proc), and
+its `source` label on footprint_exporter_errors_total{reason="timeout"}."""
+
 ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
 REGION_LABELS = ("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region")
 INSTANCE_TYPE_LABELS = ("node.kubernetes.io/instance-type", "beta.kubernetes.io/instance-type")
@@ -156,6 +160,8 @@ class Sampler:
                  timer: Callable[[], float] = time.perf_counter) -> None:
         self._sources = [(s, st, Guard(s.name, s.read, timeout_seconds=read_timeout_seconds))
                          for s, st in zip(sources, statuses, strict=True) if st.enabled]
+        self._host_reads = Guard(HOST_READS, self._read_host,
+                                 timeout_seconds=read_timeout_seconds)
         self.states = tuple(SourceState(s.name, st) for s, st in zip(sources, statuses,
                                                                      strict=True))
         self._intensity = intensity
@@ -253,6 +259,7 @@ class Sampler:
                 self._kubernetes.slices.stop()
             if self._kubernetes.podresources is not None:
                 self._kubernetes.podresources.close()
+        self._host_reads.close()
         for source, _, guard in self._sources:
             guard.close()
             if guard.blocked:  # closing under a read that never returned could hang the exit
@@ -275,9 +282,9 @@ class Sampler:
                     for source, status, guard in self._sources]
         gpus = next((r.gpus for r in reversed(readings) if r.gpus), ())
         view = self._kubernetes.pods.view() if self._kubernetes is not None else None
-        sample = self._sample_workloads(view)
+        sample, of_pid, host_timed_out = self._sample_workloads(view, gpus)
         allocatable = view.node.allocatable_cores if view and view.node is not None else 0.0
-        allocations, of_pid, podresources_up = self._gpu_holders(gpus, sample)
+        allocations, podresources_up = self._gpu_holders(gpus, sample)
 
         # 2. account: pure
         result = account(TickInputs(
@@ -288,7 +295,7 @@ class Sampler:
             allocatable_cores=allocatable, gpu_allocations=allocations,
             container_of_pid=of_pid, idle_policy=self._attribution.idle_policy,
             gpu_idle_watts=self._attribution.idle_watts.get("gpu"),
-            expire=self._kubernetes is not None), self._state)
+            expire=sample is not None), self._state)
 
         # 3. publish: the metrics module writes the ledger, in a fixed order
         live = self._intensity.live
@@ -296,6 +303,8 @@ class Sampler:
                           live_up=self._intensity.up,
                           last_update_unix=self._intensity.last_update_unix)
         publish.forecast(self._intensity.forecast())
+        if host_timed_out:
+            publish.read_timeout(HOST_READS)
         for reading in readings:
             if reading.timed_out:
                 publish.read_timeout(reading.name)
@@ -318,7 +327,7 @@ class Sampler:
                                 self._stats.seconds + (self._timer() - started))
         return snapshot
 
-    def _read(self, source: EnergySource, status: Status, guard: Guard[Reading],
+    def _read(self, source: EnergySource, status: Status, guard: Guard[float, Reading],
               now: float) -> SourceReading:
         """The source's reading (only the components it owns), or a down one when its read is
         blocked or raised."""
@@ -347,10 +356,14 @@ class Sampler:
             zones=reading.zones, gpus=reading.gpus if "gpu" in owned else (),
             timed_out=outcome.started_hang)
 
-    def _sample_workloads(self, view: PodView | None) -> WorkloadSample | None:
-        """Containers and their CPU time this tick; None without a cluster or before sync."""
+    def _sample_workloads(self, view: PodView | None, gpus: Sequence[GpuReading]
+                          ) -> tuple[WorkloadSample | None, Mapping[int, Hashable], bool]:
+        """Containers and their CPU time this tick, and the containers of the GPU processes
+        (None, {} without a cluster or before sync), and whether those host reads timed out
+        this tick. The reads (procfs, every container's cgroup) are guarded like a source's:
+        a hung cgroup file leaves the containers unknown this tick, never the tick blocked."""
         if view is None or self._kubernetes is None:
-            return None
+            return None, {}, False
         if view.node is not None:
             self._provider_id = view.node.provider_id
             self._node_labels = dict(view.node.labels)
@@ -359,16 +372,41 @@ class Sampler:
                 self._node_seen = seen
                 self._on_node(dict(view.node.labels), view.node.provider_id)
         if not view.synced:
-            return None
-        return self._kubernetes.tracker.sample(view)
+            return None, {}, False
+        pids = frozenset(p.pid for g in gpus for p in g.processes)
+        outcome = self._host_reads.run((view, pids))
+        if outcome.started_hang:
+            log.warning(f"reading containers' CPU time ({self._kubernetes.tracker.describe()}) "
+                        f"or /proc did not return within {self._host_reads.timeout_seconds:g} "
+                        "s (a hung cgroup file?): containers are unknown and their energy "
+                        "unattributed until it returns; the ticks go on")
+        elif outcome.late:
+            log.info("the blocked cgroup read returned; containers are known again")
+        if outcome.error is not None:
+            self._read_throttle.fault(HOST_READS, f"reading containers failed with "
+                                      f"{type(outcome.error).__name__}: {outcome.error} (a bug: "
+                                      "please report it)")
+        if outcome.value is None:
+            return None, {}, outcome.started_hang
+        sample, of_pid = outcome.value
+        return sample, of_pid, False
+
+    def _read_host(self, args: tuple[PodView, frozenset[int]]
+                   ) -> tuple[WorkloadSample, Mapping[int, Hashable]]:
+        """The tick's host reads besides the sources', in the guard's thread."""
+        assert self._kubernetes is not None
+        view, pids = args
+        tracker = self._kubernetes.tracker
+        sample = tracker.sample(view)
+        return sample, tracker.containers_of_pids(set(pids), sample.containers)
 
     def _gpu_holders(self, gpus: Sequence[GpuReading], sample: WorkloadSample | None
-                     ) -> tuple[tuple[Allocation, ...], Mapping[int, Hashable], bool | None]:
-        """Who holds each GPU: the kubelet's allocations, and the containers of the processes
-        NVML sees; and whether the pod-resources API answered (None: not asked)."""
+                     ) -> tuple[tuple[Allocation, ...], bool | None]:
+        """Who the kubelet gave each GPU, and whether the pod-resources API answered (None:
+        not asked)."""
         k = self._kubernetes
         if not gpus or sample is None or k is None:
-            return (), {}, None
+            return (), None
         allocations: list[Allocation] = []
         up: bool | None = None
         unresolved: set[tuple[ClaimHolder, str]] = set()
@@ -390,8 +428,7 @@ class Sampler:
                     else:
                         unresolved.add((h, resolved.reason))
         self._report_unresolved(unresolved)
-        pids = {p.pid for g in gpus for p in g.processes}
-        return tuple(allocations), k.tracker.containers_of_pids(pids, sample.containers), up
+        return tuple(allocations), up
 
     def _report_unresolved(self, unresolved: set[tuple[ClaimHolder, str]]) -> None:
         """Log and count each claimed device that cannot be resolved, once while it lasts."""

@@ -1,4 +1,5 @@
-"""A bound on each source's read: a read that does not return in time costs the tick no more.
+"""A bound on each source's read, and on every other host read of the tick (cgroups, procfs):
+a read that does not return in time costs the tick no more.
 
 A sysfs attribute served by a hung driver, a FIFO put where `energy_uj` should be, or an NVML
 call stuck in the kernel blocks its thread for as long as it likes. Each source therefore reads
@@ -20,6 +21,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+A = TypeVar("A")
 T = TypeVar("T")
 
 MIN_TIMEOUT_SECONDS = 0.5
@@ -48,16 +50,16 @@ class Outcome(Generic[T]):
     error: BaseException | None = None
 
 
-class Guard(Generic[T]):
+class Guard(Generic[A, T]):
     """Runs `call(arg)` in a daemon thread of its own, waiting at most `timeout_seconds`."""
 
-    def __init__(self, name: str, call: Callable[[float], T], *, timeout_seconds: float) -> None:
+    def __init__(self, name: str, call: Callable[[A], T], *, timeout_seconds: float) -> None:
         if not timeout_seconds > 0 or not math.isfinite(timeout_seconds):
             raise ValueError("timeout_seconds must be a positive number")
         self.name = name
         self.timeout_seconds = timeout_seconds
         self._call = call
-        self._jobs: queue.SimpleQueue[tuple[float, Future[T]] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[A, Future[T]] | None] = queue.SimpleQueue()
         self._pending: Future[T] | None = None
         self._thread: threading.Thread | None = None
 
@@ -66,7 +68,7 @@ class Guard(Generic[T]):
         """A call is running that has not returned in time (and has not returned since)."""
         return self._pending is not None and not self._pending.done()
 
-    def run(self, arg: float) -> Outcome[T]:
+    def run(self, arg: A) -> Outcome[T]:
         """The call's result this tick; never waits longer than the timeout."""
         pending = self._pending
         if pending is not None:

@@ -154,6 +154,10 @@ class WorkloadTracker:
         self._throttle = logs.Throttle(log)
         self._pid_ids: dict[int, str | None] = {}
 
+    def describe(self) -> str:
+        """Where container CPU time is read from, for logs."""
+        return self._cgroups.describe()
+
     def containers_of_pids(self, pids: set[int],
                            containers: Sequence[Container]) -> dict[int, Container]:
         """Which container each GPU process belongs to (host PIDs, via <procfs>/<pid>/cgroup).

@@ -30,7 +30,18 @@ from tests.support import (
     write_atomic,
     zone_dir,
 )
-from tests.test_kube import api, cid, drive, in_process, pod, pods_seen, wait_for
+from tests.test_kube import (
+    NODE,
+    api,
+    cid,
+    cpu_stat,
+    drive,
+    in_process,
+    node_with_cgroups,
+    pod,
+    pods_seen,
+    wait_for,
+)
 
 __all__ = ["api"]  # the fixture, shared with tests/test_kube.py
 
@@ -321,3 +332,33 @@ def test_no_secret_appears_in_a_start_up_error(tmp_path: Path, flag: str, text: 
     assert errors, out.err
     for leaked in (SECRET, "MIIEvQ", "8675309123456789"):
         assert leaked not in out.out + out.err, out.err
+
+
+def test_a_hung_cgroup_read_leaves_containers_unknown_and_sigterm_still_ends_it(
+        tmp_path: Path, api: FakeKubeAPI) -> None:
+    """A container's cpu.stat becomes a FIFO (a hung cgroup file): the tick's host reads are
+    guarded like a source's, so the ticks go on, the timeout is counted once, and SIGTERM ends
+    the process at once though the read is still blocked."""
+    root = node_with_cgroups(tmp_path)
+    api.add_pod(pod("worker", cid("1")))
+    config = tmp_path / "footprint.yaml"
+    config.write_text(f"kubernetes:\n  kubeconfig: {api.write_kubeconfig(tmp_path / 'kc')}\n")
+    with Exporter(["--path.sysfs", str(root / "sys"), "--path.procfs", str(root / "proc"),
+                   "--config.file", str(config), "--collector.interval", "1"],
+                  env={"NODE_NAME": NODE}) as exp:
+        deadline = time.monotonic() + 30
+        while not [n for (n, labels) in exp.wait_ticks(1)
+                   if n == "footprint_container_info" and ("pod", "worker") in labels]:
+            assert time.monotonic() < deadline, "the pod never showed"
+        stat = cpu_stat(root, cid("1"))
+        stat.unlink()
+        os.mkfifo(stat)
+        series = exp.wait_ticks(3)  # the ticks go on
+        assert value(series, "footprint_exporter_errors_total", source="cgroups",
+                     reason="timeout") == 1.0
+        assert exp.get("/healthz")[0] == 200
+        started = time.monotonic()
+        code = exp.stop(timeout=10)
+        stopped_in = time.monotonic() - started
+    assert code == 0, f"exit {code} after {stopped_in:.1f} s"
+    assert len(list(log_lines(exp.lines, "or /proc did not return within"))) == 1
