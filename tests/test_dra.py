@@ -191,6 +191,23 @@ def one_second(nvml: FakeNvml, clock: FakeClock, sampler: Sampler) -> Series:
     return parse(sampler.tick().text.decode())
 
 
+def two_seconds(tmp_path: Path, api: FakeKubeAPI, monkeypatch: pytest.MonkeyPatch, root: Path,
+                nvml: FakeNvml, server: FakePodResources) -> tuple[Series, Series]:
+    """The exporter in-process, once its two pods and the slices are known: the metrics after
+    one second and after the next."""
+    with server:
+        sampler, clock = start(tmp_path, api, monkeypatch, root, nvml, server.socket_path)
+        try:
+            wait_for(lambda: len(pods_seen(sampler)) == 2, "the pods")
+            wait_for(lambda: sampler._kubernetes is not None
+                     and sampler._kubernetes.slices is not None
+                     and sampler._kubernetes.slices.synced(), "the slices")
+            sampler.tick()
+            return one_second(nvml, clock, sampler), one_second(nvml, clock, sampler)
+        finally:
+            sampler.close()
+
+
 def dra_node(tmp_path: Path, api: FakeKubeAPI, slice_: dict[str, Any]) -> tuple[Path, FakeNvml]:
     root = node_with_cgroups(tmp_path)
     gpu_processes(root)
@@ -207,18 +224,7 @@ def test_a_device_plugin_gpu_and_a_dra_gpu_on_one_node(tmp_path: Path, api: Fake
     server = FakePodResources(tmp_path / "pr.sock")
     server.set_pods(resources_of("ml", "serve-a", {"main": {"nvidia.com/gpu": [U[0]]}}),
                     resources_of("ml", "serve-b", {}, claims={"main": [CLAIMS["serve-b"]]}))
-    with server:
-        sampler, clock = start(tmp_path, api, monkeypatch, root, nvml, tmp_path / "pr.sock")
-        try:
-            wait_for(lambda: len(pods_seen(sampler)) == 2, "the pods")
-            wait_for(lambda: sampler._kubernetes is not None
-                     and sampler._kubernetes.slices is not None
-                     and sampler._kubernetes.slices.synced(), "the slices")
-            sampler.tick()
-            before = one_second(nvml, clock, sampler)
-            after = one_second(nvml, clock, sampler)
-        finally:
-            sampler.close()
+    before, after = two_seconds(tmp_path, api, monkeypatch, root, nvml, server)
 
     for name, uuid in (("serve-a", U[0]), ("serve-b", U[1])):
         charged = step(before, after, "footprint_container_energy_joules_total", pod=name,
@@ -238,18 +244,7 @@ def test_a_claimed_device_missing_from_the_slices_stays_unattributed(
     server.set_pods(*(resources_of("ml", name, {}, claims={"main": [CLAIMS[name]]})
                       for name in ("serve-a", "serve-b")))
     caplog.set_level(logging.WARNING)
-    with server:
-        sampler, clock = start(tmp_path, api, monkeypatch, root, nvml, tmp_path / "pr.sock")
-        try:
-            wait_for(lambda: len(pods_seen(sampler)) == 2, "the pods")
-            wait_for(lambda: sampler._kubernetes is not None
-                     and sampler._kubernetes.slices is not None
-                     and sampler._kubernetes.slices.synced(), "the slices")
-            sampler.tick()
-            before = one_second(nvml, clock, sampler)
-            after = one_second(nvml, clock, sampler)
-        finally:
-            sampler.close()
+    before, after = two_seconds(tmp_path, api, monkeypatch, root, nvml, server)
 
     lines = [r.getMessage() for r in caplog.records if missing in r.getMessage()]
     assert len(lines) == 1, lines  # once, though three ticks saw it

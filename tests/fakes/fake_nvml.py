@@ -267,6 +267,15 @@ def p100(uuid: str = "GPU-0f0e0d0c-1111-2222-3333-00000000f100") -> FakeGpu:
                    mps_list=False)
 
 
+def _process_infos(h: FakeHandle, procs: Sequence[FakeProcess]) -> list[Friendly]:
+    """nvmlProcessInfo_t of `procs`, only those of the MIG device when `h` is one."""
+    if h.mig is not None:
+        procs = [p for p in procs if (p.gpu_instance_id, p.compute_instance_id)
+                 == (h.mig.gpu_instance_id, h.mig.compute_instance_id)]
+    return [Friendly(pid=p.pid, usedGpuMemory=p.used_memory, gpuInstanceId=p.gpu_instance_id,
+                     computeInstanceId=p.compute_instance_id) for p in procs]
+
+
 class FakeNvml(ModuleType):
     """The fake module: pass an instance where the exporter takes the pynvml module."""
 
@@ -471,11 +480,7 @@ class FakeNvml(ModuleType):
         gpu = h.gpu
         procs = [p for p in gpu.processes
                  if not p.mps_client or (gpu.mps_list and gpu.compute_lists_mps_clients)]
-        if h.mig is not None:
-            procs = [p for p in procs if (p.gpu_instance_id, p.compute_instance_id)
-                     == (h.mig.gpu_instance_id, h.mig.compute_instance_id)]
-        return [Friendly(pid=p.pid, usedGpuMemory=p.used_memory, gpuInstanceId=p.gpu_instance_id,
-                         computeInstanceId=p.compute_instance_id) for p in procs]
+        return _process_infos(h, procs)
 
     nvmlDeviceGetComputeRunningProcesses_v3 = nvmlDeviceGetComputeRunningProcesses
 
@@ -484,12 +489,7 @@ class FakeNvml(ModuleType):
         assert h is not None
         if not h.gpu.mps_list:
             raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
-        procs = [p for p in h.gpu.processes if p.mps_client]
-        if h.mig is not None:
-            procs = [p for p in procs if (p.gpu_instance_id, p.compute_instance_id)
-                     == (h.mig.gpu_instance_id, h.mig.compute_instance_id)]
-        return [Friendly(pid=p.pid, usedGpuMemory=p.used_memory, gpuInstanceId=p.gpu_instance_id,
-                         computeInstanceId=p.compute_instance_id) for p in procs]
+        return _process_infos(h, [p for p in h.gpu.processes if p.mps_client])
 
     nvmlDeviceGetMPSComputeRunningProcesses_v3 = nvmlDeviceGetMPSComputeRunningProcesses
 
