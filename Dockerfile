@@ -37,7 +37,7 @@ LABEL org.opencontainers.image.title="footprint-exporter" \
       org.opencontainers.image.description="Prometheus exporter for the energy and CO2e of ML workloads on Kubernetes nodes" \
       org.opencontainers.image.source="https://example.invalid/footprint-exporter" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="0.4.0"
+      org.opencontainers.image.version="0.5.0"
 
 # Nothing is written at run time: no bytecode (pip compiled it at install), unbuffered logs.
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -40,9 +40,10 @@ FILES_README = (
     "and `dashboards/*.json`, because Helm reads only files inside the chart. Do not edit\n"
     "them here: edit the originals and run the script.\n")
 # The order `helm install` creates kinds in, so that the file reads (and applies) the same way.
-KIND_ORDER = ("Namespace", "NetworkPolicy", "ServiceAccount", "Secret", "ConfigMap",
-              "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
-              "DaemonSet", "ServiceMonitor", "PodMonitor", "PrometheusRule")
+KIND_ORDER = ("Namespace", "NetworkPolicy", "ResourceQuota", "ServiceAccount", "Secret",
+              "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
+              "DaemonSet", "VerticalPodAutoscaler", "ServiceMonitor", "PodMonitor",
+              "PrometheusRule")
 
 
 def chart_files(root: Path) -> dict[Path, bytes]:

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -47,9 +48,9 @@ to the oldest still supported."""
 RECURSIVE_READ_ONLY_SINCE = "1.33"  # recursiveReadOnly went GA in Kubernetes 1.33
 RELEASE = "footprint"
 NAMESPACE = "monitoring"
-CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "VerticalPodAutoscaler"}
 FEATURES = {"servicemonitor", "podmonitor", "rules-budgets", "dashboards", "gpu", "gpu-only",
-            "gpu-cdi", "gpu-volume-mounts", "parity",
+            "gpu-cdi", "gpu-volume-mounts", "parity", "scheduling",
             "networkpolicy", "webconfig-tls", "live-intensity", "hostpid", "config"}
 POD_RESOURCES_DIR = "/var/lib/kubelet/pod-resources"
 POOL_LABEL = "footprint.dev/pool"
@@ -85,6 +86,24 @@ DRA_DRIVERS = ["gpu.nvidia.com"]  # gpu.dra.drivers' default
 DRA_KUBE_VERSIONS = ("1.34", "1.35", "1.36", "1.37")
 """The minors that serve resource.k8s.io/v1 (GA in 1.34)."""
 INJECTIONS = ("env", "volume-mounts", "cdi")
+VIRTUAL_NODE_EXCLUSION = [
+    {"key": "eks.amazonaws.com/compute-type", "operator": "NotIn", "values": ["fargate"]},
+    {"key": "type", "operator": "NotIn", "values": ["virtual-kubelet"]},
+]
+"""virtualNodeExclusion's default: prometheus-node-exporter's default node affinity (its
+_helpers.tpl, defaultAffinity), EKS Fargate and virtual-kubelet nodes (AKS virtual nodes)."""
+SAFE_TO_EVICT = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"}
+PRIORITY_CLASS = "system-cluster-critical"  # priorityClassName's default (values.yaml: why)
+VIRTUAL_NODES = {
+    "fargate": {"kubernetes.io/os": "linux", "eks.amazonaws.com/compute-type": "fargate"},
+    "virtual-kubelet": {"kubernetes.io/os": "linux", "type": "virtual-kubelet"},
+    "virtual-kubelet-gpu": {"kubernetes.io/os": "linux", "type": "virtual-kubelet",
+                            "nvidia.com/gpu.present": "true"},
+}
+"""Labels of the virtual nodes no exporter may be scheduled to."""
+APP_VERSION = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
+IMAGE = "ghcr.io/footprint-exporter/footprint-exporter"
+"""The default image: where .github/workflows/release.yaml pushes it (tests/test_release.py)."""
 DEVICE_LIST_DIR = "/var/run/nvidia-container-devices"
 CDI_ANNOTATION = "cdi.k8s.io/footprint-exporter"
 
@@ -254,6 +273,15 @@ def test_core_objects_match_the_kubernetes_schemas(
         assert {"DaemonSet", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
                 "ConfigMap"} <= {obj["kind"] for obj in core}
         assert len(of_kind(core, "DaemonSet")) == len(pools(case)), (case, version)
+        for ds in of_kind(core, "DaemonSet"):
+            # Kept off virtual nodes, and evictable by the cluster autoscaler, in every case.
+            template = ds["spec"]["template"]
+            assert template["metadata"]["annotations"].items() >= SAFE_TO_EVICT.items()
+            for labels in VIRTUAL_NODES.values():
+                assert not runs_on(ds, labels), (case, version, ds["metadata"]["name"], labels)
+            for term in template["spec"]["affinity"]["nodeAffinity"][
+                    "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]:
+                assert all(e in term["matchExpressions"] for e in VIRTUAL_NODE_EXCLUSION)
         for obj in core:
             try:
                 assert kubernetes_validate.validate(obj, version, strict=True) == version
@@ -361,7 +389,7 @@ def test_defaults(rendered: dict[str, list[Obj]]) -> None:
     objects = rendered["default"]
     assert {obj["kind"] for obj in objects} == {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Service",
-        "DaemonSet", "NetworkPolicy"}
+        "DaemonSet", "NetworkPolicy", "ResourceQuota"}
     daemonset = one(objects, "DaemonSet")
     assert daemonset["metadata"]["name"] == f"{RELEASE}-footprint-exporter"
     # Selector as before the pools (immutable): upgrades keep the same DaemonSet.
@@ -373,14 +401,19 @@ def test_defaults(rendered: dict[str, list[Obj]]) -> None:
         "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}}
     spec = pod_spec(objects)
     assert spec["hostPID"] is False
-    assert "runtimeClassName" not in spec and "priorityClassName" not in spec
+    assert "runtimeClassName" not in spec and spec["priorityClassName"] == PRIORITY_CLASS
     assert spec["terminationGracePeriodSeconds"] == 10
     assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
-    assert "affinity" not in spec and "imagePullSecrets" not in spec  # no GPU pool to leave out
+    # No GPU pool to leave out: only the virtual nodes.
+    assert spec["affinity"] == {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": VIRTUAL_NODE_EXCLUSION}]}}}
+    assert "imagePullSecrets" not in spec
+    assert daemonset["spec"]["template"]["metadata"]["annotations"].items() >= (
+        SAFE_TO_EVICT.items())
     gpu_taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
     assert any(tolerates(t, gpu_taint) for t in spec["tolerations"])
     exporter = container(objects)
-    assert exporter["image"] == "ghcr.io/footprint/footprint-exporter:0.4.0"
+    assert exporter["image"] == f"{IMAGE}:{APP_VERSION}"
     assert exporter["args"] == [
         "--web.listen-address=:9835", "--path.sysfs=/host/sys", "--path.procfs=/host/proc",
         "--config.file=/etc/footprint/config.yaml", "--collector.interval=5",
@@ -634,6 +667,7 @@ NODES = {
     "gpu": {"kubernetes.io/os": "linux", GPU_LABEL: "true"},
     "gpu-label-false": {"kubernetes.io/os": "linux", GPU_LABEL: "false"},
     "windows": {"kubernetes.io/os": "windows"},
+    **VIRTUAL_NODES,
 }
 
 
@@ -645,14 +679,17 @@ def test_one_release_measures_cpu_and_gpu_pools_once(rendered: dict[str, list[Ob
     # Every Linux node runs exactly one exporter: the pools are disjoint and cover the nodes.
     for node, labels in NODES.items():
         expected = {"cpu": runs_on(cpu, labels), "gpu": runs_on(gpu, labels)}
-        want = {"cpu": node in ("cpu", "gpu-label-false"), "gpu": node == "gpu"}
+        want = {"cpu": node in ("cpu", "gpu-label-false"), "gpu": node == "gpu"}  # no virtual
         assert expected == want, node
     assert pod_spec(objects, "gpu")["nodeSelector"] == {"kubernetes.io/os": "linux",
                                                         GPU_LABEL: "true"}
     assert cpu["spec"]["template"]["spec"]["affinity"] == {"nodeAffinity": {
         "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": GPU_LABEL, "operator": "NotIn",
-                                   "values": ["true"]}]}]}}}
+            {"matchExpressions": [*VIRTUAL_NODE_EXCLUSION, {"key": GPU_LABEL, "operator": "NotIn",
+                                                            "values": ["true"]}]}]}}}
+    assert gpu["spec"]["template"]["spec"]["affinity"] == {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": VIRTUAL_NODE_EXCLUSION}]}}}
     # The GPU pods: the NVIDIA runtime, its environment, hostPID; the CPU pods: none of it.
     gpu_spec, cpu_spec = pod_spec(objects, "gpu"), pod_spec(objects, "cpu")
     assert gpu_spec["runtimeClassName"] == "nvidia" and "runtimeClassName" not in cpu_spec
@@ -719,11 +756,13 @@ def test_the_gpu_exclusion_is_anded_into_the_users_affinity(helm: ModuleType) ->
         for gpu_labels in ({}, {GPU_LABEL: "true"}, {"pool": "gpu"},
                            {GPU_LABEL: "true", "pool": "gpu"}):
             for spot_label in ({}, {"example.com/spot": "yes"}):
-                node = {"kubernetes.io/os": "linux", **zone_label, **gpu_labels, **spot_label}
-                user = bool(zone_label) or not spot_label
-                is_gpu = len(gpu_labels) == 2
-                assert runs_on(cpu, node) is (user and not is_gpu), node
-                assert runs_on(gpu, node) is is_gpu, node
+                for virtual in ({}, *VIRTUAL_NODES.values()):
+                    node = {"kubernetes.io/os": "linux", **zone_label, **gpu_labels,
+                            **spot_label, **virtual}
+                    user = bool(zone_label) or not spot_label
+                    is_gpu = len(gpu_labels) == 2
+                    assert runs_on(cpu, node) is (user and not is_gpu and not virtual), node
+                    assert runs_on(gpu, node) is (is_gpu and not virtual), node
 
 
 def test_the_nvidia_block_moved_to_gpu(helm: ModuleType) -> None:
@@ -765,7 +804,8 @@ def test_the_values_shared_with_prometheus_node_exporter(
     objects = rendered["parity"]
     ds = one(objects, "DaemonSet")
     spec, exporter = pod_spec(objects), container(objects)
-    assert exporter["image"] == "registry.example.com/footprint/footprint-exporter:0.4.0"
+    assert exporter["image"] == (
+        f"registry.example.com/{IMAGE.removeprefix('ghcr.io/')}:{APP_VERSION}")
     assert spec["imagePullSecrets"] == [{"name": "mirror-credentials"}]
     assert ds["spec"]["revisionHistoryLimit"] == 3
     assert exporter["startupProbe"] == {
@@ -1100,6 +1140,200 @@ def test_an_unknown_injection_fails_even_without_the_schema(
                              namespace=NAMESPACE, is_install=True)
     with pytest.raises(helm.HelmRenderError, match=r'gpu\.injection is "": choose'):
         render(helm, {"gpu": {"enabled": True, "injection": None}})
+
+
+# ---------------------------------------------------------------------------------------------
+# Scheduling: virtual nodes, eviction, priority, VerticalPodAutoscaler
+
+
+def required_terms(objects: list[Obj], pool: str) -> list[list[Obj]]:
+    """The matchExpressions of each required node-affinity term of a pool's pods."""
+    affinity = pod_spec(objects, pool).get("affinity") or {}
+    required = (affinity.get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution") or {"nodeSelectorTerms": []}
+    return [term.get("matchExpressions", []) for term in required["nodeSelectorTerms"]]
+
+
+def test_virtual_nodes_are_left_out_of_both_pools(
+        rendered: dict[str, list[Obj]], helm: ModuleType) -> None:
+    """virtualNodeExclusion is ANDed into every required term of both DaemonSets, beside the
+    GPU pool's exclusion and the user's own terms; [] turns it off."""
+    objects = rendered["scheduling"]
+    zone = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["zone-a"]}
+    own = {"key": "example.com/virtual-node", "operator": "DoesNotExist"}
+    gpu_out = {"key": GPU_LABEL, "operator": "NotIn", "values": ["true"]}
+    assert required_terms(objects, "cpu") == [[zone, *VIRTUAL_NODE_EXCLUSION, own, gpu_out]]
+    assert required_terms(objects, "gpu") == [[zone, *VIRTUAL_NODE_EXCLUSION, own]]
+    in_zone = {"kubernetes.io/os": "linux", "topology.kubernetes.io/zone": "zone-a"}
+    for pool, node in (("cpu", in_zone), ("gpu", {**in_zone, GPU_LABEL: "true"})):
+        ds = daemonset(objects, pool)
+        assert runs_on(ds, node)
+        assert not runs_on(ds, {**node, "example.com/virtual-node": "yes"})
+        assert not any(runs_on(ds, {**node, **v}) for v in VIRTUAL_NODES.values())
+    # Turned off: no affinity at all without a GPU pool, only the pools' split with one.
+    off = render(helm, {"virtualNodeExclusion": []})
+    assert "affinity" not in pod_spec(off)
+    off = render(helm, {"virtualNodeExclusion": [], "gpu": {"enabled": True}})
+    assert required_terms(off, "cpu") == [[gpu_out]]
+    assert "affinity" not in pod_spec(off, "gpu")
+    # A preferred affinity of the user's stays as it is, beside the required exclusion.
+    preferred = [{"weight": 1, "preference": {"matchExpressions": [zone]}}]
+    kept = render(helm, {"gpu": {"enabled": True, "affinity": {"nodeAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": preferred}}}})
+    assert pod_spec(kept, "gpu")["affinity"]["nodeAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"] == preferred
+    assert required_terms(kept, "gpu") == [VIRTUAL_NODE_EXCLUSION]
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"virtualNodeExclusion": [{"key": "type", "operator": "Nope"}]})
+
+
+def test_the_pods_are_safe_to_evict_unless_told_otherwise(helm: ModuleType) -> None:
+    for pool in ("cpu", "gpu"):
+        objects = render(helm, {"gpu": {"enabled": True}, "podAnnotations": {"team": "green"}})
+        annotations = daemonset(objects, pool)["spec"]["template"]["metadata"]["annotations"]
+        assert annotations.items() >= {**SAFE_TO_EVICT, "team": "green"}.items()  # merged
+    dropped = render(helm, {"podAnnotations": {next(iter(SAFE_TO_EVICT)): None}})
+    assert not set(SAFE_TO_EVICT) & set(daemonset(dropped)["spec"]["template"]["metadata"][
+        "annotations"])
+
+
+def quota(objects: list[Obj]) -> Obj | None:
+    (found,) = of_kind(objects, "ResourceQuota") or [None]
+    return found
+
+
+def test_the_priority_class_and_the_quota_that_admits_it(
+        rendered: dict[str, list[Obj]], helm: ModuleType, kubernetes_validate: ModuleType
+) -> None:
+    """system-cluster-critical by default, with a ResourceQuota scoped to it in the release's
+    namespace (GKE admits critical pods only where one matches); none for other classes."""
+    for case, pool in CASE_POOLS:
+        expected = "system-node-critical" if case == "scheduling" else PRIORITY_CLASS
+        assert pod_spec(rendered[case], pool)["priorityClassName"] == expected, case
+    for priority_class in ("system-cluster-critical", "system-node-critical"):
+        objects = render(helm, {"priorityClassName": priority_class})
+        found = quota(objects)
+        assert found is not None
+        assert found["metadata"]["namespace"] == NAMESPACE
+        assert found["spec"] == {
+            "hard": {"pods": "1G"},
+            "scopeSelector": {"matchExpressions": [
+                {"scopeName": "PriorityClass", "operator": "In", "values": [priority_class]}]}}
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(found, version, strict=True)
+    for values in ({"priorityClassName": ""}, {"priorityClassName": "exporters"},
+                   {"priorityClassQuota": {"enabled": False}}):
+        objects = render(helm, values)
+        assert quota(objects) is None, values
+        assert pod_spec(objects).get("priorityClassName") == (
+            values.get("priorityClassName", PRIORITY_CLASS) or None)
+    assert quota(render(helm, {"priorityClassQuota": {"pods": 5000}}))["spec"]["hard"] == {
+        "pods": "5000"}
+
+
+QUANTITY = {"anyOf": [{"type": "integer"}, {
+    "type": "string",
+    "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+               r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"}]}
+VPA_SCHEMA: Obj = {
+    "type": "object", "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "autoscaling.k8s.io/v1"},
+        "kind": {"const": "VerticalPodAutoscaler"},
+        "metadata": {"type": "object", "additionalProperties": False,
+                     "required": ["name", "namespace"],
+                     "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
+                                    "labels": {"type": "object",
+                                               "additionalProperties": {"type": "string"}}}},
+        "spec": {"type": "object", "additionalProperties": False, "required": ["targetRef"],
+                 "properties": {
+            "targetRef": {"type": "object", "additionalProperties": False,
+                          "required": ["kind", "name"],
+                          "properties": {"apiVersion": {"type": "string"},
+                                         "kind": {"type": "string"},
+                                         "name": {"type": "string"}}},
+            "updatePolicy": {"type": "object", "additionalProperties": False, "properties": {
+                "updateMode": {"enum": ["Off", "Initial", "Recreate", "InPlaceOrRecreate",
+                                        "InPlace", "Auto"]}}},
+            "resourcePolicy": {"type": "object", "additionalProperties": False, "properties": {
+                "containerPolicies": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False, "properties": {
+                        "containerName": {"type": "string"},
+                        "controlledResources": {"type": "array", "items": {"type": "string"}},
+                        "controlledValues": {"enum": ["RequestsAndLimits", "RequestsOnly"]},
+                        "minAllowed": {"type": "object", "additionalProperties": QUANTITY},
+                        "maxAllowed": {"type": "object", "additionalProperties": QUANTITY},
+                        "mode": {"enum": ["Auto", "Off"]}}}}}}}}}}
+"""The VerticalPodAutoscaler CRD's schema (kubernetes/autoscaler,
+vertical-pod-autoscaler/deploy/vpa-v1-crd-gen.yaml, autoscaling.k8s.io/v1), cut to the fields
+the chart may render and made strict: kubernetes-validate knows no CRDs."""
+
+
+def check_vpa(vpa: Obj, ds: Obj) -> None:
+    """A VerticalPodAutoscaler, structurally, and that it sizes the exporter of ds."""
+    jsonschema = require_module("jsonschema", "jsonschema (with kubernetes-validate)")
+    jsonschema.validate(vpa, VPA_SCHEMA)
+    assert vpa["metadata"]["name"] == ds["metadata"]["name"]
+    assert vpa["metadata"]["namespace"] == ds["metadata"]["namespace"]
+    assert vpa["spec"]["targetRef"] == {"apiVersion": "apps/v1", "kind": "DaemonSet",
+                                        "name": ds["metadata"]["name"]}
+    (policy,) = vpa["spec"]["resourcePolicy"]["containerPolicies"]
+    (exporter,) = ds["spec"]["template"]["spec"]["containers"]
+    assert policy["containerName"] == exporter["name"]
+    assert set(policy.get("controlledResources", ["cpu", "memory"])) <= {"cpu", "memory"}
+    for bound in ("minAllowed", "maxAllowed"):
+        assert set(policy.get(bound, {})) <= set(policy.get("controlledResources",
+                                                            ["cpu", "memory"]))
+    for resource in set(policy.get("minAllowed", {})) & set(policy.get("maxAllowed", {})):
+        low, high = policy["minAllowed"][resource], policy["maxAllowed"][resource]
+        parse = mebibytes if resource == "memory" else millicores
+        assert parse(str(low)) <= parse(str(high)), (resource, low, high)
+
+
+def millicores(quantity: str) -> float:
+    return float(quantity[:-1]) if quantity.endswith("m") else float(quantity) * 1000
+
+
+def test_a_vertical_pod_autoscaler_per_daemonset(
+        rendered: dict[str, list[Obj]], helm: ModuleType) -> None:
+    assert all(not of_kind(rendered[case], "VerticalPodAutoscaler")
+               for case in CASES if case != "scheduling")
+    objects = rendered["scheduling"]
+    vpas = {vpa["spec"]["targetRef"]["name"]: vpa
+            for vpa in of_kind(objects, "VerticalPodAutoscaler")}
+    assert len(vpas) == 2
+    for pool in ("cpu", "gpu"):
+        ds = daemonset(objects, pool)
+        vpa = vpas[ds["metadata"]["name"]]
+        check_vpa(vpa, ds)
+        assert vpa["metadata"]["labels"][POOL_LABEL] == pool
+        assert vpa["spec"]["updatePolicy"] == {"updateMode": "InPlaceOrRecreate"}
+        assert vpa["spec"]["resourcePolicy"]["containerPolicies"][0] == {
+            "containerName": "footprint-exporter", "controlledResources": ["cpu", "memory"],
+            "controlledValues": "RequestsOnly",
+            "minAllowed": {"cpu": "20m", "memory": "96Mi"},
+            "maxAllowed": {"cpu": "500m", "memory": "256Mi"}}
+    # The defaults: Recreate, requests only (the memory limit stays the worst case's bound).
+    only = render(helm, {"verticalPodAutoscaler": {"enabled": True},
+                         "cpu": {"enabled": False}, "gpu": {"enabled": True}})
+    (vpa,) = of_kind(only, "VerticalPodAutoscaler")
+    check_vpa(vpa, daemonset(only, "gpu"))
+    assert vpa["spec"]["updatePolicy"] == {"updateMode": "Recreate"}
+    assert vpa["spec"]["resourcePolicy"]["containerPolicies"][0] == {
+        "containerName": "footprint-exporter", "controlledResources": ["cpu", "memory"],
+        "controlledValues": "RequestsOnly"}
+    with helm.Chart.load(CHART) as chart:
+        for bad in ({"updateMode": "Sometimes"}, {"controlledResources": ["nvidia.com/gpu"]},
+                    {"minAllowed": {"ephemeral-storage": "1Gi"}}):
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema({"verticalPodAutoscaler": bad})
+    # The strict schema is a real check: a misspelt field fails it.
+    jsonschema = require_module("jsonschema", "jsonschema (with kubernetes-validate)")
+    broken = json.loads(json.dumps(vpa))
+    broken["spec"]["updatePolicy"]["updatemode"] = "Off"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, VPA_SCHEMA)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1454,8 +1688,10 @@ def test_the_manifests_are_the_default_render(
 
 def test_chart_metadata_and_the_supported_versions() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    # One version for the chart, the exporter and its image (tests/test_release.py).
+    package = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert (chart["apiVersion"], chart["version"], chart["appVersion"]) == (
-        "v2", "0.1.0", "0.4.0")
+        "v2", package, package)
     assert chart["kubeVersion"] == f">={KUBE_VERSIONS[0]}.0-0"
     # Every minor from the floor on, none skipped.
     minors = [int(v.split(".")[1]) for v in KUBE_VERSIONS]

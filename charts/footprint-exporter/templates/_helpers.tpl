@@ -30,6 +30,15 @@ Chart name and version, for the helm.sh/chart label.
 {{- end }}
 
 {{/*
+The DaemonSet of a node pool (list $ "cpu" or list $ "gpu"): <fullname>, or <fullname>-gpu.
+*/}}
+{{- define "footprint-exporter.daemonSetName" -}}
+{{- $name := include "footprint-exporter.fullname" (index . 0) }}
+{{- if eq (index . 1) "gpu" }}{{ $name = printf "%s-gpu" ($name | trunc 59 | trimSuffix "-") }}{{ end }}
+{{- $name }}
+{{- end }}
+
+{{/*
 The namespace of every namespaced object.
 */}}
 {{- define "footprint-exporter.namespace" -}}
@@ -210,26 +219,28 @@ imagePullSecrets: global.imagePullSecrets, then imagePullSecrets; each a name or
 {{- end }}
 
 {{/*
-The CPU DaemonSet's affinity: .Values.affinity with, when gpu.enabled, a required node affinity
-that leaves out the nodes gpu.nodeSelector selects (one term per key: the node lacks that
-label or has another value, so no node matches both DaemonSets). The user's required terms
-are ORed by Kubernetes, so each one gets the exclusion ANDed in (their cross product).
+A pod's affinity: a user's affinity (.affinity) with a required node affinity that also holds
+the requirements .always (virtualNodeExclusion: both DaemonSets) and one of the lists
+.alternatives (the CPU DaemonSet's exclusion of the GPU pool: one list per key of
+gpu.nodeSelector, as the node lacks that label or has another value). The user's required
+terms are ORed by Kubernetes, so each one gets them ANDed in (one term per alternative: their
+cross product). Nothing to add: the user's affinity as it is.
 */}}
-{{- define "footprint-exporter.cpuAffinity" -}}
-{{- $affinity := deepCopy (.Values.affinity | default dict) }}
-{{- if .Values.gpu.enabled }}
-{{- $exclude := list }}
-{{- range $key, $value := .Values.gpu.nodeSelector }}
-{{- $exclude = append $exclude (dict "key" $key "operator" "NotIn" "values" (list (toString $value))) }}
-{{- end }}
+{{- define "footprint-exporter.mergedAffinity" -}}
+{{- $affinity := deepCopy (.affinity | default dict) }}
+{{- $always := .always | default list }}
+{{- $alternatives := .alternatives | default (list list) }}
+{{- $adds := len $always }}
+{{- range $alternatives }}{{ $adds = add $adds (len .) }}{{ end }}
+{{- if $adds }}
 {{- $nodeAffinity := get $affinity "nodeAffinity" | default dict }}
 {{- $required := get $nodeAffinity "requiredDuringSchedulingIgnoredDuringExecution" | default dict }}
 {{- $userTerms := get $required "nodeSelectorTerms" | default (list dict) }}
 {{- $terms := list }}
 {{- range $term := $userTerms }}
-{{- range $requirement := $exclude }}
+{{- range $alternative := $alternatives }}
 {{- $t := deepCopy $term }}
-{{- $_ := set $t "matchExpressions" (append (get $t "matchExpressions" | default list) $requirement) }}
+{{- $_ := set $t "matchExpressions" (concat (get $t "matchExpressions" | default list) $always $alternative) }}
 {{- $terms = append $terms $t }}
 {{- end }}
 {{- end }}
@@ -240,4 +251,27 @@ are ORed by Kubernetes, so each one gets the exclusion ANDed in (their cross pro
 {{- with $affinity }}
 {{- toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/*
+The CPU DaemonSet's affinity: .Values.affinity with virtualNodeExclusion and, when gpu.enabled,
+the exclusion of the nodes gpu.nodeSelector selects (no node matches both DaemonSets).
+*/}}
+{{- define "footprint-exporter.cpuAffinity" -}}
+{{- $alternatives := list list }}
+{{- if .Values.gpu.enabled }}
+{{- $alternatives = list }}
+{{- range $key, $value := .Values.gpu.nodeSelector }}
+{{- $alternatives = append $alternatives (list (dict "key" $key "operator" "NotIn" "values" (list (toString $value)))) }}
+{{- end }}
+{{- end }}
+{{- if not $alternatives }}{{ $alternatives = list list }}{{ end }}
+{{- include "footprint-exporter.mergedAffinity" (dict "affinity" .Values.affinity "always" .Values.virtualNodeExclusion "alternatives" $alternatives) }}
+{{- end }}
+
+{{/*
+The GPU DaemonSet's affinity: gpu.affinity with virtualNodeExclusion.
+*/}}
+{{- define "footprint-exporter.gpuAffinity" -}}
+{{- include "footprint-exporter.mergedAffinity" (dict "affinity" .Values.gpu.affinity "always" .Values.virtualNodeExclusion) }}
 {{- end }}
