@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Creates .venv with the exporter (and, with --test, what the tests need: Python packages,
-# and Debian's prometheus (promtool), prometheus-node-exporter, prometheus-alertmanager and
-# victoria-metrics (the server, vmagent, vmalert) when run as root).
+# Creates .venv with the exporter and its locked dependencies (requirements.lock), and, with
+# --test, what the tests need: Python packages, and Debian's prometheus (promtool),
+# prometheus-node-exporter, prometheus-alertmanager and victoria-metrics (the server, vmagent,
+# vmalert) when run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,10 +40,19 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
+pip_install() {
+  # pip's exit status, without the "WARNING: Location ... is ignored" lines that a pip
+  # configuration naming absent find-links directories prints
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "^WARNING: Location" >&2 || true; }
+}
+# The runtime dependencies first, exactly as the image has them: requirements.lock, every file
+# checked against its hash (docs/container.md#locked-dependencies). Then the exporter (and the
+# test extras), which keeps those pins; tests/test_lock.py fails if this environment has others.
+pip_install --require-hashes --no-deps -r requirements.lock
 extra=""
 [ $want_test -eq 1 ] && extra="[test]"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extra}" 2>&1 \
-  | grep -v "^WARNING: Location" >&2 || true
+pip_install -e ".${extra}"
 .venv/bin/python -c 'import exporter' # fails loudly if the install did not work
 if [ $want_test -eq 1 ]; then
   # tests/test_dashboards.py type-checks the dashboards with tsc against @grafana/schema

@@ -1,10 +1,12 @@
 """The container image (Dockerfile, .dockerignore, docs/container.md), without a Docker engine.
 
-Two halves. The Dockerfile is parsed and held to its shape: two stages on one pinned base, a
-final stage without build tools, the OCI labels, port 9835, the Helm chart's entrypoint. Then its
-two pip commands, taken from the file and run exactly as written (only the paths changed), build
-the wheels from the build context that .dockerignore and the builder's COPY lines leave, install
-them offline into a clean virtualenv, and that install serves /metrics from a fixture node.
+Two halves. The Dockerfile is parsed and held to its shape: two stages on one pinned base, the
+locked dependencies (requirements.lock) downloaded and installed by hash only, a final stage
+without build tools, the OCI labels, port 9835, the Helm chart's entrypoint. Then every RUN of
+both stages, each one `python -m pip` command taken from the file and run exactly as written
+(only the paths changed), downloads the locked wheels and builds the project's from the build
+context that .dockerignore and the builder's COPY lines leave, installs them offline into a clean
+virtualenv, and that install serves /metrics from a fixture node.
 
 The install half is slow-ish (it downloads the dependencies' wheels, ~10-40 s) and is never
 skipped: a Dockerfile whose install steps do not work must fail here, not at release time.
@@ -39,6 +41,8 @@ from tests.support import FIXTURES, REPO
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 DOCS = REPO / "docs" / "container.md"
+LOCK = "requirements.lock"
+LOCK_IN_WHEELS = f"/wheels/{LOCK}"
 
 OCI_LABELS = ("title", "description", "source", "licenses", "version")
 BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|cc|clang|make|build-essential|[\w.+-]+-dev)\b")
@@ -76,23 +80,52 @@ def stages() -> list[Stage]:
     return found
 
 
+def pip_runs(stage: Stage) -> list[list[str]]:
+    """Every RUN of the stage, in order, its RUN flags (--mount) dropped: each must be a single
+    `python -m pip ...` command, so that the install half replays all of them as written."""
+    commands = []
+    for value in stage.all("RUN"):
+        words = shlex.split(value)
+        while words and words[0].startswith("--"):
+            words.pop(0)
+        assert not SHELL_OPERATORS & set(words) and not any(w.endswith(";") for w in words), (
+            f"keep each RUN a single command, so the test runs it as is: {words}")
+        assert words[:3] == ["python", "-m", "pip"] and len(words) > 3, (
+            f"every RUN is a `python -m pip` command, which the test replays: {words}")
+        commands.append(words)
+    return commands
+
+
+def pip_commands(stage: Stage, verb: str) -> list[list[str]]:
+    return [words for words in pip_runs(stage) if words[3] == verb]
+
+
 def pip_command(stage: Stage, verb: str) -> list[str]:
-    """The stage's one `RUN ... python -m pip <verb> ...`, its RUN flags (--mount) dropped."""
-    runs = [shlex.split(v) for v in stage.all("RUN") if f"pip {verb}" in " ".join(v.split())]
+    """The stage's one `RUN ... python -m pip <verb> ...`."""
+    runs = pip_commands(stage, verb)
     assert len(runs) == 1, f"expected one `pip {verb}` RUN in stage {stage.name}, got {runs}"
-    words = runs[0]
-    while words and words[0].startswith("--"):
-        words.pop(0)
-    assert not SHELL_OPERATORS & set(words) and not any(w.endswith(";") for w in words), (
-        f"keep the `pip {verb}` RUN a single command, so the test runs it as is: {words}")
-    assert words[:4] == ["python", "-m", "pip", verb], words
-    return words
+    return runs[0]
+
+
+def option(words: list[str], name: str) -> str:
+    """The value of `name` in the command (`--opt value` or `--opt=value`), once."""
+    found = [words[i + 1] for i, w in enumerate(words[:-1]) if w == name]
+    found += [w.partition("=")[2] for w in words if w.startswith(f"{name}=")]
+    assert len(found) == 1, f"expected {name} once in {words}"
+    return found[0]
 
 
 def substitute(words: list[str], python: Path, paths: Mapping[str, Path]) -> list[str]:
-    """The command as written, with the image's python and absolute paths replaced."""
-    assert all(words.count(p) == 1 for p in paths), (words, paths)
-    return [str(python), *(str(paths[w]) if w in paths else w for w in words[1:])]
+    """The command as written, with the image's python and absolute paths (and the paths under
+    them) replaced."""
+
+    def replaced(word: str) -> str:
+        for path, local in paths.items():
+            if word == path or word.startswith(f"{path}/"):
+                return str(local) + word.removeprefix(path)
+        return word
+
+    return [str(python), *(replaced(w) for w in words[1:])]
 
 
 # --- .dockerignore, as Docker reads it -------------------------------------------------------
@@ -218,19 +251,41 @@ def test_no_latest_tag_and_no_remote_add() -> None:
             assert not re.search(r"\b(curl|wget)\b", run), f"nothing fetched by hand: {run}"
 
 
-def test_final_stage_installs_only_wheels_and_no_build_tools() -> None:
-    builder, final = stages()
+def test_builder_downloads_the_locked_wheels_by_hash() -> None:
+    builder, _ = stages()
+    copies = [shlex.split(v) for v in builder.all("COPY")]
+    assert [LOCK, "/wheels/"] in copies, f"the builder copies {LOCK} into /wheels: {copies}"
+    download = pip_command(builder, "download")
+    assert {"--require-hashes", "--no-deps", "--only-binary=:all:"} <= set(download), download
+    assert option(download, "--dest") == "/wheels", download
+    assert option(download, "-r") == LOCK_IN_WHEELS, download
+    assert [w for w in download if not w.startswith("-")] == [
+        "python", "pip", "download", "/wheels", LOCK_IN_WHEELS], f"only the lock: {download}"
+    # The project alone: every dependency comes from the lock, none from resolving pyproject.
+    wheel = pip_command(builder, "wheel")
+    assert "--no-deps" in wheel and option(wheel, "--wheel-dir") == "/wheels", wheel
+    assert wheel[-1] == ".", wheel
+    runs = pip_runs(builder)
+    assert runs.index(download) < runs.index(wheel), "the lock's layer first (cached)"
+
+
+def test_final_stage_installs_the_lock_by_hash_then_the_project() -> None:
+    _, final = stages()
     assert not final.all("ADD") and not final.all("COPY"), "the final stage copies nothing in"
     for run in final.all("RUN"):
         assert "apt-get" not in run and "apk " not in run, run
         assert not BUILD_TOOLS.search(run), run
-    install = pip_command(final, "install")
-    assert {"--no-index", "--no-cache-dir"} <= set(install), install
-    assert install[install.index("--find-links") + 1] == "/wheels", install
-    assert install[-1] == "footprint-exporter", install
-    assert any("from=builder" in run and "target=/wheels" in run for run in final.all("RUN"))
-    wheel = pip_command(builder, "wheel")
-    assert wheel[wheel.index("--wheel-dir") + 1] == "/wheels" and wheel[-1] == ".", wheel
+    runs = pip_runs(final)
+    assert [words[3] for words in runs] == ["install", "install", "check"], runs
+    locked, project, _ = runs
+    for install in (locked, project):
+        assert {"--no-index", "--no-cache-dir", "--no-deps"} <= set(install), install
+        assert option(install, "--find-links") == "/wheels", install
+    assert "--require-hashes" in locked and option(locked, "-r") == LOCK_IN_WHEELS, locked
+    assert locked[-2:] == ["-r", LOCK_IN_WHEELS], locked
+    assert project[-1] == "footprint-exporter", project
+    mounts = [run for run in final.all("RUN") if "pip install" in " ".join(run.split())]
+    assert all("from=builder" in run and "target=/wheels" in run for run in mounts), mounts
 
 
 def test_final_stage_environment_labels_port_and_entrypoint() -> None:
@@ -260,7 +315,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
                  "exporter/__pycache__/cli.cpython-311.pyc", "footprint_exporter.egg-info/x",
                  "build/lib/x", "dist/x.whl", "docs/metrics.md", "Dockerfile"):
         assert ignored(path, rules), f"{path} would be sent to the Docker daemon"
-    for path in ("pyproject.toml", "README.md", "exporter/cli.py", "exporter/py.typed",
+    for path in ("pyproject.toml", LOCK, "README.md", "exporter/cli.py", "exporter/py.typed",
                  "exporter/kube/podresources_pb2.py"):
         assert not ignored(path, rules), f"{path} is needed by the builder stage"
 
@@ -304,17 +359,21 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     deadline = time.monotonic() + BUDGET_SECONDS
     tmp = tmp_path_factory.mktemp("image")
     builder, final = stages()
-    context, root, wheels, venv = tmp / "context", tmp / "builder", tmp / "wheels", tmp / "venv"
+    context, root, venv = tmp / "context", tmp / "builder", tmp / "venv"
+    wheels = root / "wheels"  # the builder's /wheels, which its COPY of the lock creates
     build_context(context)
     workdir = run_copies(builder, context, root)
 
-    # Builder: `python -m pip wheel --wheel-dir /wheels .` with this venv's pip, in WORKDIR.
+    # Builder: its RUNs in order (the locked wheels, then the project's) with this venv's pip,
+    # in WORKDIR.
     outside = {k: v for k, v in os.environ.items()
                if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    wheel = substitute(pip_command(builder, "wheel"), Path(sys.executable), {"/wheels": wheels})
-    _run(wheel, env={**outside, **stage_env(builder)}, cwd=workdir, what="pip wheel",
-         timeout=deadline - time.monotonic())
+    for words in pip_runs(builder):
+        command = substitute(words, Path(sys.executable), {"/wheels": wheels})
+        _run(command, env={**outside, **stage_env(builder)}, cwd=workdir,
+             what=f"pip {words[3]}", timeout=deadline - time.monotonic())
     assert any(wheels.glob(f"footprint_exporter-{__version__}-*.whl")), sorted(wheels.iterdir())
+    assert not list(wheels.glob("*.tar.gz")), "binary wheels only"
 
     # Final stage: a clean venv, then the install command as written, with no pip config
     # (an index or find-links of this machine) that the image would not have either.
@@ -322,9 +381,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
          timeout=deadline - time.monotonic())
     env = {"PATH": f"{venv / 'bin'}{os.pathsep}{os.defpath}", "HOME": str(tmp),
            "LANG": "C.UTF-8", "PIP_CONFIG_FILE": os.devnull, **stage_env(final)}
-    install = substitute(pip_command(final, "install"), venv / "bin" / "python",
-                         {"/wheels": wheels})
-    _run(install, env=env, cwd=tmp, what="pip install", timeout=deadline - time.monotonic())
+    for words in pip_runs(final):  # the lock by hash, the project, `pip check`
+        command = substitute(words, venv / "bin" / "python", {"/wheels": wheels})
+        _run(command, env=env, cwd=tmp, what=f"pip {words[3]}",
+             timeout=deadline - time.monotonic())
     yield Installed(venv=venv, wheels=wheels, env=env, deadline=deadline,
                     files_before_run=set(venv.rglob("*")))
 
