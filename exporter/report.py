@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
 import datetime
+import functools
 import http.client
 import io
 import json
@@ -21,6 +23,7 @@ import re
 import socket
 import ssl
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from exporter import boundedjson
 from exporter.schema import describe_secret, shown_path
 
 PROG = "footprint-exporter report"
@@ -60,6 +64,50 @@ _DURATION = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?
 
 FIX = "check --prometheus; is Prometheus running?"
 NO_DATA_HINT = "is the rule pack loaded and the exporter scraped?"
+
+MAX_BODY_BYTES = 64 << 20
+"""64 MiB: the most of one answer the report reads. A Content-Length above it is refused before
+reading, a longer body once it passes the bound. 100,000 series of six labels are about 17 MiB;
+this leaves room for long label values."""
+MAX_SERIES = 100_000
+"""The most series one answer may hold, counted (its `"metric"` keys, or its JSON values / 12)
+before it is parsed: parsed, each series costs about 1.2 KB, so 100,000 take about 115 MiB
+(10^6 took 5.8 GiB before this bound). The largest real answer, `--by run` over a month of a
+large cluster, is some ten thousand runs times four scopes."""
+MAX_ERROR_BODY_BYTES = 64 << 10
+"""The most of an error answer (HTTP 4xx, 5xx) read for Prometheus' message."""
+READ_CHUNK_BYTES = 64 << 10
+NARROW = ("narrow the query: a shorter --since (or an earlier --until) covers fewer models "
+          "and runs")
+REDACTED = "[redacted]"
+"""What the report prints in place of a secret that the server sent back."""
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""A CSV cell starting with one of these is a formula to a spreadsheet (OWASP, CSV Injection):
+a text cell that does is written with a single quote before it."""
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+                      "\u2066-\u206f\ufeff\ufff9-\ufffb]")
+"""Control characters (C0, newline and tab included; DEL; C1, where ESC [ and CSI start the
+terminal's escape sequences) and Unicode's invisible format characters and bidirectional
+overrides, which can make one name look like another."""
+
+
+def printable(text: str) -> str:
+    """`text` without control characters (`_CONTROL`): what the report prints of any text that
+    came from Prometheus, so that a label value (a tenant's pod name or model) can neither
+    move the cursor, clear the screen, retitle the window nor hide part of a line."""
+    return _CONTROL.sub("", text)
+
+
+def csv_text(text: str) -> str:
+    """A CSV text cell: `printable`, and neutralised with a leading `'` when it starts with a
+    character that makes a spreadsheet read it as a formula (`FORMULA_START`)."""
+    cell = printable(text)
+    return f"'{cell}" if cell.startswith(FORMULA_START) else cell
+
+
+def _eprint(text: str) -> None:
+    """One line on stderr, without control characters whatever the text holds."""
+    print(printable(text), file=sys.stderr)
 
 
 class ReportError(Exception):
@@ -101,6 +149,12 @@ def _duration_arg(text: str) -> Duration:
 
 def _url_arg(text: str) -> str:
     parts = urllib.parse.urlsplit(text)
+    if "@" in parts.netloc:
+        # Never echoed: it holds a user name and perhaps a password.
+        raise argparse.ArgumentTypeError(
+            "expected http://HOST:PORT without a user or password in it (a secret on the "
+            "command line is shown by ps and kept in the shell's history); give "
+            "--basic-auth-user and --basic-auth-password-file instead")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise argparse.ArgumentTypeError(f"expected http://HOST:PORT, got {text!r}")
     return text.rstrip("/")
@@ -168,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table (default): aligned text in g/kg/t; markdown: the same as a "
                    "Markdown table; json, csv: base units")
     p.add_argument("--timeout", type=_timeout_arg, default=30.0, metavar="SECONDS",
-                   help="give up on Prometheus after this many seconds (default 30)")
+                   help="give up on a query that Prometheus has not answered in full after "
+                   "this many seconds, from connecting to the last byte (default 30)")
     auth = p.add_argument_group(
         "authentication and TLS", "for a Prometheus API behind auth: Thanos, Mimir, Cortex, "
         "VictoriaMetrics, Grafana Cloud, or Prometheus' own --web.config.file. Secrets are read "
@@ -181,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="HTTP basic auth password, read from FILE")
     auth.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                       help="an extra request header, repeatable, e.g. 'X-Scope-OrgID: tenant-1' "
-                      "for a Mimir or Cortex tenant")
+                      "for a Mimir or Cortex tenant (not Authorization: use the file options)")
     auth.add_argument("--ca-file", metavar="FILE",
                       help="verify an https:// --prometheus against the CA certificates (PEM) in "
                       "FILE instead of the system's")
@@ -195,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 """An HTTP header name (RFC 9110 token)."""
 CREDENTIAL_OPTIONS = "--bearer-token-file, or --basic-auth-user and --basic-auth-password-file"
+NOT_SECRET_HEADERS = frozenset({"x-scope-orgid"})
+"""--header names whose values are not redacted from what the report prints: a Mimir or Cortex
+tenant is no secret, and is often also the name of a namespace that the report shows."""
 
 
 @dataclass(frozen=True)
@@ -205,9 +263,30 @@ class Connection:
     context: ssl.SSLContext | None = None
     authenticated: bool = False
     """Whether credentials are sent (so an HTTP 401 means they are wrong, not missing)."""
+    secrets: tuple[str, ...] = ()
+    """What the report never prints, whatever the server sends back: the token, the password,
+    the Authorization header's value, and the --header values (but NOT_SECRET_HEADERS'),
+    longest first."""
 
     def __repr__(self) -> str:  # the headers may hold a secret
         return f"Connection(headers={sorted(self.headers)}, tls={self.context is not None})"
+
+    def redact(self, text: str) -> str:
+        """`text` with each of `secrets` replaced by REDACTED, also where control characters
+        (which `printable` removes) were slipped into one."""
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        if self.secrets and _CONTROL.search(text):
+            bare = printable(text)
+            if any(secret in bare for secret in self.secrets):
+                return self.redact(bare)
+        return text
+
+    def shown(self, text: object, limit: int = 300) -> str:
+        """Text from the server (an error message, a reason phrase) as the report may print it:
+        secrets redacted, control characters removed, at most `limit` characters."""
+        cleaned = printable(self.redact(str(text)))
+        return cleaned if len(cleaned) <= limit else f"{cleaned[:limit]}..."
 
 
 def read_secret_file(text: str, option: str, what: str) -> str:
@@ -253,21 +332,27 @@ def connection(args: argparse.Namespace) -> Connection:
     headers: dict[str, str] = {}
     for text in args.header:
         name, value = parse_header(text)
+        if name.lower() == "authorization":
+            # Never the value: it is the secret.
+            raise ReportError(f"--header {name}: a credential on the command line is shown by "
+                              "ps to every user of this machine and kept in the shell's "
+                              "history; put it in a file and give --bearer-token-file FILE "
+                              "(for 'Bearer <token>', the file holding the token), or "
+                              "--basic-auth-user USER and --basic-auth-password-file FILE")
         if name.lower() in (n.lower() for n in headers):
             raise ReportError(f"--header: {name} given twice; give each header once (Mimir and "
                               "Cortex take several tenants in one X-Scope-OrgID: 'a|b')")
         headers[name] = value
+    secrets = [v for n, v in headers.items() if n.lower() not in NOT_SECRET_HEADERS]
     basic = args.basic_auth_user is not None or args.basic_auth_password_file is not None
     if args.bearer_token_file is not None and basic:
         raise ReportError("--bearer-token-file and --basic-auth-user: choose one, a bearer "
                           "token or basic auth, not both")
     authenticated = args.bearer_token_file is not None or basic
-    if authenticated and any(n.lower() == "authorization" for n in headers):
-        raise ReportError("--header Authorization: the credential options set this header "
-                          f"already; give either {CREDENTIAL_OPTIONS}, or --header")
     if args.bearer_token_file is not None:
         token = read_secret_file(args.bearer_token_file, "--bearer-token-file", "token")
         headers["Authorization"] = f"Bearer {token}"
+        secrets += [token, headers["Authorization"]]
     elif basic:
         user = args.basic_auth_user
         if user is None:
@@ -283,7 +368,12 @@ def connection(args: argparse.Namespace) -> Connection:
                                     "--basic-auth-password-file", "password")
         pair = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         headers["Authorization"] = f"Basic {pair}"
-    return Connection(headers, _tls_context(args), authenticated)
+        secrets += [password, pair]
+    # Each as sent, and percent-encoded as a server may echo it in a URL; longest first, so
+    # that a secret inside another is redacted with it.
+    secrets += [urllib.parse.quote(s, safe="") for s in secrets]
+    unique = sorted({s for s in secrets if s}, key=len, reverse=True)
+    return Connection(headers, _tls_context(args), authenticated, tuple(unique))
 
 
 def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -321,6 +411,9 @@ class _NoCredentialsAcrossOrigins(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
                          headers: Any, newurl: str) -> urllib.request.Request | None:
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        # The standard library reads the redirect's body whole to discard it, however large it
+        # is: closed here, that read reads nothing.
+        fp.close()
         old_origin = urllib.parse.urlsplit(req.full_url)[:2]
         if new is not None and urllib.parse.urlsplit(newurl)[:2] != old_origin:
             for name in list(new.headers):
@@ -352,7 +445,7 @@ def water_query(since: Duration, step: Duration) -> str:
 Sample = tuple[Mapping[str, str], float]
 
 
-def _describe(reason: object, timeout: float) -> str:
+def _describe(reason: object, timeout: float, conn: Connection) -> str:
     if isinstance(reason, TimeoutError):  # socket.timeout too
         return f"no answer within {timeout:g} s"
     if isinstance(reason, ConnectionRefusedError):
@@ -361,7 +454,8 @@ def _describe(reason: object, timeout: float) -> str:
         return f"cannot resolve the host ({reason.strerror or reason})"
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror.lower()
-    return str(reason) or type(reason).__name__
+    # Some (http.client.BadStatusLine, LineTooLong) hold what the server sent.
+    return conn.shown(reason, 200) or type(reason).__name__
 
 
 def _api_error(payload: object) -> str | None:
@@ -372,38 +466,147 @@ def _api_error(payload: object) -> str | None:
     return None
 
 
-def instant_query(base_url: str, query: str, at: float, timeout: float,
-                  conn: Connection | None = None) -> list[Sample]:
-    """The vector `query` evaluates to at time `at`; ReportError for anything else."""
-    conn = conn or Connection()
-    params = urllib.parse.urlencode({"query": query, "time": f"{at:.3f}",
-                                     "timeout": f"{timeout:g}"})
-    url = f"{base_url}/api/v1/query?{params}"
-    request = urllib.request.Request(url, headers={**conn.headers, "Accept": "application/json"})
+class _Deadline:
+    """The deadline of one query, from name lookup and connecting to the last byte, redirects
+    included (issue 19: a per-read timeout alone lets a server that sends a byte now and then
+    hold the report for ever). The query runs in a worker thread that the caller waits for
+    until the deadline; then the sockets the query opened are shut down, which ends any read
+    in progress, and the worker stops at its next chunk."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.answered = False
+        """Prometheus' status line and headers have come: a timeout is a slow answer, not
+        none."""
+        self.expired = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut `sock` down when the deadline passes (at once if it has)."""
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self._deadline.watch(self.sock)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self._deadline.watch(self.sock)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_HTTPConnection, deadline=self._deadline), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline, context: ssl.SSLContext | None) -> None:
+        super().__init__(context=context)
+        self._deadline = deadline
+        self._tls = context
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_HTTPSConnection, deadline=self._deadline), req,
+                            context=self._tls)
+
+
+def _too_large(base_url: str, what: str) -> ReportError:
+    return ReportError(f"Prometheus at {base_url} answered {what} to one query, more than the "
+                       f"report reads; {NARROW}")
+
+
+def _read_body(response: http.client.HTTPResponse, base_url: str, deadline: _Deadline) -> bytes:
+    """The whole body, at most MAX_BODY_BYTES; ReportError past it, or when cut off."""
+    declared: int | None
+    try:
+        declared = int(response.headers.get("Content-Length", ""))
+    except ValueError:
+        declared = None
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise _too_large(base_url, f"{declared / (1 << 20):,.0f} MiB (at most "
+                                   f"{MAX_BODY_BYTES >> 20} MiB)")
+    parts: list[bytes] = []
+    size = 0
+    while not deadline.expired and (chunk := response.read(READ_CHUNK_BYTES)):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large(base_url, f"more than {MAX_BODY_BYTES >> 20} MiB")
+        parts.append(chunk)
+    if declared is not None and size < declared and not deadline.expired:
+        raise ReportError(f"Prometheus at {base_url} cut its answer off after {size:,} of "
+                          f"{declared:,} bytes; {FIX}")
+    return b"".join(parts)
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str | None:
+    """Prometheus' own message from an error answer (its first MAX_ERROR_BODY_BYTES)."""
+    try:
+        body = exc.read(MAX_ERROR_BODY_BYTES + 1)
+        return _api_error(boundedjson.loads(body, max_bytes=MAX_ERROR_BODY_BYTES,
+                                            what="the error"))
+    except (ValueError, OSError, http.client.HTTPException):
+        return None
+    finally:
+        exc.close()
+
+
+def _fetch(request: urllib.request.Request, base_url: str, timeout: float, conn: Connection,
+           deadline: _Deadline) -> bytes:
+    """The body of a 200 answer to `request`; ReportError for anything else."""
     opener = urllib.request.build_opener(
-        urllib.request.HTTPSHandler(context=conn.context), _NoCredentialsAcrossOrigins())
+        _HTTPHandler(deadline), _HTTPSHandler(deadline, conn.context),
+        _NoCredentialsAcrossOrigins())
     try:
         with opener.open(request, timeout=timeout) as response:
-            body = response.read()
+            deadline.answered = True
+            return _read_body(response, base_url, deadline)
     except urllib.error.HTTPError as exc:
-        try:
-            message = _api_error(json.loads(exc.read()))
-        except (ValueError, OSError, http.client.HTTPException):
-            message = None
-        finally:
-            exc.close()
+        deadline.answered = True
+        message = _error_message(exc)
+        reason = conn.shown(exc.reason, 80)
         if exc.code in (401, 403):
             fix = (f"check {CREDENTIAL_OPTIONS}" if conn.authenticated else
                    f"it needs credentials: {CREDENTIAL_OPTIONS}")
             if exc.code == 403:
                 fix += " (and --header X-Scope-OrgID for a Mimir or Cortex tenant)"
-            raise ReportError(f"Prometheus at {base_url} answered HTTP {exc.code} {exc.reason} "
+            raise ReportError(f"Prometheus at {base_url} answered HTTP {exc.code} {reason} "
                               f"to /api/v1/query; {fix}") from None
         if message is None:
-            raise ReportError(f"Prometheus at {base_url} answered HTTP {exc.code} {exc.reason} "
+            raise ReportError(f"Prometheus at {base_url} answered HTTP {exc.code} {reason} "
                               "to /api/v1/query; check --prometheus (a Prometheus base URL, "
                               "such as http://localhost:9090)") from None
-        raise ReportError(f"Prometheus at {base_url} rejected the query: {message}") from None
+        raise ReportError(f"Prometheus at {base_url} rejected the query: "
+                          f"{conn.shown(message)}") from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ssl.SSLCertVerificationError):
             raise ReportError(f"Prometheus at {base_url} has a TLS certificate that does not "
@@ -411,22 +614,82 @@ def instant_query(base_url: str, query: str, at: float, timeout: float,
                               "that signed it, and a host name in --prometheus that the "
                               "certificate names") from None
         raise ReportError(f"cannot reach Prometheus at {base_url}: "
-                          f"{_describe(exc.reason, timeout)}; {FIX}") from None
+                          f"{_describe(exc.reason, timeout, conn)}; {FIX}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise ReportError(f"cannot reach Prometheus at {base_url}: "
-                          f"{_describe(exc, timeout)}; {FIX}") from None
+                          f"{_describe(exc, timeout, conn)}; {FIX}") from None
+
+
+def _within_deadline(request: urllib.request.Request, base_url: str, timeout: float,
+                     conn: Connection) -> bytes:
+    """`_fetch` in a worker thread, waited for at most `timeout` seconds in all."""
+    deadline = _Deadline(timeout)
+    outcome: list[bytes | BaseException] = []
+
+    def work() -> None:
+        try:
+            outcome.append(_fetch(request, base_url, timeout, conn, deadline))
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work, name="report-query", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        deadline.expire()
+        if deadline.answered:
+            raise ReportError(f"Prometheus at {base_url} did not finish its answer within "
+                              f"{timeout:g} s (--timeout bounds each query, from connecting to "
+                              f"the last byte); give a longer --timeout, or {NARROW}")
+        raise ReportError(f"cannot reach Prometheus at {base_url}: no answer within "
+                          f"{timeout:g} s; {FIX}")
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def estimated_series(body: bytes) -> int:
+    """At least the number of series in an instant-vector answer, counted without parsing it:
+    its `"metric"` keys, or a twelfth of its JSON values (each series has about 12, so an answer
+    of anything else cannot cost more memory than MAX_SERIES series)."""
+    values = body.count(b",") + body.count(b"[") + body.count(b"{")
+    return max(body.count(b'"metric"'), values // 12)
+
+
+def instant_query(base_url: str, query: str, at: float, timeout: float,
+                  conn: Connection | None = None) -> list[Sample]:
+    """The vector `query` evaluates to at time `at`; ReportError for anything else, or when the
+    whole exchange takes longer than `timeout` seconds, or the answer is larger than
+    MAX_BODY_BYTES or MAX_SERIES."""
+    conn = conn or Connection()
+    params = urllib.parse.urlencode({"query": query, "time": f"{at:.3f}",
+                                     "timeout": f"{timeout:g}"})
+    url = f"{base_url}/api/v1/query?{params}"
+    request = urllib.request.Request(url, headers={**conn.headers, "Accept": "application/json"})
+    body = _within_deadline(request, base_url, timeout, conn)
+    series = estimated_series(body)
+    if series > MAX_SERIES:
+        raise _too_large(base_url, f"about {series:,} series (at most {MAX_SERIES:,})")
     try:
-        payload = json.loads(body)
-    except ValueError:
+        payload = boundedjson.loads(body, max_bytes=MAX_BODY_BYTES, what="the answer")
+    except boundedjson.JsonError as exc:
+        if exc.reason == "depth":
+            raise ReportError(f"Prometheus at {base_url} answered JSON nested deeper than "
+                              f"{boundedjson.DEFAULT_MAX_DEPTH} levels, as no Prometheus answer "
+                              "is; check --prometheus") from None
         raise ReportError(f"Prometheus at {base_url} answered something that is not JSON; "
                           "check --prometheus") from None
+    del body
     message = _api_error(payload)
     if message is not None:
-        raise ReportError(f"Prometheus at {base_url} rejected the query: {message}")
-    return _vector(payload, base_url)
+        raise ReportError(f"Prometheus at {base_url} rejected the query: {conn.shown(message)}")
+    return _vector(payload, base_url, conn)
 
 
-def _vector(payload: Any, base_url: str) -> list[Sample]:
+def _vector(payload: Any, base_url: str, conn: Connection | None = None) -> list[Sample]:
+    """The samples of an instant vector, each label redacted (`Connection.redact`)."""
+    redact = (conn or Connection()).redact
     try:
         data = payload["data"]
         if payload["status"] != "success" or data["resultType"] != "vector":
@@ -437,7 +700,7 @@ def _vector(payload: Any, base_url: str) -> list[Sample]:
             value = float(item["value"][1])
             if not isinstance(labels, dict):
                 raise TypeError(labels)
-            out.append(({str(k): str(v) for k, v in labels.items()}, value))
+            out.append(({redact(str(k)): redact(str(v)) for k, v in labels.items()}, value))
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise ReportError(f"Prometheus at {base_url} answered an unexpected shape "
                           "(not an instant vector); check --prometheus") from None
@@ -481,8 +744,8 @@ def build_rows(co2e: Iterable[Sample], energy: Iterable[Sample], *,
         if model is not None and key[0] != model:
             return None
         if not math.isfinite(value):
-            print(f"{PROG}: warning: leaving out {value} for model={key[0]!r} phase={key[1]!r} "
-                  f"{dict(labels)}", file=sys.stderr)
+            _eprint(f"{PROG}: warning: leaving out {value} for model={key[0]!r} "
+                    f"phase={key[1]!r} {dict(labels)}")
             return None
         return key
 
@@ -541,12 +804,15 @@ def render_json(rows: Sequence[Row]) -> str:
 
 
 def _csv(fields: Sequence[str], records: Iterable[Mapping[str, object]]) -> str:
-    """A header of `fields`, then each record's values in that order (None as empty)."""
+    """A header of `fields`, then each record's values in that order (None as empty). A text
+    value goes through `csv_text`; numbers are written as they are (a negative number stays a
+    number)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(fields)
     for record in records:
-        writer.writerow(["" if record[f] is None else record[f] for f in fields])
+        writer.writerow(["" if (v := record[f]) is None else csv_text(v) if isinstance(v, str)
+                         else v for f in fields])
     return out.getvalue()
 
 
@@ -589,8 +855,8 @@ LEFT = 2
 
 
 def _cells(row: Row) -> list[str]:
-    model = TOTAL_LABEL if row.model is None else row.model or NO_MODEL
-    return [model, row.phase or "",
+    model = TOTAL_LABEL if row.model is None else printable(row.model) or NO_MODEL
+    return [model, printable(row.phase or ""),
             *(grams(row.grams[s]) for s in SCOPES), grams(row.total_grams),
             *(percent(row.share(s)) for s in SCOPES),
             significant(row.energy_kwh), significant(row.energy_joules),
@@ -735,8 +1001,7 @@ def _finite(samples: Iterable[Sample], what: str) -> Iterator[Sample]:
         if math.isfinite(value):
             yield labels, value
         else:
-            print(f"{PROG}: warning: leaving out {value} ({what}) for {dict(labels)}",
-                  file=sys.stderr)
+            _eprint(f"{PROG}: warning: leaving out {value} ({what}) for {dict(labels)}")
 
 
 def build_run_rows(results: Mapping[str, Sequence[Sample]], *,
@@ -765,8 +1030,9 @@ def build_run_rows(results: Mapping[str, Sequence[Sample]], *,
     for labels, ratio_seconds in _finite(results.get("gpu", ()), "gpu"):
         key, node = _run_key(labels), labels.get("node", "")
         if ratio_seconds and node not in gpu_counts:
-            print(f"{PROG}: warning: node {node!r} publishes no footprint_node_info{{gpu_count}};"
-                  f" its GPU-hours are left out of {key[1]}/{key[2]}", file=sys.stderr)
+            _eprint(f"{PROG}: warning: node {node!r} publishes no "
+                    f"footprint_node_info{{gpu_count}}; its GPU-hours are left out of "
+                    f"{key[1]}/{key[2]}")
             continue
         gpu_hours[key] = gpu_hours.get(key, 0.0) + ratio_seconds * gpu_counts.get(node, 0) / 3600
     energy, start, end = by_run("energy"), by_run("start"), by_run("end")
@@ -859,9 +1125,9 @@ def _maybe(value: float | None, fmt: Any = significant) -> str:
 
 
 def _run_cells(row: RunRow) -> list[str]:
-    return [row.namespace or "", row.kind or "",
-            TOTAL_LABEL if row.kind is None else row.name or "",
-            "" if row.kind is None else row.model or NO_MODEL,
+    return [printable(row.namespace or ""), printable(row.kind or ""),
+            TOTAL_LABEL if row.kind is None else printable(row.name or ""),
+            "" if row.kind is None else printable(row.model or "") or NO_MODEL,
             iso(row.start, seconds=False) or "-", iso(row.end, seconds=False) or "-",
             _maybe(row.gpu_hours), significant(row.energy_kwh),
             *(grams(row.grams[s]) for s in SCOPES), grams(row.total_grams),
@@ -894,9 +1160,8 @@ def main_runs(args: argparse.Namespace, conn: Connection, since: Duration, step:
     rows = build_run_rows(results, model=args.model)
     if not rows:
         which = "" if args.model is None else f" of model {args.model!r}"
-        print(f"{PROG}: no training runs{which} in the last {since.text} (containers with "
-              f'footprint_container_info{{phase="training"}} and an owner; {NO_DATA_HINT})',
-              file=sys.stderr)
+        _eprint(f"{PROG}: no training runs{which} in the last {since.text} (containers with "
+                f'footprint_container_info{{phase="training"}} and an owner; {NO_DATA_HINT})')
         return 1
     if args.format == "json":
         sys.stdout.write(render_runs_json(rows))
@@ -916,8 +1181,7 @@ def main(argv: Sequence[str]) -> int:
     since: Duration = args.since
     step: Duration = args.step or min(DEFAULT_STEP, since, key=lambda d: d.seconds)
     if step.seconds > since.seconds:
-        print(f"{PROG}: error: --step {step.text} is longer than --since {since.text}",
-              file=sys.stderr)
+        _eprint(f"{PROG}: error: --step {step.text} is longer than --since {since.text}")
         return 2
     now = time.time() if args.until is None else args.until
     try:
@@ -930,7 +1194,7 @@ def main(argv: Sequence[str]) -> int:
         water = instant_query(args.prometheus, water_query(since, step), now, args.timeout,
                               conn)
     except ReportError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        _eprint(f"{PROG}: error: {exc}")  # what came from the server is redacted already
         return 2
     rows = build_rows(co2e, energy, model=args.model, water=water)
     if not rows:
@@ -938,8 +1202,8 @@ def main(argv: Sequence[str]) -> int:
         others = sorted({labels.get("model", "") or NO_MODEL for labels, _ in co2e})
         seen = f"; models with data: {', '.join(others)}" if args.model is not None and others \
             else ""
-        print(f"{PROG}: no footprint data{which} in the last {since.text} ({NO_DATA_HINT}){seen}",
-              file=sys.stderr)
+        _eprint(f"{PROG}: no footprint data{which} in the last {since.text} ({NO_DATA_HINT})"
+                f"{seen}")
         return 1
     if args.format == "json":
         sys.stdout.write(render_json(rows))

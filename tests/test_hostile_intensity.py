@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from exporter.carbon import JOULES_PER_KWH, MAX_GRAMS_PER_KWH, Intensity
 from exporter.intensity import (
@@ -37,10 +38,13 @@ from exporter.intensity.live import (
     MAX_INFLATED_BYTES,
     Fault,
     LiveProvider,
+    Response,
     inflate,
+    parse_json_object,
 )
 from exporter.intensity.watttime import GRAMS_PER_KWH_PER_LBS_PER_MWH
 from tests.fakes.carbon_apis import (
+    Body,
     FakeElectricityMaps,
     FakeWattTime,
     compression_bomb,
@@ -209,6 +213,114 @@ async def test_hostile_watttime_login_is_a_fault(
     assert not wt.up and wt.reading() is good
     (line,) = messages(logged, hostile_log(kind, "watttime"))
     assert line.startswith("watttime: ")
+
+
+# -- JSON nested thousands of levels deep (issue 19) -------------------------------------------
+
+NESTED = "[" * 100_000 + "]" * 100_000
+"""200 KB, well under MAX_BODY_BYTES: json.loads alone raises RecursionError on it."""
+
+
+class _Nesting:
+    """A fake API answering `nested[endpoint]` (an HTTP status) with NESTED."""
+
+    nested: dict[str, int]
+
+    def nested_answer(self, endpoint: str) -> web.Response | None:
+        status = self.nested.get(endpoint)
+        if status is None:
+            return None
+        return web.Response(text=NESTED, status=status, content_type="application/json")
+
+
+class NestingElectricityMaps(_Nesting, FakeElectricityMaps):
+    async def _faulty(self, request: web.Request, endpoint: str, body: Body,
+                      normal: float) -> web.StreamResponse | None:
+        answer = self.nested_answer(endpoint)
+        return answer if answer is not None else await super()._faulty(
+            request, endpoint, body, normal)
+
+
+class NestingWattTime(_Nesting, FakeWattTime):
+    async def _faulty(self, request: web.Request, endpoint: str, body: Body,
+                      normal: float) -> web.StreamResponse | None:
+        answer = self.nested_answer(endpoint)
+        return answer if answer is not None else await super()._faulty(
+            request, endpoint, body, normal)
+
+
+@pytest.fixture(params=["electricitymaps", "watttime"])
+async def nesting(request: pytest.FixtureRequest, clock: FakeClock
+                  ) -> AsyncIterator[tuple[LiveProvider, _Nesting]]:
+    """Each provider, its forecast on, against a fake that can answer NESTED."""
+    api: NestingElectricityMaps | NestingWattTime
+    provider: LiveProvider
+    if request.param == "electricitymaps":
+        api = NestingElectricityMaps(clock=clock)
+        api.start()
+        provider = ElectricityMaps(zone="DE", token=api.token, base_url=api.url,
+                                   timeout_seconds=10.0, clock=clock, trust_env=False,
+                                   forecast=True)
+    else:
+        api = NestingWattTime(clock=clock)
+        api.start()
+        provider = WattTime(region="CAISO_NORTH", username=api.username,
+                            password=api.password, base_url=api.url, timeout_seconds=10.0,
+                            clock=clock, trust_env=False, forecast=True)
+    api.nested = {}
+    try:
+        yield provider, api
+    finally:
+        await provider.close()
+        api.stop()
+
+
+@pytest.mark.parametrize("status", [200, 400])
+async def test_a_nested_answer_is_a_malformed_fault_not_a_recursion_error(
+        nesting: tuple[LiveProvider, _Nesting], logged: pytest.LogCaptureFixture,
+        status: int) -> None:
+    """Before: RecursionError escaped poll() (and, in the thread, marked the value down as an
+    internal error on every poll)."""
+    provider, api = nesting
+    api.nested["data"] = status
+    delay = await provider.poll()
+    assert not provider.up and provider.reading() is None
+    assert delay == BACKOFF_START_SECONDS
+    said = ("answered HTTP 200, but its body is nested deeper than 64 levels" if status == 200
+            else "answered HTTP 400 (zone")
+    (line,) = messages(logged, said)
+    assert line.startswith(f"{provider.name}: ")
+
+
+@pytest.mark.parametrize("status", [200, 400])
+async def test_a_nested_forecast_leaves_the_current_value_up(
+        nesting: tuple[LiveProvider, _Nesting], clock: FakeClock,
+        logged: pytest.LogCaptureFixture, status: int) -> None:
+    provider, api = nesting
+    api.nested["forecast"] = status
+    await provider.poll()
+    assert provider.up and provider.reading() is not None
+    assert provider.forecast() is None
+    (line,) = messages(logged, f"{provider.name}: forecast: ")
+    if status == 200:
+        assert "answered HTTP 200, but its body is nested deeper than 64 levels" in line
+    # The next polls, before the forecast is due again, keep the value up.
+    clock.advance(provider.refresh_seconds)
+    await provider.poll()
+    assert provider.up
+    api.nested.clear()
+    clock.advance(1800)
+    await provider.poll()
+    assert provider.up and provider.forecast() is not None
+
+
+def test_parse_json_object_refuses_nesting_and_non_objects() -> None:
+    with pytest.raises(Fault, match="nested deeper than 64 levels") as exc:
+        parse_json_object(Response(200, NESTED.encode(), None))
+    assert exc.value.kind == "malformed"
+    with pytest.raises(Fault, match="not JSON"):
+        parse_json_object(Response(200, b"{", None))
+    assert parse_json_object(Response(200, b'{"a": [[1]]}', None)) == {"a": [[1]]}
 
 
 # -- the bounds, at their edges --------------------------------------------------------------

@@ -471,6 +471,13 @@ async def test_refused_credentials(prom: FakePrometheus, tmp_path: Path,
         f"{reason} to /api/v1/query; {fix}\n"))
 
 
+NO_AUTHORIZATION_HEADER = (
+    "a credential on the command line is shown by ps to every user of this machine and kept "
+    "in the shell's history; put it in a file and give --bearer-token-file FILE (for 'Bearer "
+    "<token>', the file holding the token), or --basic-auth-user USER and "
+    "--basic-auth-password-file FILE")
+
+
 def bad_input_cases(tmp: Path) -> list[tuple[list[str], str]]:
     token = secret_file(tmp, "token", TOKEN)
     empty = secret_file(tmp, "empty", " \n")
@@ -522,8 +529,9 @@ def bad_input_cases(tmp: Path) -> list[tuple[list[str], str]]:
          "--header: x-scope-orgid given twice; give each header once (Mimir and Cortex take "
          "several tenants in one X-Scope-OrgID: 'a|b')"),
         (["--header", f"Authorization: Bearer {TOKEN}", "--bearer-token-file", str(token)],
-         "--header Authorization: the credential options set this header already; give either "
-         "--bearer-token-file, or --basic-auth-user and --basic-auth-password-file, or --header"),
+         f"--header Authorization: {NO_AUTHORIZATION_HEADER}"),
+        (["--header", f"authorization: Basic {TOKEN}"],  # any case, without credentials too
+         f"--header authorization: {NO_AUTHORIZATION_HEADER}"),
         (["--ca-file", str(not_pem)],
          "--ca-file: only applies to TLS; give an https:// --prometheus URL, or leave out "
          "--ca-file"),

@@ -11,6 +11,8 @@ inflated (gzip, deflate) by Footprint itself up to `MAX_INFLATED_BYTES`, so neit
 body nor a compression bomb can take the exporter's memory; a value above `MAX_GRAMS_PER_KWH` or
 dated more than `FUTURE_TOLERANCE_SECONDS` ahead of the node's clock is refused. Each is a
 `malformed` fault: the last good value stays, `up` goes false, the fallback chain applies.
+JSON is parsed by `exporter.boundedjson` (issue 19): a body nested deeper than 64 levels is a
+`malformed` fault too, never a RecursionError.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import json
 import logging
 import math
 import threading
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 
-from exporter import __version__, logs
+from exporter import __version__, boundedjson, logs
 from exporter.carbon import MAX_GRAMS_PER_KWH, Intensity
 from exporter.intensity.credentials import Secret
 from exporter.intensity.faults import Fault as Fault
@@ -227,10 +228,15 @@ def inflate(body: bytes, content_encoding: str | None, *,
 
 
 def parse_json_object(response: Response) -> Mapping[str, Any]:
+    """The body's JSON object, parsed within `MAX_INFLATED_BYTES` and
+    `boundedjson.DEFAULT_MAX_DEPTH` levels; Fault (malformed) for anything else (a body nested
+    thousands of levels deep included, which json.loads alone turns into RecursionError)."""
     try:
-        body = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
-        raise Fault("malformed", "answered HTTP 200 with a body that is not JSON") from None
+        body = boundedjson.loads(response.body, max_bytes=MAX_INFLATED_BYTES, what="its body")
+    except boundedjson.JsonError as exc:
+        if exc.reason == "syntax":
+            raise Fault("malformed", "answered HTTP 200 with a body that is not JSON") from None
+        raise Fault("malformed", f"answered HTTP 200, but {exc}") from None
     if not isinstance(body, dict):
         raise Fault("malformed", "answered HTTP 200 with JSON that is not an object")
     return body
@@ -533,8 +539,8 @@ def _size(limit: int) -> str:
 def _api_message(response: Response) -> str:
     """The API's own short error text (`message` or `error`), if it sent one."""
     try:
-        body = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+        body = boundedjson.loads(response.body, max_bytes=MAX_INFLATED_BYTES, what="its body")
+    except boundedjson.JsonError:
         return ""
     if isinstance(body, dict):
         for key in ("message", "error", "detail"):

@@ -8,12 +8,12 @@ which a pod may carry by the megabyte, are never held (docs/performance.md#pods)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.kube.reflector import Reflector, _describe, _Stopped
+from exporter import boundedjson
+from exporter.kube.reflector import MAX_OBJECT_BYTES, Reflector, _describe, _read_bounded, _Stopped
 from exporter.models import ModelMatch, ModelRule, match_pod
 
 Pod = Mapping[str, Any]
@@ -165,9 +165,11 @@ class PodWatcher(Reflector[Pod]):
         try:
             response = self._request(self._api.read_node, self._node, _request_timeout=(10, 30))
             try:
-                return node_facts(json.loads(response.data))
+                body = _read_bounded(response, MAX_OBJECT_BYTES, f"Node {self._node}")
             finally:
                 self._done(response)
+            return node_facts(boundedjson.loads(body, max_bytes=MAX_OBJECT_BYTES,
+                                                what=f"Node {self._node}"))
         except Exception as exc:
             if self._stopping.is_set():
                 raise _Stopped() from None

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
-from exporter import logs
+from exporter import boundedjson, logs
 
 log = logs.get("kubernetes")
 
@@ -35,12 +35,12 @@ MAX_OBJECT_BYTES = 2 * 1024 * 1024
 """The longest watch line (one event) or list item allowed: etcd refuses objects over 1.5 MiB
 (its default --max-request-bytes), so a real API server never sends more than that plus the
 event's framing. A longer line ends the watch with an error instead of growing memory."""
-FIRST_PAGE = 10
+FIRST_PAGE = 5
 """Objects in a list's first page (`limit`): the list is read page by page, never whole."""
-PAGE_BYTES = 8 * 1024 * 1024
+PAGE_BYTES = 4 * 1024 * 1024
 """What a page's body should hold: each next page asks for as many objects as fit, at the
 largest mean object size seen in this list, between 1 and MAX_PAGE. Pods of a few KB are read
-500 a page; pods near etcd's 1.5 MiB limit 5 a page, so memory holds one page's body and its
+500 a page; pods near etcd's 1.5 MiB limit 2 a page, so memory holds one page's body and its
 parsed objects at a time, whatever the pods (docs/performance.md#pods)."""
 MAX_PAGE = 500
 """client-go's page size."""
@@ -209,10 +209,9 @@ class Reflector(Generic[T]):
             self._done(response)
         size = len(body)
         try:
-            data = json.loads(body)
-        except ValueError:
-            raise ApiError(f"the {self.kind} list is not JSON: is the server a Kubernetes "
-                           "API?") from None
+            data = boundedjson.loads(body, max_bytes=len(body), what=f"the {self.kind} list")
+        except boundedjson.JsonError as exc:
+            raise ApiError(f"{exc}: is the server a Kubernetes API?") from None
         del body
         metadata = data.get("metadata") if isinstance(data, Mapping) else None
         rv = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
@@ -269,7 +268,8 @@ class Reflector(Generic[T]):
             for line in _lines(response, MAX_OBJECT_BYTES, f"{self.kind} watch"):
                 if self._stopping.is_set():
                     return
-                self._apply(json.loads(line))
+                self._apply(boundedjson.loads(line, max_bytes=MAX_OBJECT_BYTES,
+                                              what=f"a {self.kind} watch event"))
         finally:
             self._done(response)
 
