@@ -13,6 +13,8 @@ import hmac
 import re
 import secrets
 import ssl
+import statistics
+import time
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,10 +29,13 @@ from exporter import logs
 from exporter.intensity.credentials import shown_path
 from exporter.schema import (
     ConfigError,
+    FileRefused,
     boolean,
     choice,
     describe,
     describe_secret,
+    join,
+    read_file,
     read_yaml,
     section,
 )
@@ -96,6 +101,21 @@ _REFUSED = dict.fromkeys(UNSUPPORTED,
                          "not supported by footprint-exporter (see docs/web-config.md)")
 
 BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+BCRYPT_LIKE = re.compile(r"\$2[aby]?\$")
+"""The start of a bcrypt hash anywhere: a user name holding one is a hash pasted as a name."""
+
+MIN_BCRYPT_COST = 4
+MAX_BCRYPT_COST = 14
+"""The dearest bcrypt cost accepted. Each step doubles the time: cost 10 takes about 65 ms on a
+current x86 core, 14 about 1 s; htpasswd's default is 5 and guides use 10 to 12. A check holds a
+bcrypt worker until it ends and cannot be interrupted (SIGTERM waits for it), so a cost-31 hash
+would hold one for about 38 hours per wrong password (docs/web-config.md, "Basic auth")."""
+
+BCRYPT_SECONDS_AT_COST_10 = 0.065
+"""What a cost-10 check took on a 2-core x86 VM (measured; for the error above only)."""
+
+MAX_PEM_BYTES = 1 << 20
+"""The largest certificate, key or CA file: 1 MiB (Mozilla's whole CA bundle is ~220 KB)."""
 
 UNAUTHENTICATED = (healthz, readyz)
 """Handlers served without basic auth: Kubernetes probes cannot easily send credentials."""
@@ -110,14 +130,13 @@ def _readable(value: object, key: str, base: Path) -> Path:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: expected a file name, got {describe_secret(value)}")
     path = base / value
-    try:
-        with path.open("rb") as f:
-            f.read(1)
-    except OSError as exc:
+    try:  # bounded, a regular file; ssl then loads it by name
+        read_file(path, MAX_PEM_BYTES)
+    except FileRefused as exc:
         # key_file given a pasted PEM key must not print the key
         where = "" if Path(value).is_absolute() else f" in {base}"
         raise ConfigError(f"{key}: expected a readable file, got {shown_path(Path(value))}"
-                          f"{where} ({exc.strerror})") from None
+                          f"{where} ({exc})") from None
     return path
 
 
@@ -252,14 +271,39 @@ def parse_users(data: object) -> Mapping[str, bytes]:
             # `alice:password` as a key would be a password: never shown
             raise ConfigError(f"{key}: expected user names as strings without ':', "
                               f"got {describe_secret(user)}")
+        if BCRYPT_LIKE.search(user):
+            raise ConfigError(f"{key}: expected user names, got {describe_secret(user)} that "
+                              "looks like a bcrypt hash (not shown); write `name: hash`")
+        where = join(key, user)  # a token-like name is not shown either
         match = BCRYPT_HASH.fullmatch(hashed) if isinstance(hashed, str) else None
-        if match is None or not 4 <= int(match.group(1)) <= 31:
+        if match is None or int(match.group(1)) < MIN_BCRYPT_COST:
             got = (f"a string of {len(hashed)} characters" if isinstance(hashed, str)
                    else f"a {type(hashed).__name__}")
-            raise ConfigError(f"{key}.{user}: expected a bcrypt hash ($2y$, $2b$ or $2a$, "
-                              f"cost 04-31, 60 characters), got {got}")
+            raise ConfigError(f"{where}: expected a bcrypt hash ($2y$, $2b$ or $2a$, "
+                              f"cost {MIN_BCRYPT_COST:02}-{MAX_BCRYPT_COST}, 60 characters), "
+                              f"got {got}")
+        cost = int(match.group(1))
+        if cost > MAX_BCRYPT_COST:
+            raise ConfigError(
+                f"{where}: expected a bcrypt hash of cost {MAX_BCRYPT_COST} or less, got cost "
+                f"{cost}: each wrong password would hold a bcrypt worker for about "
+                f"{_duration(BCRYPT_SECONDS_AT_COST_10 * 2 ** (cost - 10))} (cost 10: "
+                f"{BCRYPT_SECONDS_AT_COST_10 * 1000:.0f} ms, doubling with each step), and "
+                "shutdown waits for it; make the hash again with cost 10 to 12")
         users[user] = hashed.encode("ascii")
     return types.MappingProxyType(users)
+
+
+def _duration(seconds: float) -> str:
+    for unit, scale in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * scale:
+            return f"{seconds / scale:.0f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+def bcrypt_cost(hashed: bytes) -> int:
+    """The cost of a hash `parse_users` accepted (`$2y$10$...` -> 10)."""
+    return int(hashed[4:6])
 
 
 def _credentials(header: str) -> tuple[str, bytes] | None:
@@ -296,9 +340,13 @@ BCRYPT_WORKERS = 2
 BCRYPT_WAITING_PER_CLIENT = 4
 """Checks one client address may have waiting for a worker; more are answered 429 at once."""
 BCRYPT_WAITING_TOTAL = 64
-"""Checks waiting from all clients together; more are answered 429 at once."""
+"""Checks waiting from all clients together; more are answered 429 at once, unless a check from
+an address not yet tried can take the place of a tried address's (`BcryptPool`)."""
 BCRYPT_MAX_WAIT_SECONDS = 5.0
 """The longest a check waits for a worker (half Prometheus' default scrape timeout); then 429."""
+BCRYPT_TRIED_ADDRESSES = 4096
+"""Tried client addresses remembered (`BcryptPool`), the least recently tried forgotten first:
+about 0.5 MB at most."""
 
 _BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -314,22 +362,38 @@ class BcryptPool:
     clients; a queue holds at most `waiting_per_client` (all queues `waiting_total`), and a
     check waits at most `max_wait_seconds`: beyond either bound it is shed (None), never
     queued without end. Everything but the bcrypt itself runs in the event loop's thread.
+
+    Many addresses: a check run with `spend=True` (every basic-auth check) makes its address
+    *tried* until `record(client, ok=True)` (a success); at most `tried_addresses` are
+    remembered. Tried addresses come second: together they hold at most `workers - 1` workers
+    (at least 1), and their queues are served only when no untried address waits. When every
+    queue is full, a check takes the place of the newest check in the longest queue of a tried
+    address (for an untried client), or in a queue of the same standing two or more longer
+    than its own (`_make_room`). A flood of wrong passwords, from however many addresses, thus
+    gets one check per address at full priority; a first login from a new address waits at
+    most for the first checks of addresses that are new too (docs/web-config.md, "Basic
+    auth").
     """
 
     def __init__(self, workers: int = BCRYPT_WORKERS, *,
                  waiting_per_client: int = BCRYPT_WAITING_PER_CLIENT,
                  waiting_total: int = BCRYPT_WAITING_TOTAL,
-                 max_wait_seconds: float = BCRYPT_MAX_WAIT_SECONDS) -> None:
+                 max_wait_seconds: float = BCRYPT_MAX_WAIT_SECONDS,
+                 tried_addresses: int = BCRYPT_TRIED_ADDRESSES) -> None:
         self.workers = workers
         self.per_client = max(1, workers - 1)
         self.waiting_per_client = waiting_per_client
         self.waiting_total = waiting_total
         self.max_wait_seconds = max_wait_seconds
+        self.tried_addresses = tried_addresses
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._busy = 0
+        self._busy_tried = 0
         self._running: collections.Counter[str] = collections.Counter()
-        self._lanes: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self._lanes: dict[str, collections.deque[asyncio.Future[bool | None]]] = {}
+        """Waiting checks per client; a turn's result: None when shed, else `_take`'s."""
         self._waiting = 0
+        self._tried: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     @property
     def busy(self) -> int:
@@ -341,11 +405,30 @@ class BcryptPool:
         """Checks waiting for a worker now."""
         return self._waiting
 
-    async def run(self, client: str, call: Callable[[], T]) -> T | None:
+    def tried(self, client: str) -> bool:
+        """Whether `client` has had a check run, and no success since."""
+        return client in self._tried
+
+    def record(self, client: str, *, ok: bool) -> None:
+        """A check from `client` ran: a failure keeps it tried, a success (or a credential
+        the cache knows) makes it untried again."""
+        if ok:
+            self._tried.pop(client, None)
+            return
+        self._tried[client] = None
+        self._tried.move_to_end(client)
+        while len(self._tried) > self.tried_addresses:
+            self._tried.popitem(last=False)
+
+    async def run(self, client: str, call: Callable[[], T], *, spend: bool = False) -> T | None:
         """`call()` in a worker thread; None when shed. The worker counts as busy until the
-        call returns, even if the request is cancelled (the client went away) meanwhile."""
-        if not await self._acquire(client):
+        call returns, even if the request is cancelled (the client went away) meanwhile.
+        `spend`: the client is tried from the moment the call starts (`record`)."""
+        tried = await self._acquire(client)
+        if tried is None:
             return None
+        if spend:
+            self.record(client, ok=False)
         loop = asyncio.get_running_loop()
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -353,52 +436,87 @@ class BcryptPool:
         try:
             future = self._executor.submit(call)
         except BaseException:
-            self._release(client)
+            self._release(client, tried)
             raise
 
         def done(_: concurrent.futures.Future[T]) -> None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to free
-                loop.call_soon_threadsafe(self._release, client)
+                loop.call_soon_threadsafe(self._release, client, tried)
 
         future.add_done_callback(done)
         return await asyncio.wrap_future(future)
 
     def _startable(self, client: str) -> bool:
-        return self._busy < self.workers and self._running[client] < self.per_client
+        return (self._busy < self.workers and self._running[client] < self.per_client
+                and (client not in self._tried or self._busy_tried < self.per_client))
 
-    def _take(self, client: str) -> None:
+    def _take(self, client: str) -> bool:
+        """Count a check as running; True when it runs as a tried address's."""
+        tried = client in self._tried
         self._busy += 1
+        self._busy_tried += tried
         self._running[client] += 1
+        return tried
 
-    async def _acquire(self, client: str) -> bool:
+    def _make_room(self, client: str) -> bool:
+        """Room in full queues for a check from `client`, by shedding the newest check of
+        another queue (longest-queue drop): a tried address's queue for an untried client,
+        else a queue of the same standing at least two longer than the client's own; False
+        when there is none."""
+        own = len(self._lanes.get(client, ()))
+        tried = client in self._tried
+
+        def fits(other: str) -> bool:
+            length = len(self._lanes[other])
+            if other == client:
+                return False
+            if other in self._tried and not tried:
+                return True
+            return (other in self._tried) == tried and length >= own + 2
+
+        victims = [c for c in self._lanes if fits(c)]
+        if not victims:
+            return False
+        victim = max(victims, key=lambda c: (c in self._tried, len(self._lanes[c])))
+        lane = self._lanes[victim]
+        turn = lane.pop()
+        self._waiting -= 1
+        if not lane:
+            del self._lanes[victim]
+        turn.set_result(None)  # shed: its request answers 429
+        return True
+
+    async def _acquire(self, client: str) -> bool | None:
+        """None when shed, else whether the check runs as a tried address's."""
         lane = self._lanes.get(client)
         if lane is None and self._startable(client):
-            self._take(client)
-            return True
-        if len(lane or ()) >= self.waiting_per_client or self._waiting >= self.waiting_total:
-            return False
+            return self._take(client)
+        if len(lane or ()) >= self.waiting_per_client or (
+                self._waiting >= self.waiting_total and not self._make_room(client)):
+            return None
         if lane is None:
             lane = self._lanes[client] = collections.deque()
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        turn: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
         lane.append(turn)
         self._waiting += 1
         try:
             async with asyncio.timeout(self.max_wait_seconds):
-                await turn
+                return await turn
         except TimeoutError:
             if turn.done() and not turn.cancelled():
-                return True  # granted as the wait ran out: the worker is ours
+                return turn.result()  # decided as the wait ran out: the worker is ours
             self._leave(client, turn)
-            return False
+            return None
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
-                self._release(client)
+                tried = turn.result()
+                if tried is not None:
+                    self._release(client, tried)
             else:
                 self._leave(client, turn)
             raise
-        return True
 
-    def _leave(self, client: str, turn: asyncio.Future[None]) -> None:
+    def _leave(self, client: str, turn: asyncio.Future[bool | None]) -> None:
         lane = self._lanes.get(client)
         if lane is not None and turn in lane:
             lane.remove(turn)
@@ -406,46 +524,80 @@ class BcryptPool:
             if not lane:
                 del self._lanes[client]
 
-    def _release(self, client: str) -> None:
+    def _next(self) -> str | None:
+        """The client whose queue is served next: the first in round-robin order that may run
+        one more check, a tried address only when no untried one can."""
+        second = None
+        for client in self._lanes:
+            if self._running[client] >= self.per_client:
+                continue
+            if client not in self._tried:
+                return client
+            if second is None and self._busy_tried < self.per_client:
+                second = client
+        return second
+
+    def _release(self, client: str, tried: bool) -> None:
         self._busy -= 1
+        self._busy_tried -= tried
         self._running[client] -= 1
         if self._running[client] <= 0:
             del self._running[client]
         while self._busy < self.workers:
-            eligible = (c for c in self._lanes if self._running[c] < self.per_client)
-            client_or_none = next(eligible, None)
-            if client_or_none is None:
+            chosen = self._next()
+            if chosen is None:
                 return
-            client = client_or_none
-            lane = self._lanes.pop(client)
+            lane = self._lanes.pop(chosen)
             turn = lane.popleft()
             self._waiting -= 1
             if lane:
-                self._lanes[client] = lane  # to the back: round-robin between clients
+                self._lanes[chosen] = lane  # to the back: round-robin between clients
             if not turn.done():
-                turn.set_result(None)
-                self._take(client)
+                turn.set_result(self._take(chosen))
+
+
+def typical_cost(users: Mapping[str, bytes]) -> int:
+    """The cost most users' hashes have: the median (the lower of the middle two), 10 with no
+    users. Bounded by MAX_BCRYPT_COST, as every accepted hash is."""
+    costs = sorted(bcrypt_cost(h) for h in users.values())
+    return costs[(len(costs) - 1) // 2] if costs else 10
 
 
 def decoy_hash(users: Mapping[str, bytes]) -> bytes:
-    """A bcrypt hash no password matches, at the highest cost among `users`: an unknown user
-    costs the same bcrypt as the most expensive known one (a random salt and checksum: no
-    hashing needed to make it)."""
-    cost = max((int(h[4:6]) for h in users.values()), default=10)
+    """A bcrypt hash no password matches, at the typical cost among `users` (`typical_cost`),
+    not the highest: an unknown user costs the CPU of a typical known one, and `BasicAuth`
+    pads every failed check's answer to the time of the dearest (a random salt and checksum:
+    no hashing needed to make it)."""
     checksum = "".join(secrets.choice(_BCRYPT_ALPHABET) for _ in range(31))
-    return bcrypt.gensalt(cost) + checksum.encode("ascii")
+    return bcrypt.gensalt(typical_cost(users)) + checksum.encode("ascii")
 
 
 class BasicAuth:
     """Checks `Authorization: Basic` against bcrypt hashes in a small pool of worker threads
     (`BcryptPool`); a user's last good password is remembered as a SHA-256 of `user:password`
-    and answered without bcrypt or waiting."""
+    and answered without bcrypt or waiting.
+
+    A failed check is answered no sooner than a check at the highest configured cost takes
+    (the median of the last 15 bcrypt runs on this machine, scaled as 2^cost): a known user
+    with a cheap hash, an unknown user (a decoy at the typical cost) and a known user with the
+    dearest hash answer a wrong password in the same time. The wait is an asyncio sleep, not a
+    worker."""
 
     def __init__(self, users: Mapping[str, bytes], pool: BcryptPool | None = None) -> None:
         self._users = users
         self._verified: dict[str, bytes] = {}
         self.pool = pool or BcryptPool()
         self.decoy = decoy_hash(users)
+        self.highest_cost = max((bcrypt_cost(h) for h in users.values()), default=10)
+        self._per_round: collections.deque[float] = collections.deque(maxlen=15)
+        """Seconds per 2^cost step of the last bcrypt runs."""
+
+    @property
+    def failure_seconds(self) -> float:
+        """The least time a failed check takes to answer: one at the highest cost (0 until a
+        bcrypt has run)."""
+        samples = list(self._per_round)
+        return statistics.median(samples) * (1 << self.highest_cost) if samples else 0.0
 
     def _cached(self, user: str, digest: bytes) -> bool:
         return hmac.compare_digest(self._verified.get(user, b""), digest)
@@ -463,25 +615,38 @@ class BasicAuth:
         user, password = found
         digest = hashlib.sha256(user.encode("utf-8") + b":" + password).digest()
         if self._cached(user, digest):
+            self.pool.record(client, ok=True)
             return Verdict.OK
         # shed or not before the user is looked up: a 429 says nothing about who exists
-        matched = await self.pool.run(client, lambda: self._verify(user, password, digest))
-        if matched is None:
+        outcome = await self.pool.run(client, lambda: self._verify(user, password, digest),
+                                      spend=True)
+        if outcome is None:
             return Verdict.BUSY
-        return Verdict.OK if matched else Verdict.DENIED
+        matched, seconds, cost = outcome
+        if cost is not None:
+            self._per_round.append(seconds / (1 << cost))
+        self.pool.record(client, ok=matched)
+        if matched:
+            return Verdict.OK
+        await asyncio.sleep(max(0.0, self.failure_seconds - seconds))
+        return Verdict.DENIED
 
-    def _verify(self, user: str, password: bytes, digest: bytes) -> bool:
-        """In a worker thread: the bcrypt, unless the same password was verified meanwhile."""
+    def _verify(self, user: str, password: bytes,
+                digest: bytes) -> tuple[bool, float, int | None]:
+        """In a worker thread: the bcrypt, unless the same password was verified meanwhile;
+        whether it matched, the seconds it took, and its cost (None: no bcrypt ran)."""
         if self._cached(user, digest):
-            return True
+            return True, 0.0, None
         hashed = self._users.get(user)
-        if hashed is None:  # an unknown user costs a bcrypt too, so timing names no one
-            _checkpw(password, self.decoy)
-            return False
-        if not _checkpw(password, hashed):
-            return False
+        against = self.decoy if hashed is None else hashed  # unknown users cost a bcrypt too
+        start = time.perf_counter()
+        matched = _checkpw(password, against)
+        seconds = time.perf_counter() - start
+        cost = bcrypt_cost(against) if len(password) <= 72 else None  # over 72: no bcrypt ran
+        if hashed is None or not matched:
+            return False, seconds, cost
         self._verified[user] = digest
-        return True
+        return True, seconds, cost
 
 
 @dataclass(frozen=True)

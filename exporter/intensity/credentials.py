@@ -7,9 +7,25 @@ import re
 from pathlib import Path
 
 from exporter.config import ConfigError, describe_secret
+from exporter.schema import FileRefused, looks_secret, read_file
 from exporter.schema import shown_path as shown_path
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CONVENTIONAL_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+
+MAX_SECRET_BYTES = 64 << 10
+"""The largest token or password file: 64 KiB (a token is tens of bytes, a JWT a few KiB)."""
+
+
+def shown_env_name(name: str) -> str | None:
+    """`name` when it looks like an environment variable's name as people write them (capitals,
+    digits and `_`, words of at most 16 characters, at most 4 digits), else None: a
+    mixed-case or long run of letters and digits is more likely a token pasted where its
+    variable's name belongs, and is never shown."""
+    conventional = (CONVENTIONAL_ENV_NAME.fullmatch(name) is not None
+                    and all(len(word) <= 16 for word in name.split("_"))
+                    and sum(c.isdigit() for c in name) <= 4)
+    return name if conventional and not looks_secret(name) else None
 
 REDACTED = "<redacted>"
 
@@ -40,10 +56,17 @@ class Secret:
                 raise ConfigError(f"{env_key}: expected the name of an environment variable, "
                                   f"got {describe_secret(env)} that is not one (a pasted "
                                   "secret? put the secret in the variable, or in a file)")
+            shown = shown_env_name(env)
             value = os.environ.get(env, "").strip()
+            if not value and shown is None:
+                raise ConfigError(
+                    f"{env_key}: the environment variable it names is unset or empty; the name, "
+                    f"{describe_secret(env)}, is not shown: it does not look like a variable "
+                    "name (capitals, digits and '_', e.g. FOOTPRINT_TOKEN), so it may be a "
+                    "pasted secret: put the secret in a variable or a file and name that here")
             if not value:
                 raise ConfigError(f"{env_key}: environment variable {env} is unset or empty")
-            return cls(value, source=f"env {env}")
+            return cls(value, source=f"env {shown or '(name not shown)'}")
         raise ConfigError(f"{key}: set a file (a mounted Secret) or an environment variable")
 
     @property
@@ -61,8 +84,8 @@ class Secret:
         if self._file is None:
             return
         try:
-            value = self._file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
+            value = read_file(self._file, MAX_SECRET_BYTES).decode("utf-8").strip()
+        except (FileRefused, UnicodeDecodeError):
             return
         if value:
             self._value = value
@@ -81,12 +104,14 @@ class Secret:
 
 
 def _read_file(path: Path, key: str) -> str:
+    """A token or password file: a regular file of at most MAX_SECRET_BYTES (`read_file`:
+    a FIFO or a device is refused, not waited on), UTF-8, not empty."""
     try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"{key}: cannot read {shown_path(path)} ({exc.strerror})") from None
+        value = read_file(path, MAX_SECRET_BYTES).decode("utf-8").strip()
+    except FileRefused as exc:
+        raise ConfigError(f"{key}: cannot read {shown_path(path)} ({exc})") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
+        raise ConfigError(f"{key}: {shown_path(path)} is not UTF-8 text") from None
     if not value:
-        raise ConfigError(f"{key}: {path} is empty")
+        raise ConfigError(f"{key}: {shown_path(path)} is empty")
     return value
