@@ -112,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(docs/web-config.md); default: plain HTTP")
     p.add_argument("--web.max-connections", dest="max_connections", type=_max_connections,
                    default=ServerLimits.max_connections,
-                   help="open connections at once; more are answered 503 and closed "
-                        f"(default {ServerLimits.max_connections})")
+                   help="open connections at once, counted from their accept; at the cap a "
+                        "new one closes the longest-idle one, and only when none is idle is "
+                        "it answered 503 (default "
+                        f"{ServerLimits.max_connections}; docs/web-config.md)")
     p.add_argument("--web.read-header-timeout", dest="read_header_timeout",
                    type=_header_timeout, default=ServerLimits.read_header_timeout,
                    help="seconds a connection has to send its request headers (with TLS, "

@@ -1,7 +1,9 @@
-"""Hostile HTTP clients (issue 10): memory before auth, header limits and deadline, the
-connection cap, /healthz when ticks stop, and bcrypt under a flood of wrong passwords.
+"""Hostile HTTP clients (issues 10 and 19): memory before auth, header limits and deadline,
+the connection cap (eviction of idle connections, per address, keep-alive shortened near it),
+/healthz when ticks stop, and bcrypt under a flood of wrong passwords. TLS: test_hostile_tls.py.
 
-Every socket is on 127.0.0.1; every wait is a bounded loop. Nothing asserts a latency."""
+Every socket is on loopback (127.0.0.1, and 127.0.0.2 and up as other client addresses; Linux
+routes 127.0.0.0/8 to lo); every wait is a bounded loop. Nothing asserts a latency."""
 
 from __future__ import annotations
 
@@ -21,11 +23,14 @@ import bcrypt
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_protocol import RequestHandler
 
 from bench.hostile_clients import (
     GOAL_AFTER_INCREASE_MB,
+    GOAL_KEEPALIVE_SCRAPE_SHARE,
     GOAL_PEAK_INCREASE_MB,
     basic_auth_header,
+    run_keepalive_probe,
     run_probe,
 )
 from exporter import cli, server, webconfig
@@ -190,36 +195,215 @@ def test_header_timeout_is_not_the_keepalive_timeout(limited: tuple[Exporter, in
             time.sleep(1.0)  # twice the header deadline, idle
 
 
-# --- the connection cap ---------------------------------------------------------------------
+# --- the connection cap (issue 19: counted from accept, eviction, per address, keep-alive) -----
 
-def test_connection_cap_refuses_extra_connections_and_logs_once(tmp_path: Path) -> None:
+Connect = Callable[..., socket.socket]
+
+
+@pytest.fixture
+def connect() -> Iterator[Connect]:
+    """`connect(port, source="127.0.0.1")`: a connection from `source` (Linux routes all of
+    127.0.0.0/8 to lo), closed at the end of the test."""
+    opened: list[socket.socket] = []
+
+    def connect_from(port: int, source: str = "127.0.0.1") -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        opened.append(sock)
+        sock.settimeout(10)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        return sock
+
+    yield connect_from
+    for sock in opened:
+        sock.close()
+
+
+def healthz_kept_alive(sock: socket.socket) -> None:
+    """One `GET /healthz` on a kept-alive connection, its answer read whole."""
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b"ok\n"):
+        chunk = sock.recv(4096)
+        assert chunk, f"closed after {answer!r}"
+        answer += chunk
+    assert status_of(answer) == 200, answer
+
+
+def closed_by_peer(sock: socket.socket, wait: float = 0.0) -> bool:
+    """Whether the exporter closed `sock` (within `wait` seconds)."""
+    readable, _, _ = select.select([sock], [], [], wait)
+    if not readable:
+        return False
+    try:
+        return sock.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+
+
+def wait_for_line(exp: Exporter, needle: str, seconds: float = 10.0) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        found = [line for line in exp.lines if needle in line]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, "\n".join(exp.lines)
+        time.sleep(0.02)
+
+
+def test_at_the_cap_the_longest_idle_connection_makes_room(
+        tmp_path: Path, connect: Connect) -> None:
+    """256 idle kept-alive connections held every slot and new ones got 503 (issue 19); now a
+    new one closes the longest-idle one, as nginx does."""
     with Exporter([*exporter_args(tmp_path), "--web.max-connections", "4"]) as exp:
         port = wait_ready(exp)
         time.sleep(0.2)  # the readiness polls' connections have closed
         held = []
-        for _ in range(4):  # kept-alive connections, idle after one request
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        for i in range(4):  # one per address: the per-address limit is 4 // 4 = 1
+            sock = connect(port, f"127.0.0.{i + 2}")
+            healthz_kept_alive(sock)
             held.append(sock)
+        # a probe on a new connection (from 127.0.0.1) gets in; the longest-idle one makes room
+        assert exchange(port, request("/healthz")).endswith(b"ok\n")
+        assert closed_by_peer(held[0], 10)
+        wait_for_line(exp, "below the connection limit again")  # 3 open once the probe left
+        held.append(connect(port, "127.0.0.6"))
+        healthz_kept_alive(held[4])
+        assert exchange(port, request("/healthz")).endswith(b"ok\n")
+        assert closed_by_peer(held[1], 10)
+        held.append(connect(port, "127.0.0.7"))
+        healthz_kept_alive(held[5])
+        healthz_kept_alive(held[2])  # active again: no longer the longest idle
+        assert exchange(port, request("/healthz")).endswith(b"ok\n")
+        assert closed_by_peer(held[3], 10)
+        assert not any(closed_by_peer(sock) for sock in (held[2], held[4], held[5]))
+        for sock in (held[2], held[4], held[5]):
+            healthz_kept_alive(sock)
+            sock.close()
+        assert exp.stop() == 0
+    reached = [line for line in exp.lines if "connection limit reached" in line]
+    assert len(reached) == 1, exp.lines  # three times at the cap: one warning per 5 minutes
+    assert "level=warn" in reached[0] and "--web.max-connections 4" in reached[0]
+    assert "closing an idle one for each new one" in reached[0]
+    again = [line for line in exp.lines if "below the connection limit again" in line]
+    assert len(again) == 1 and "1 idle connection(s) closed for new ones, 0 refused" in again[0]
+
+
+def test_at_the_cap_with_none_idle_new_connections_are_refused(
+        tmp_path: Path, connect: Connect) -> None:
+    """Connections with a request under way are never closed for a new one: then 503."""
+    with Exporter([*exporter_args(tmp_path), "--web.max-connections", "4"]) as exp:
+        port = wait_ready(exp)
+        time.sleep(0.2)
+        held = []
+        for i in range(4):  # each in the middle of its headers (the deadline is 10 s)
+            sock = connect(port, f"127.0.0.{i + 2}")
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            held.append(sock)
+        time.sleep(0.2)  # the exporter has read them
         for _ in range(5):
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+            with connect(port) as extra:
                 refused = read_until_closed(extra)
             assert status_of(refused) == 503
             assert refused.endswith(b"too many connections: retry later\n")
+        assert not any(closed_by_peer(sock) for sock in held)
         for sock in held:
             sock.close()
-        deadline = time.monotonic() + 10
-        while not any("accepting connections again" in line for line in exp.lines):
-            assert time.monotonic() < deadline, "\n".join(exp.lines)
-            time.sleep(0.02)
+        wait_for_line(exp, "below the connection limit again")
         assert exp.get("/healthz")[0] == 200
         assert exp.stop() == 0
-    reached = [line for line in exp.lines if "connection limit reached" in line]
-    assert len(reached) == 1, exp.lines
-    assert "level=warn" in reached[0] and "--web.max-connections 4" in reached[0]
-    again = [line for line in exp.lines if "accepting connections again" in line]
-    assert len(again) == 1 and "5 refused since the limit was reached" in again[0], again
+    again = [line for line in exp.lines if "below the connection limit again" in line]
+    assert len(again) == 1 and "0 idle connection(s) closed for new ones, 5 refused" in again[0]
+
+
+def test_the_per_address_limit_counts_connections_in_progress(
+        tmp_path: Path, connect: Connect) -> None:
+    """One address may have a quarter of the cap in progress (here 16 // 4 = 4); its idle
+    connections count only against the cap, where anyone's new connection may close them."""
+    with Exporter([*exporter_args(tmp_path), "--web.max-connections", "16"]) as exp:
+        port = wait_ready(exp)
+        time.sleep(0.2)
+        idle = []
+        for _ in range(6):  # more than 4, idle: all in
+            sock = connect(port, "127.0.0.2")
+            healthz_kept_alive(sock)
+            idle.append(sock)
+        busy = []  # four with their headers under way: a fifth from there is refused
+        for _ in range(4):
+            sock = connect(port, "127.0.0.2")
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+            busy.append(sock)
+        time.sleep(0.2)  # the exporter has read them
+        with connect(port, "127.0.0.2") as extra:
+            assert status_of(read_until_closed(extra)) == 503
+        line = wait_for_line(exp, "127.0.0.2 has 4 connections in progress (TLS handshakes, "
+                                  "requests), the limit for one address")
+        assert "level=warn" in line
+        assert exchange(port, request("/healthz")).endswith(b"ok\n")  # another address: in
+        assert not any(closed_by_peer(sock) for sock in [*idle, *busy])
+        for sock in busy:  # done: its new connections are accepted again
+            sock.sendall(b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert status_of(read_until_closed(sock)) == 200
+        healthz_kept_alive(connect(port, "127.0.0.2"))
+        assert exp.stop() == 0
+
+
+def test_keepalive_shortens_near_the_cap(tmp_path: Path, connect: Connect) -> None:
+    """At the cap an idle connection is kept 5 s, not 120 s; the timeout grows back as the
+    count falls below the cap (120 s from 3/4 of it down)."""
+    with Exporter([*exporter_args(tmp_path), "--web.max-connections", "8"]) as exp:
+        port = wait_ready(exp)
+        time.sleep(0.2)
+        held = []
+        for i in range(8):
+            sock = connect(port, f"127.0.0.{i + 2}")
+            healthz_kept_alive(sock)
+            held.append(sock)
+        closed = None
+        for _ in range(300):  # 30 s at most
+            closed = next((i for i, sock in enumerate(held) if closed_by_peer(sock)), None)
+            if closed is not None:
+                break
+            time.sleep(0.1)
+        assert closed == 0, "no idle connection was closed sooner at the cap"
+        # 7 open: the keep-alive is 62.5 s now, the others stay
+        assert not any(closed_by_peer(sock, 0.5) for sock in held[1:])
+        for sock in held[1:]:
+            healthz_kept_alive(sock)
+            sock.close()
+        assert exp.stop() == 0
+
+
+def test_probes_and_scrapes_on_new_connections_succeed_against_idle_connections(
+        tmp_path: Path) -> None:
+    """Issue 19's probe, shortened from 150 s: 256 kept-alive connections idle after an
+    unauthenticated `GET /healthz`, reopened as the exporter closes them, from 16 addresses;
+    before, every /healthz probe and scrape on a new connection got 503."""
+    with Exporter(exporter_args(tmp_path)) as exp:
+        port = wait_ready(exp)
+        result = run_keepalive_probe(exp.proc.pid, port, seconds=20.0, probe_interval=0.5,
+                                     probe_timeout=10.0, scrape_interval=1.0)
+        assert exp.stop() == 0
+    probes, scrapes = result["probes"], result["scrapes"]
+    assert probes["total"] >= 10 and probes["statuses"] == {"200": probes["total"]}, result
+    assert scrapes["total"] >= 5, result
+    assert scrapes["ok"] >= GOAL_KEEPALIVE_SCRAPE_SHARE * scrapes["total"], result
+    assert result["idle_answers"].get("200", 0) >= 256, result  # they were all in
+    assert not [line for line in exp.lines if "level=error" in line or "Traceback" in line]
+
+
+def test_probes_from_the_attackers_own_address_succeed(tmp_path: Path) -> None:
+    """The same from one address, the probes' too: the per-address limit (64 connections in
+    progress) leaves the idle ones alone, and the cap's eviction makes room for the probe."""
+    with Exporter(exporter_args(tmp_path)) as exp:
+        port = wait_ready(exp)
+        result = run_keepalive_probe(exp.proc.pid, port, addresses=1, seconds=12.0,
+                                     probe_interval=0.5, probe_timeout=10.0,
+                                     scrape_interval=1.0, probe_source="127.0.0.10")
+        assert exp.stop() == 0
+    probes, scrapes = result["probes"], result["scrapes"]
+    assert probes["total"] >= 5 and probes["statuses"] == {"200": probes["total"]}, result
+    assert scrapes["ok"] >= GOAL_KEEPALIVE_SCRAPE_SHARE * scrapes["total"] > 0, result
 
 
 def test_max_connections_and_header_timeout_flags_are_checked() -> None:
@@ -245,40 +429,146 @@ class Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def idle_connections(count: int, address: str = "10.0.0.1") -> list[server.Connection]:
+    """Connections that have sent nothing yet (idle, as a TLS one before its first byte)."""
+    return [server.Connection(address, float(i)) for i in range(count)]
+
+
+def busy_connections(count: int, address: str = "10.0.0.1") -> list[server.Connection]:
+    conns = idle_connections(count, address)
+    for conn in conns:
+        conn.stage = server.Stage.HANDSHAKE
+    return conns
+
+
 def test_guard_logs_the_limit_once_per_period() -> None:
-    guard = server.ConnectionGuard(4)
+    guard = server.ConnectionGuard(4, per_address=8)
     records = Records()
     level = server.log.level
     server.log.addHandler(records)
     server.log.setLevel(logging.INFO)
     try:
         for _ in range(3):  # three episodes at the limit, within 5 minutes
-            assert all(guard.admit() for _ in range(4))
-            assert not any(guard.admit() for _ in range(10))
-            for _ in range(4):
-                guard.release()
+            held = busy_connections(4)
+            assert all(guard.admit(conn) for conn in held)
+            assert not any(guard.admit(conn) for conn in busy_connections(10))
+            for conn in held:
+                guard.release(conn)
     finally:
         server.log.removeHandler(records)
         server.log.setLevel(level)
     assert len(records.messages) == 2, records.messages
     assert records.messages[0].startswith("connection limit reached: 4 connections open "
                                           "(--web.max-connections 4)")
-    assert records.messages[1] == ("accepting connections again (3 open); 10 refused since "
-                                   "the limit was reached")
+    assert records.messages[1] == ("below the connection limit again (3 open); since it was "
+                                   "reached 0 idle connection(s) closed for new ones, "
+                                   "10 refused")
     assert guard.refused_total == 30 and guard.open == 0
+
+
+def test_guard_closes_the_longest_idle_connection() -> None:
+    guard = server.ConnectionGuard(4, per_address=4)
+    old = idle_connections(4)
+    assert all(guard.admit(conn) for conn in old)
+    guard.touch(old[0], 10.0)  # the first one was active last
+    new = server.Connection("10.0.0.2", 11.0)
+    assert guard.admit(new)
+    assert old[1].stage is server.Stage.CLOSED  # the longest idle: closed, its place taken
+    assert [c.stage for c in (old[0], old[2], old[3])] == [server.Stage.WAITING] * 3
+    assert guard.open == 4 and guard.evicted_total == 1
+    guard.release(old[1])  # its close, reported later, changes nothing
+    assert guard.open == 4
+
+
+def test_guard_per_address_limit_counts_connections_in_progress() -> None:
+    guard = server.ConnectionGuard(16, per_address=2)
+    idle = idle_connections(5, "10.0.0.1")
+    assert all(guard.admit(conn) for conn in idle)  # idle: the per-address limit ignores them
+    busy = busy_connections(2, "10.0.0.3")
+    assert all(guard.admit(conn) for conn in busy)
+    assert guard.busy("10.0.0.3") == 2
+    assert not guard.admit(server.Connection("10.0.0.3", 6.0))  # two in progress: refused
+    assert guard.admit(server.Connection("10.0.0.4", 6.0))
+    assert guard.from_address("10.0.0.3") == 2 and guard.open == 8
+
+
+def test_guard_takes_from_the_address_with_the_most_connections_first() -> None:
+    guard = server.ConnectionGuard(6, per_address=6)
+    prometheus = idle_connections(1, "10.0.0.9")  # idle the longest
+    heavy = idle_connections(5, "10.0.0.1")
+    assert all(guard.admit(conn) for conn in [*prometheus, *heavy])
+    assert guard.admit(server.Connection("10.0.0.7", 9.0))
+    assert prometheus[0].stage is server.Stage.WAITING
+    assert heavy[0].stage is server.Stage.CLOSED
+
+
+def test_guard_keepalive_shortens_near_the_cap() -> None:
+    guard = server.ConnectionGuard(8, per_address=8, keepalive_timeout=120.0,
+                                   crowded_keepalive_timeout=5.0)
+    conns = idle_connections(8)
+    for count, conn in enumerate(conns, 1):
+        assert guard.admit(conn)
+        expected = {7: 62.5, 8: 5.0}.get(count, 120.0)  # 120 s up to 6 (3/4), then down to 5
+        assert guard.keepalive() == expected, count
+        assert guard.crowded is (count > 6)
+    assert guard.sweep(now=6.0) == 1  # the one idle since 0.0: over 5 s at 8 open
+    assert conns[0].stage is server.Stage.CLOSED
+    assert guard.sweep(now=60.0) == 0  # 7 open: 62.5 s
+    assert guard.sweep(now=64.0) == 1 and not guard.crowded
+    assert guard.sweep(now=1000.0) == 0  # 6 open: not crowded, aiohttp's 120 s apply
+
+
+def test_guard_address_keys() -> None:
+    assert server.address_key("192.0.2.7") == "192.0.2.7"
+    assert server.address_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert server.address_key("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert server.address_key("fe80::1%eth0") == "fe80::/64"
+    assert server.address_key("::1") == "::1"
+
+
+def test_localhost_is_not_limited_per_address() -> None:
+    """127.0.0.1 and ::1: the pod's own containers (a proxy sidecar, kubectl port-forward)."""
+    guard = server.ConnectionGuard(16, per_address=2)
+    for address in ("127.0.0.1", "::1"):
+        assert all(guard.admit(conn) for conn in busy_connections(4, address))
+    assert guard.open == 8
+    assert all(guard.admit(conn) for conn in busy_connections(2, "127.0.0.3"))  # others: 2
+    assert not guard.admit(busy_connections(1, "127.0.0.3")[0])
 
 
 def test_memory_is_trimmed_once_after_a_burst() -> None:
     bursts: list[int] = []
-    guard = server.ConnectionGuard(256, on_burst_end=lambda: bursts.append(1))
-    for _ in range(server.BURST_CONNECTIONS):
-        assert guard.admit()
-    for _ in range(server.BURST_CONNECTIONS):
-        guard.release()
+    guard = server.ConnectionGuard(256, per_address=256, on_burst_end=lambda: bursts.append(1))
+    conns = busy_connections(server.BURST_CONNECTIONS)
+    for conn in conns:
+        assert guard.admit(conn)
+    for conn in conns:
+        guard.release(conn)
     assert bursts == [1]
-    assert guard.admit()
-    guard.release()
+    lone = busy_connections(1)[0]
+    assert guard.admit(lone)
+    guard.release(lone)
     assert bursts == [1]  # a lone connection is no burst
+
+
+def test_memory_is_trimmed_after_a_burst_of_refused_connections() -> None:
+    """Refused connections count toward a burst too (issue 19: admitted or not)."""
+    bursts: list[int] = []
+    guard = server.ConnectionGuard(4, per_address=4, on_burst_end=lambda: bursts.append(1))
+    held = busy_connections(4)
+    assert all(guard.admit(conn) for conn in held)
+    assert not any(guard.admit(conn) for conn in busy_connections(server.BURST_CONNECTIONS))
+    for conn in held:
+        guard.release(conn)
+    assert bursts == [1]
+
+
+def test_aiohttp_internals_read_by_limited_connection() -> None:
+    """`LimitedConnection` reads these `RequestHandler` attributes (aiohttp 3.14); an upgrade
+    that renames them must fail here rather than silently disable the limits."""
+    slots = {name for cls in RequestHandler.__mro__ for name in getattr(cls, "__slots__", ())}
+    assert {"_request_count", "_messages", "_request_in_progress", "_waiter"} <= slots
+    assert callable(RequestHandler.finish_response)
 
 
 # --- /healthz when ticks stop ---------------------------------------------------------------
