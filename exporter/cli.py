@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(serve(state, listen_address=settings.listen_address,
                                  interval_seconds=settings.interval_seconds,
-                                 ssl_context=web_config.ssl_context,
+                                 ssl_context=web_config.rotating_tls(),
                                  middlewares=web_config.middlewares(),
                                  limits=ServerLimits(
                                      max_connections=settings.max_connections,

@@ -344,7 +344,8 @@ class Sampler:
             self._read_throttle.fault(source.name, f"source {source.name}: read failed with "
                                       f"{type(outcome.error).__name__}: {outcome.error}; the "
                                       "source is down this tick, the others go on (a bug: "
-                                      "please report it)")
+                                      "please report it)",
+                                      source=source.name, err=repr(outcome.error))
         elif outcome.value is not None:
             self._read_throttle.recovered(source.name, f"source {source.name}: reading again")
         reading = outcome.value if outcome.value is not None else Reading(up=False)
@@ -385,7 +386,8 @@ class Sampler:
         if outcome.error is not None:
             self._read_throttle.fault(HOST_READS, f"reading containers failed with "
                                       f"{type(outcome.error).__name__}: {outcome.error} (a bug: "
-                                      "please report it)")
+                                      "please report it)", source="cgroups",
+                                      err=repr(outcome.error))
         if outcome.value is None:
             return None, {}, outcome.started_hang
         sample, of_pid = outcome.value

@@ -831,6 +831,16 @@ burst queued behind it cannot make it the longest-idle connection of its address
 it before then."""
 
 
+TlsContext = ssl.SSLContext | Callable[[], ssl.SSLContext]
+"""A listener's TLS: one context, or a callable asked for the context of each handshake."""
+
+
+def _provider(tls: TlsContext | None) -> Callable[[], ssl.SSLContext] | None:
+    if tls is None or callable(tls):
+        return tls
+    return lambda: tls
+
+
 class Listener:
     """Accepts connections itself, so that each is counted (`ConnectionGuard`) from its accept,
     before any TLS state exists, rather than when asyncio hands it over after the handshake.
@@ -845,12 +855,12 @@ class Listener:
     unanswered with TLS."""
 
     def __init__(self, factory: Callable[[Connection], LimitedConnection], guard: ConnectionGuard,
-                 limits: ServerLimits, ssl_context: ssl.SSLContext | None = None) -> None:
+                 limits: ServerLimits, ssl_context: TlsContext | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._factory = factory
         self._guard = guard
         self._limits = limits
-        self._ssl = ssl_context
+        self._ssl = _provider(ssl_context)
         self.sockets: list[socket.socket] = []
         self._queue: deque[Connection] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -987,7 +997,8 @@ class Listener:
             self.handshakes += 1
             self.handshakes_peak = max(self.handshakes_peak, self.handshakes)
             self._handshakes_by_address[chosen.address] += 1
-            task = self._spawn(self._hand_over(chosen, self._ssl))
+            assert self._ssl is not None  # connections are queued only with TLS
+            task = self._spawn(self._hand_over(chosen, self._ssl()))
             self._handshaking[chosen] = (task, self._loop.time())
         if any(conn.stage is not Stage.QUEUED for conn in self._queue):
             self._queue = deque(conn for conn in self._queue if conn.stage is Stage.QUEUED)
@@ -1113,11 +1124,13 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
 
 
 async def serve(state: ExporterState, *, listen_address: str, interval_seconds: float,
-                stop: asyncio.Event | None = None, ssl_context: ssl.SSLContext | None = None,
+                stop: asyncio.Event | None = None, ssl_context: TlsContext | None = None,
                 middlewares: Sequence[Middleware] = (), limits: ServerLimits | None = None,
                 stall_seconds: float | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or `stop`); return the process exit code. `ssl_context` and
-    `middlewares` come from `--web.config.file` (exporter/webconfig.py); `limits` from the
+    """Run until SIGTERM/SIGINT (or `stop`); return the process exit code. `ssl_context` (a
+    context, or a callable that gives the one for each new handshake, as
+    `webconfig.RotatingTls` does) and `middlewares` come from `--web.config.file`
+    (exporter/webconfig.py); `limits` from the
     `--web.*` flags; with `stall_seconds`, /healthz fails once no tick has completed for that
     long."""
     stop = stop or asyncio.Event()

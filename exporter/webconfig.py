@@ -158,6 +158,11 @@ class TlsSettings:
     client_auth_type: str
     min_version: str
     max_version: str
+    files: tuple[Path, ...] = ()
+    """The certificate, key and client CA files, as named (symbolic links not resolved)."""
+    section: Mapping[str, object] = field(default_factory=lambda: types.MappingProxyType({}))
+    base: Path = Path()
+    """The section and the directory its relative names are taken from, to build it again."""
 
 
 def parse_tls(data: object, base: Path) -> TlsSettings | None:
@@ -211,6 +216,7 @@ def parse_tls(data: object, base: Path) -> TlsSettings | None:
         raise ConfigError(f"{key}.client_ca_file: expected the CA file that verifies client "
                           f"certificates with client_auth_type {auth}, got nothing")
     ctx.verify_mode = CLIENT_AUTH_TYPES[auth]
+    files = (cert, private) + ((ca,) if "client_ca_file" in tls else ())
 
     suites = tls.get("cipher_suites")
     if suites is not None:
@@ -232,7 +238,71 @@ def parse_tls(data: object, base: Path) -> TlsSettings | None:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     else:
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    return TlsSettings(ctx, auth, lo, hi)
+    return TlsSettings(ctx, auth, lo, hi, files, types.MappingProxyType(dict(tls)), base)
+
+
+Signature = tuple[tuple[int, ...] | str, ...]
+
+
+def _signature(files: tuple[Path, ...]) -> Signature:
+    """What identifies the files' contents without reading them: device, inode, size and
+    change times of each (through symbolic links, as a projected volume's `..data` swap
+    replaces them), or why one cannot be looked at."""
+    parts: list[tuple[int, ...] | str] = []
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            parts.append(exc.strerror or type(exc).__name__)
+        else:
+            parts.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(parts)
+
+
+class RotatingTls:
+    """The listener's TLS context, built again when the certificate, key or client CA file
+    changes, as cert-manager rotates them (docs/web-config.md#certificate-rotation).
+
+    Called for every TLS handshake: it looks at the files (`stat`, 2-3 µs each, no read) and
+    rebuilds the context only when one changed, with the same checks as at start-up. A new
+    pair that fails them (a key that does not match, a half-written file) leaves the previous
+    context serving and is logged once, with the reason; the next change is tried again.
+    Connections already open keep the certificate they were established with."""
+
+    def __init__(self, settings: TlsSettings) -> None:
+        self.settings = settings
+        self._seen = _signature(settings.files)
+        self.reloads = 0
+        self.failures = 0
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.settings.context
+
+    def __call__(self) -> ssl.SSLContext:
+        seen = _signature(self.settings.files)
+        if seen != self._seen:
+            self._seen = seen
+            self._reload()
+        return self.settings.context
+
+    def _reload(self) -> None:
+        old = self.settings
+        names = ", ".join(shown_path(path) for path in old.files)
+        try:
+            new = parse_tls(old.section, old.base)
+        except ConfigError as exc:
+            self.failures += 1
+            log.warning(f"tls_server_config: a certificate file changed but cannot be used; "
+                        f"the previous certificate goes on serving until the files are "
+                        f"fixed: {exc}",
+                        extra=logs.fields(source="web_config", path=names, err=str(exc)))
+            return
+        assert new is not None  # the section is the one that built `old`
+        self.settings = new
+        self.reloads += 1
+        log.info(f"tls_server_config: certificate files changed, new TLS handshakes use them "
+                 f"({names})", extra=logs.fields(source="web_config", path=names))
 
 
 def parse_headers(data: object) -> Mapping[str, str]:
@@ -660,6 +730,11 @@ class WebConfig:
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
         return self.tls.context if self.tls else None
+
+    def rotating_tls(self) -> RotatingTls | None:
+        """The TLS context for the listener, following the certificate files (`RotatingTls`);
+        None without TLS."""
+        return RotatingTls(self.tls) if self.tls else None
 
     def describe(self) -> str:
         """One line for the log: what is on, never a password or hash."""

@@ -151,7 +151,7 @@ class WorkloadTracker:
         self._cpu: dict[str, float] = {}
         self._busy: float | None = None
         self._reported: set[tuple[str, str]] = set()
-        self._throttle = logs.Throttle(log)
+        self._throttle = logs.Throttle(log, source="kubernetes")
         self._pid_ids: dict[int, str | None] = {}
 
     def describe(self) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter import logs
 from exporter.usage import cgroups
 from exporter.usage.cgroups import (
     CgroupReader,
@@ -259,6 +260,11 @@ def test_garbage_usage_is_skipped_and_logged_once(
     faults = [r for r in caplog.records if str(path) in r.getMessage()]
     assert len(faults) == 1, "logged once, not every tick"
     assert faults[0].levelno == logging.WARNING
+    assert getattr(faults[0], logs.FIELDS) == {"source": "cgroups", "container": cid("2"),
+                                               "path": str(path), "err": faults[0].getMessage()
+                                               .split(f"{path} ", 1)[1]}
+    assert f" source=cgroups container={cid('2')} path={path} err=" in (
+        logs.LogfmtFormatter().format(faults[0]))
     write_atomic(path, usage_text(variant, 900_000_000))
     assert reader.cpu_seconds([cid("2")])[cid("2")].seconds == 900.0
     assert any("readable again" in r.getMessage() for r in caplog.records)

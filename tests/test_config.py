@@ -229,6 +229,32 @@ def test_log_format_json_writes_one_object_per_line() -> None:
     assert exc.value.code == 2
 
 
+def test_log_fields_follow_msg_in_logfmt_and_json() -> None:
+    """Facts travel as fields (issue 20): bare where logfmt allows, quoted with escapes where
+    a value could end the field or the line, never replacing a fixed key."""
+    import json
+    import logging
+
+    from exporter import logs
+
+    record = logging.LogRecord("footprint.rapl", logging.WARNING, __file__, 1,
+                               "zone intel-rapl:0 skipped", None, None)
+    for key, value in logs.fields(source="rapl", path="/sys/a b/\"x\"\n\x1b[2J",
+                                  err="Permission denied", container=None,
+                                  msg="forged").items():
+        setattr(record, key, value)
+    line = logs.LogfmtFormatter().format(record)
+    assert "\n" not in line and "\x1b" not in line
+    assert line.split(' msg="zone intel-rapl:0 skipped" ', 1)[1] == (
+        'source=rapl path="/sys/a b/\\"x\\"\\n\\u001b[2J" err="Permission denied" '
+        'field_msg=forged')
+    parsed = json.loads(logs.JsonFormatter().format(record))
+    assert {k: v for k, v in parsed.items() if k != "time"} == {
+        "level": "warn", "logger": "footprint.rapl", "msg": "zone intel-rapl:0 skipped",
+        "source": "rapl", "path": "/sys/a b/\"x\"\n\x1b[2J", "err": "Permission denied",
+        "field_msg": "forged"}
+
+
 def test_report_is_in_the_top_level_help() -> None:
     text = cli.build_parser().format_help()
     assert "report" in text.split("commands:")[1]

@@ -262,8 +262,10 @@ class LiveProvider:
         self._clock = clock
         self._trust_env = trust_env
         self._log = log or logs.get("intensity")
-        self._throttle = logs.Throttle(self._log, period_seconds=LOG_PERIOD_SECONDS, clock=clock)
-        self._auth_throttle = logs.Throttle(self._log, period_seconds=math.inf, clock=clock)
+        self._throttle = logs.Throttle(self._log, period_seconds=LOG_PERIOD_SECONDS, clock=clock,
+                                      source="intensity")
+        self._auth_throttle = logs.Throttle(self._log, period_seconds=math.inf, clock=clock,
+                                           source="intensity")
         self._lock = threading.Lock()
         self._reading: IntensityReading | None = None
         self._up = False
@@ -398,7 +400,7 @@ class LiveProvider:
         throttle = self._auth_throttle if fault.kind == "auth" else self._throttle
         throttle.fault(fault.kind, self._redact(
             f"{self.name}: {fault.message} (zone {self.zone}); {kept}; "
-            f"next try in {delay:.0f} s"))
+            f"next try in {delay:.0f} s"), err=self._redact(fault.message))
         return delay
 
     async def _fetch(self) -> IntensityReading:

@@ -140,7 +140,7 @@ class PodResourcesClient:
         self._up = False
         self._last_error = "not called yet"
         self._last_count = 0
-        self._throttle = logs.Throttle(log)
+        self._throttle = logs.Throttle(log, source="podresources")
 
     def holders(self) -> list[Holder] | None:
         """The devices held now (device-plugin devices, and DRA devices of the drivers
@@ -196,7 +196,8 @@ class PodResourcesClient:
         self._up = False
         self._last_error = self._explain(exc)
         self._throttle.fault("list", f"kubelet pod-resources at {self._path}: "
-                                     f"{self._last_error}; GPU holders unknown meanwhile")
+                                     f"{self._last_error}; GPU holders unknown meanwhile",
+                             path=self._path, err=self._last_error)
 
     def _explain(self, exc: Exception) -> str:
         if not self._path.exists():

@@ -71,6 +71,8 @@ class Reflector(Generic[T]):
     each list (`after_list`), and explain errors of their own (`explain`)."""
 
     kind = "object"
+    source = "kubernetes"
+    """The `source` field of its log lines (and label of its errors)."""
     """What one object is called in the log, e.g. "pod"."""
 
     def __init__(self, list_call: Callable[..., Any], node_name: str, *,
@@ -93,7 +95,7 @@ class Reflector(Generic[T]):
         self._malformed = 0
         self._rv: str | None = None
         self._response: Any = None
-        self._throttle = logs.Throttle(log)
+        self._throttle = logs.Throttle(log, source=self.source)
         self._thread = threading.Thread(target=self._run, name=f"{self.kind}-watch",
                                         daemon=True)
         self.lists = 0
@@ -161,7 +163,8 @@ class Reflector(Generic[T]):
                 wait = max(delay * self._rng.uniform(0.5, 1.5), self.retry_floor(exc))
                 self._throttle.fault("api", f"Kubernetes API ({self.kind}s): "
                                             f"{self.explain(exc)}; keeping the last known "
-                                            f"{known} {self.kind}s, retrying in {wait:.1f} s")
+                                            f"{known} {self.kind}s, retrying in {wait:.1f} s",
+                                     err=self.explain(exc))
                 self._stopping.wait(wait)
                 delay = min(delay * 2, self._backoff[1])
 

@@ -136,6 +136,7 @@ class SliceWatcher(Reflector[Slice]):
     """This node's ResourceSlices (`spec.nodeName=<node>`), reduced to a `DeviceIndex`."""
 
     kind = "ResourceSlice"
+    source = "resourceslices"
 
     def __init__(self, api: Any, node_name: str, drivers: Collection[str],
                  **kwargs: Any) -> None:

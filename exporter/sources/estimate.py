@@ -44,7 +44,7 @@ class EstimateSource:
         self._components = components & ESTIMABLE
         self._last_cpu: CpuTimes | None = None
         self._last_now: float | None = None
-        self._throttle = logs.Throttle(log)
+        self._throttle = logs.Throttle(log, source="estimate")
 
     def probe(self) -> Status:
         if not self._components:
@@ -69,7 +69,7 @@ class EstimateSource:
             mem_bytes = read_mem_total_bytes(self._procfs) if "dram" in self._components else 0
         except ProcError as exc:
             # Keep the last good sample: the next good one covers the gap at its average use.
-            self._throttle.fault("proc", f"estimate paused: {exc}")
+            self._throttle.fault("proc", f"estimate paused: {exc}", path=self._procfs, err=exc)
             return Reading(up=False)
         self._throttle.recovered("proc", "estimate resumed: procfs readable again")
         last_cpu, last_now = self._last_cpu, self._last_now

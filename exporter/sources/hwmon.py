@@ -231,7 +231,7 @@ class HwmonSource:
         self._root = sysfs / "class" / "hwmon"
         self._components = components & COMPONENTS
         self._devices: dict[str, _Device] = {}
-        self._throttle = logs.Throttle(log)
+        self._throttle = logs.Throttle(log, source="hwmon")
         self._last_fault = ""
         self._probed = False
 

@@ -132,7 +132,7 @@ class NvmlSource:
         self._nv: Any = nvml
         self._started = False
         self._gpus: dict[str, _Gpu] = {}
-        self._throttle = logs.Throttle(log)
+        self._throttle = logs.Throttle(log, source="nvml")
         self._last_fault = ""
         self._count_ok = True
         self.gpus: tuple[GpuReading, ...] = ()

@@ -61,7 +61,7 @@ class RaplSource:
         self._zones: dict[str, _Zone] = {}
         self._gone: dict[str, _Zone] = {}
         """Zones that vanished: their totals stay published, they never go down."""
-        self._throttle = logs.Throttle(log)
+        self._throttle = logs.Throttle(log, source="rapl")
         self._last_fault = ""
 
     def probe(self) -> Status:
@@ -91,7 +91,8 @@ class RaplSource:
         try:
             present = {p.name for p in self._root.iterdir() if ZONE_DIR.match(p.name)}
         except OSError as exc:
-            self._throttle.fault("root", f"cannot list {self._root}: {exc.strerror}")
+            self._throttle.fault("root", f"cannot list {self._root}: {exc.strerror}",
+                                 path=self._root, err=exc.strerror or exc)
             present = set()
         for zone in set(self._zones) - present:
             self._gone[zone] = self._zones.pop(zone)
@@ -120,7 +121,7 @@ class RaplSource:
 
     def _fault(self, zone: str, message: str) -> None:
         self._last_fault = message
-        self._throttle.fault(zone, message)
+        self._throttle.fault(zone, message, path=self._root / zone)
 
     def read(self, now: float) -> Reading:
         """Energy per component since the previous read; each zone's total never decreases."""

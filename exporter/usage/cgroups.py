@@ -128,7 +128,7 @@ class CgroupReader:
         """Container id -> its usage file (a str: a Path per read costs more than the read),
         from the last walk of the kubepods subtree."""
         self._missing: frozenset[str] = frozenset()
-        self._throttle = logs.Throttle(log)
+        self._throttle = logs.Throttle(log, source="cgroups")
 
     def describe(self) -> str:
         """One line for the start-up log."""
@@ -178,12 +178,14 @@ class CgroupReader:
                 del self._index[cid]  # the container exited: its cgroup is gone, not faulty
                 return None
             self._throttle.fault(key, f"container {cid} left out: cannot read {path}: "
-                                      f"{exc.strerror or exc}")
+                                      f"{exc.strerror or exc}",
+                                 container=cid, path=path, err=exc.strerror or exc)
             return None
         except _Garbage as exc:
-            self._throttle.fault(key, f"container {cid} left out: {path} {exc}")
+            self._throttle.fault(key, f"container {cid} left out: {path} {exc}",
+                                 container=cid, path=path, err=exc)
             return None
-        self._throttle.recovered(key, f"{path} readable again")
+        self._throttle.recovered(key, f"{path} readable again", container=cid, path=path)
         return seconds
 
     def _reindex(self) -> None:
@@ -193,7 +195,8 @@ class CgroupReader:
                 tops = [Path(e.path) for e in entries
                         if e.name.startswith("kubepods") and e.is_dir(follow_symlinks=False)]
         except OSError as exc:
-            self._throttle.fault("walk", f"cannot list {self._root}: {exc.strerror or exc}")
+            self._throttle.fault("walk", f"cannot list {self._root}: {exc.strerror or exc}",
+                                 path=self._root, err=exc.strerror or exc)
             tops = []
         else:
             self._throttle.recovered("walk", f"{self._root} listable again")
