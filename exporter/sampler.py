@@ -89,7 +89,7 @@ class DeviceHolder(Protocol):
 class PodResources(Protocol):
     """The kubelet's device allocations (exporter.kube.podresources.PodResourcesClient)."""
 
-    def holders(self) -> Sequence[DeviceHolder | ClaimHolder] | None: ...
+    def holders(self, seen: Hashable = None) -> Sequence[DeviceHolder | ClaimHolder] | None: ...
 
     def close(self) -> None: ...
 
@@ -414,7 +414,9 @@ class Sampler:
         unresolved: set[tuple[ClaimHolder, str]] = set()
         if k.podresources is not None:
             by_key = {c.key: c for c in sample.containers}
-            held = k.podresources.holders()
+            held = k.podresources.holders(seen=(
+                frozenset((c.key, c.container_id) for c in sample.containers),
+                frozenset((g.uuid, p.pid) for g in gpus for p in g.processes)))
             up = held is not None
             index = k.slices.index() if k.slices is not None else None
             for h in held or ():

@@ -131,8 +131,11 @@ async def metrics(request: web.Request) -> web.Response:
     }
     if gzipped:
         headers["Content-Encoding"] = "gzip"
-    return web.Response(body=snapshot.body(openmetrics=openmetrics, gzipped=gzipped),
-                        headers=headers)
+    if snapshot.rendered:
+        body = snapshot.body(openmetrics=openmetrics, gzipped=gzipped)
+    else:  # the first scrape since the tick renders it, off the event loop
+        body = await asyncio.to_thread(snapshot.body, openmetrics=openmetrics, gzipped=gzipped)
+    return web.Response(body=body, headers=headers)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -208,3 +208,49 @@ def test_a_socket_that_is_not_grpc_fails_quietly(socket_path: Path,
         assert time.monotonic() - started < 1.5
     assert not client.up()
     assert "down: " in client.describe()
+
+
+def test_an_answer_is_reused_only_while_nothing_seen_changes(
+        kubelet: FakePodResources, socket_path: Path) -> None:
+    """The List runs again when the tick's containers or GPU processes change, when the socket
+    is a new one (a restarted kubelet), after `refresh_seconds`, and after any failure."""
+    now = [0.0]
+    client = PodResourcesClient(socket_path, timeout_seconds=0.5, refresh_seconds=30.0,
+                                clock=lambda: now[0])
+    try:
+        kubelet.set_pods(pod("ml", "a", {"main": {"nvidia.com/gpu": [GPU_A]}}))
+        first = client.holders(seen=("a",))
+        assert client.holders(seen=("a",)) is first
+        now[0] = 29.9
+        assert client.holders(seen=("a",)) is first
+        assert (kubelet.calls, client.asked, client.reused) == (1, 1, 2)
+
+        # a new container: asked again, and the new allocation is seen at once
+        kubelet.set_pods(pod("ml", "a", {"main": {"nvidia.com/gpu": [GPU_A]}}),
+                         pod("ml", "b", {"main": {"nvidia.com/gpu": [GPU_B]}}))
+        second = client.holders(seen=("a", "b"))
+        assert second is not None and [h.pod for h in second] == ["a", "b"]
+        assert kubelet.calls == 2
+
+        # nothing seen changes, but the answer is 30 s old: asked again
+        kubelet.set_pods(pod("ml", "a", {"main": {"nvidia.com/gpu": [GPU_B]}}),
+                         pod("ml", "b", {"main": {"nvidia.com/gpu": [GPU_B]}}))
+        assert client.holders(seen=("a", "b")) is second
+        now[0] = 29.9 + 30.0
+        third = client.holders(seen=("a", "b"))
+        assert third is not None and [h.device for h in third] == [GPU_B, GPU_B]
+        assert kubelet.calls == 3
+
+        # the kubelet restarts: the socket vanishes (a failure, never reused) and a new one
+        # comes; both are noticed with nothing else changed
+        kubelet.stop()
+        assert client.holders(seen=("a", "b")) is None
+        assert client.holders(seen=("a", "b")) is None
+        assert client.asked == 5
+        kubelet.set_pods(pod("ml", "a", {"main": {"nvidia.com/gpu": [GPU_A]}}))
+        kubelet.start()
+        back = client.holders(seen=("a", "b"))
+        assert back is not None and [h.device for h in back] == [GPU_A]
+        assert client.up() and client.asked == 6
+    finally:
+        client.close()

@@ -206,3 +206,30 @@ def test_golden_passes_promtool() -> None:
     result = subprocess.run([promtool, "check", "metrics"], input=GOLDEN.read_bytes(),
                             capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_tick_is_rendered_only_when_read_and_as_it_was(tmp_path: Path) -> None:
+    """The render runs on the first read of a tick's snapshot (a scrape), not in the tick; a
+    snapshot read after later ticks still shows its own tick's values, and is rendered once."""
+    root = node_tree(tmp_path, "intel-2s")
+    clock = FakeClock(1000.0)
+    settings = cli.parse_settings(["--path.sysfs", str(root / "sys"),
+                                   "--path.procfs", str(root / "proc"),
+                                   "--no-collector.kubernetes", "--no-collector.nvml"])
+    sampler = cli.build_sampler(settings, process_metrics=False, clock=clock, timer=clock)
+    renderer = sampler._renderer
+    first = sampler.tick()
+    grow(root, 25_000_000)
+    clock.now += 10.0
+    second = sampler.tick()
+    assert renderer.renders == 0 and not first.rendered and not second.rendered
+    grow(root, 25_000_000)
+    clock.now += 10.0
+    third = sampler.tick()
+    cpu = [total(parse(s.text.decode()), "footprint_node_energy_joules_total")
+           for s in (third, first, second)]
+    assert renderer.renders == 3
+    assert cpu[1] < cpu[2] < cpu[0]  # each snapshot holds its own tick's totals
+    assert second.body(openmetrics=True, gzipped=True)
+    assert second.text == second.body(openmetrics=False, gzipped=False)
+    assert renderer.renders == 3  # rendered once, whatever is asked of it after
