@@ -177,8 +177,10 @@ def make_app(state: ExporterState, middlewares: Sequence[Middleware] = ()) -> we
     app = web.Application(middlewares=middlewares)
     app[STATE] = state
     app.router.add_get(state.telemetry_path, metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    # named so that basic auth exempts them (webconfig.UNAUTHENTICATED_ROUTES): the kubelet's
+    # probes cannot easily send credentials
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/readyz", readyz, name="readyz")
     if state.telemetry_path != "/":
         app.router.add_get("/", landing)
     return app

@@ -39,7 +39,6 @@ from exporter.schema import (
     read_yaml,
     section,
 )
-from exporter.server import healthz, readyz
 
 log = logs.get("webconfig")
 
@@ -117,8 +116,9 @@ BCRYPT_SECONDS_AT_COST_10 = 0.065
 MAX_PEM_BYTES = 1 << 20
 """The largest certificate, key or CA file: 1 MiB (Mozilla's whole CA bundle is ~220 KB)."""
 
-UNAUTHENTICATED = (healthz, readyz)
-"""Handlers served without basic auth: Kubernetes probes cannot easily send credentials."""
+UNAUTHENTICATED_ROUTES = frozenset({"healthz", "readyz"})
+"""Routes, by name, served without basic auth: Kubernetes probes cannot easily send credentials.
+The server names its probe routes so; this module imports nothing from it."""
 
 
 def _mapping(value: object, key: str, allowed: tuple[str, ...]) -> Mapping[str, object]:
@@ -760,7 +760,8 @@ class WebConfig:
         async def web_config(request: web.Request, handler: Handler) -> web.StreamResponse:
             try:
                 verdict = Verdict.OK
-                if auth is not None and request.match_info.handler not in UNAUTHENTICATED:
+                route = request.match_info.route.name
+                if auth is not None and route not in UNAUTHENTICATED_ROUTES:
                     verdict = await auth.verdict(request.headers.get(hdrs.AUTHORIZATION),
                                                  request.remote or "")
                 if verdict is Verdict.DENIED:
