@@ -32,7 +32,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -44,7 +44,6 @@ from aiohttp.web_response import StreamResponse
 
 from exporter import __version__, logs
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Snapshot
-from exporter.sampler import Sampler
 
 log = logs.get("server")
 http_log = logs.get("http")
@@ -96,11 +95,33 @@ def stall_threshold(interval_seconds: float) -> float:
     return max(3 * interval_seconds, MIN_STALL_SECONDS)
 
 
+class InputRow(Protocol):
+    """One row of the landing page's table of inputs (`sampler.InputState`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def covers(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+
+
+class Ticker(Protocol):
+    """What the server needs of the application's tick (`sampler.Sampler`): this module
+    imports nothing from the tick's side."""
+
+    def tick(self) -> Snapshot: ...
+
+    def inputs(self) -> Sequence[InputRow]: ...
+
+
 @dataclass
 class ExporterState:
     """What the handlers read: the sampler's sources and the last snapshot."""
 
-    sampler: Sampler
+    sampler: Ticker
     telemetry_path: str
     snapshot: Snapshot | None = None
     last_tick: float = field(default_factory=time.monotonic)
