@@ -16,16 +16,24 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from exporter import carbon
 from exporter.attribution import GpuUse, IdleBaseline, Workload, attribute_energy
 from exporter.carbon import Intensity
+from exporter.config import EmbodiedSettings, PueSettings, WaterSettings
+from exporter.facts import LifecycleFacts, lifecycle_facts
 from exporter.gpus import Allocation, plan_gpus
+from exporter.intensity.forecast import ForecastView
 from exporter.sources.base import ZoneTotal
 from exporter.sources.gpu import GpuReading
 
 PLATFORM = "platform"
 """The whole-platform component: published apart, never summed with the others."""
+
+HOST_READS = "cgroups"
+"""The tick's host reads besides the sources' (container CPU time, /proc): their watchdog
+guard's name, and their `source` label on footprint_exporter_errors_total{reason="timeout"}."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +49,75 @@ class SourceReading:
     """Per-GPU readings, from the source that owns `gpu`."""
     timed_out: bool = False
     """Its read did not return in time at this tick (exporter.watchdog); it is down."""
+
+
+class ContainerLike(Protocol):
+    """What the container series need of exporter.workloads.Container."""
+
+    @property
+    def key(self) -> tuple[str, str, str]: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def phase(self) -> str: ...
+
+    @property
+    def model_source(self) -> str: ...
+
+    @property
+    def owner_kind(self) -> str: ...
+
+    @property
+    def owner_name(self) -> str: ...
+
+    @property
+    def cpu_request_cores(self) -> float: ...
+
+    @property
+    def container_id(self) -> str: ...
+
+    @property
+    def pod_uid(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IntensityInputs:
+    """The live intensity provider's state at this tick (the static chain needs none)."""
+
+    live: str | None = None
+    """The live provider's name; None without one."""
+    up: bool = True
+    last_update_unix: float | None = None
+    forecast: ForecastView | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesInputs:
+    """The pod watch at this tick; counts are increments since the previous tick."""
+
+    up: bool
+    api_errors: int = 0
+    malformed: int = 0
+    node: tuple[str, str, str] | None = None
+    """The Node's (zone, region, instance type) labels; None before it is read."""
+    problems: tuple[tuple[str, str], ...] = ()
+    """(source, reason) of each problem newly found this tick."""
+    containers: Sequence[ContainerLike] | None = None
+    """This tick's containers; None before the pods are listed (or when their reads hung)."""
+    allocatable_cores: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FactsInputs:
+    """What the node's lifecycle facts depend on (exporter.facts)."""
+
+    labels: tuple[tuple[str, str], ...] = ()
+    provider_id: str = ""
+    zone: str = ""
+    gpus: tuple[tuple[str, str], ...] = ()
+    """(index, product) of the GPUs last read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +141,18 @@ class TickInputs:
     """A fixed idle baseline for every GPU (attribution.idle_watts.gpu), else learned."""
     expire: bool = False
     """Drop containers unseen for longer than the grace period (only with a cluster)."""
+    host_timed_out: bool = False
+    """The host reads (container CPU time, /proc) did not return in time at this tick."""
+    live: IntensityInputs = field(default_factory=IntensityInputs)
+    kubernetes: KubernetesInputs | None = None
+    podresources_up: bool | None = None
+    """Whether the kubelet's pod-resources API answered; None when not asked."""
+    slices: tuple[bool, int] | None = None
+    """The ResourceSlice watch: (up, failed requests since the last tick); None: DRA off."""
+    unresolved_devices: int = 0
+    """DRA-claimed devices newly found unresolvable this tick."""
+    facts: FactsInputs | None = None
+    """What the lifecycle facts are computed from; None: not computed (a bare test tick)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +183,36 @@ class TickResult:
     """Each GPU holder's share of the node's GPUs (only when GPUs were read)."""
     expired: tuple[Hashable, ...]
     """Containers whose grace period ended this tick: their series go."""
+    inputs: TickInputs | None = None
+    """What was read, for what is published as read (states, errors, info)."""
+    facts: LifecycleFacts | None = None
+    """The node's lifecycle facts when their inputs changed this tick, else None."""
 
 
 class AccountState:
     """What accounting keeps between ticks: idle baselines and when containers were seen."""
 
-    def __init__(self, baseline: IdleBaseline, *, grace_seconds: float = 0.0) -> None:
+    def __init__(self, baseline: IdleBaseline, *, grace_seconds: float = 0.0,
+                 embodied: EmbodiedSettings | None = None, pue: PueSettings | None = None,
+                 water: WaterSettings | None = None) -> None:
         self.baseline = baseline
         self.grace_seconds = grace_seconds
         self.last_seen: dict[Hashable, float] = {}
+        self.embodied = embodied or EmbodiedSettings()
+        self.pue = pue or PueSettings()
+        self.water = water or WaterSettings()
+        self.facts_from: FactsInputs | None = None
+        """The inputs of the facts last computed."""
+
+
+def _facts(inputs: FactsInputs | None, state: AccountState) -> LifecycleFacts | None:
+    """The lifecycle facts, when their inputs changed since they were last computed."""
+    if inputs is None or inputs == state.facts_from:
+        return None
+    state.facts_from = inputs
+    return lifecycle_facts(embodied=state.embodied, pue=state.pue, labels=dict(inputs.labels),
+                           provider_id=inputs.provider_id, zone=inputs.zone, gpus=inputs.gpus,
+                           water=state.water)
 
 
 def _energy(joules: float, intensity: Intensity) -> Energy:
@@ -137,7 +247,7 @@ def _gpu_uses(inputs: TickInputs, state: AccountState,
 
 
 def account(inputs: TickInputs, state: AccountState) -> TickResult:
-    """One tick's accounting; mutates only `state` (baselines, last seen)."""
+    """One tick's accounting; mutates only `state` (baselines, last seen, the facts' inputs)."""
     intensity = inputs.intensity
     node: list[tuple[str, str, Energy]] = []
     platform: list[tuple[str, float]] = []
@@ -175,4 +285,5 @@ def account(inputs: TickInputs, state: AccountState) -> TickResult:
                          for (key, component, mode), joules in shares.containers.items()),
         unattributed=tuple((component, mode, _energy(joules, intensity))
                            for (component, mode), joules in shares.unattributed.items()),
-        gpu_allocation_ratio=ratio, expired=tuple(expired))
+        gpu_allocation_ratio=ratio, expired=tuple(expired), inputs=inputs,
+        facts=_facts(inputs.facts, state))

@@ -12,14 +12,15 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
 from exporter import __version__, carbon, intensity, logs
 from exporter.config import COMPONENTS, CarbonSettings, ConfigError, Settings, load_file_config
-from exporter.sampler import Kubernetes, Sampler, read_cpu_model
+from exporter.reading import Kubernetes, read_cpu_model
+from exporter.sampler import Sampler
 from exporter.server import (
     ExporterState,
     ServerLimits,
@@ -222,15 +223,13 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
     live = f", live from {chain.live.name} for {chain.live.zone}" if chain.live else ""
     log.info(f"grid intensity {current.grams_per_kwh:g} gCO2e/kWh for zone {current.zone} "
              f"({current.provider}){live}")
-    return Sampler(sources=sources, statuses=statuses, intensity=chain,
-                   on_node=lambda labels, provider_id: zone_from_node(
-                       chain, settings.file.carbon, labels, provider_id),
-                   attribution=settings.file.attribution, node=settings.node_name,
-                   cpu_model=read_cpu_model(settings.procfs), kubernetes=kubernetes,
-                   embodied=settings.file.embodied, pue=settings.file.pue,
-                   water=settings.file.water,
-                   process_metrics=process_metrics, clock=clock, timer=timer,
-                   read_timeout_seconds=read_timeout_for(settings.interval_seconds))
+    return Sampler.assemble(sources=sources, statuses=statuses, intensity=chain,
+                            attribution=settings.file.attribution, node=settings.node_name,
+                            cpu_model=read_cpu_model(settings.procfs), kubernetes=kubernetes,
+                            embodied=settings.file.embodied, pue=settings.file.pue,
+                            water=settings.file.water,
+                            process_metrics=process_metrics, clock=clock, timer=timer,
+                            read_timeout_seconds=read_timeout_for(settings.interval_seconds))
 
 
 def build_intensity(settings: CarbonSettings) -> intensity.FallbackChain:
@@ -255,24 +254,8 @@ def build_intensity(settings: CarbonSettings) -> intensity.FallbackChain:
             password=intensity.Secret.load(file=wt.password_file, env=wt.password_env,
                                            key="carbon.watttime.password_file"))
     return intensity.FallbackChain(live, static, intensity.world_average(zone),
-                                   max_age_seconds=settings.max_age_seconds)
-
-
-def zone_from_node(chain: intensity.FallbackChain, settings: CarbonSettings,
-                   labels: Mapping[str, str], provider_id: str) -> None:
-    """Once the Node is read: its cloud region's zone and static intensity, where the config
-    does not name them (docs/carbon.md)."""
-    if settings.zone and settings.intensity_grams_per_kwh is not None:
-        return
-    found = intensity.zone_for(labels, provider_id)
-    if found is None:
-        return
-    zone = settings.zone or found.zone
-    if settings.intensity_grams_per_kwh is None:
-        chain.static = carbon.Intensity(found.grams_per_kwh, zone, "static")
-        log.info(f"grid intensity for {found.cloud} {found.region}: zone {zone}, "
-                 f"{found.grams_per_kwh:g} gCO2e/kWh static ({found.source})")
-    chain.default = intensity.world_average(zone)
+                                   max_age_seconds=settings.max_age_seconds,
+                                   zone=settings.zone)
 
 
 def connect_kubernetes(settings: Settings, *, gpus: bool) -> Kubernetes | None:

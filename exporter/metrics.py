@@ -12,10 +12,10 @@ from __future__ import annotations
 import platform
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import cast
 
 from exporter import __version__
-from exporter.accounting import PLATFORM, SourceReading, TickResult
+from exporter.accounting import HOST_READS, PLATFORM, ContainerLike, SourceReading, TickResult
 from exporter.attribution import MODES
 from exporter.carbon import Intensity
 from exporter.facts import LifecycleFacts
@@ -156,35 +156,6 @@ TICK_DURATION = Family("footprint_exporter_tick_duration_seconds", "summary",
                        "Time each tick took: read sources, attribute, render.", (), "seconds")
 
 
-class ContainerLike(Protocol):
-    """What the container series need of exporter.workloads.Container."""
-
-    @property
-    def key(self) -> tuple[str, str, str]: ...
-
-    @property
-    def model(self) -> str: ...
-
-    @property
-    def phase(self) -> str: ...
-
-    @property
-    def model_source(self) -> str: ...
-
-    @property
-    def owner_kind(self) -> str: ...
-
-    @property
-    def owner_name(self) -> str: ...
-
-    @property
-    def cpu_request_cores(self) -> float: ...
-
-    @property
-    def container_id(self) -> str: ...
-
-    @property
-    def pod_uid(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +223,43 @@ class Publisher:
             self._set(SOURCE_UP, ("kubernetes",), 0.0)
             self._ensure(ERRORS, ("kubernetes", "api"))
 
-    # -- each tick, in this order ------------------------------------------------------------
+    def publish(self, result: TickResult) -> None:
+        """One tick: what was read (states, errors, info) and where its energy went."""
+        inputs = result.inputs
+        assert inputs is not None, "publish takes the result of account(), which sets inputs"
+        live = inputs.live
+        self.intensity(inputs.intensity, live=live.live, live_up=live.up,
+                       last_update_unix=live.last_update_unix)
+        self.forecast(live.forecast)
+        if inputs.host_timed_out:
+            self.read_timeout(HOST_READS)
+        for reading in inputs.sources:
+            if reading.timed_out:
+                self.read_timeout(reading.name)
+            self.source(reading, result)
+        k = inputs.kubernetes
+        if k is not None:
+            self.kubernetes(up=k.up, api_errors=k.api_errors, malformed=k.malformed)
+            if k.node is not None:
+                self.node(zone=k.node[0], region=k.node[1], instance_type=k.node[2])
+            if k.containers is not None:
+                self.problems(k.problems)
+                self.containers(k.containers, k.allocatable_cores)
+        if inputs.unresolved_devices:
+            self.problems([("resourceslices", "unresolved_device")] * inputs.unresolved_devices)
+        if result.gpus:
+            self.gpus(result.gpus)
+            if inputs.podresources_up is not None:
+                self.podresources(inputs.podresources_up)
+            if inputs.slices is not None:
+                self.slices(up=inputs.slices[0], api_errors=inputs.slices[1])
+            self.gpu_ratios(result.gpu_allocation_ratio)
+        self.attribution(result)
+        self.expire(result.expired)
+        if result.facts is not None:
+            self.facts(result.facts)
+
+    # -- each tick, in this order (publish) ---------------------------------------------------
 
     def intensity(self, intensity: Intensity, *, live: str | None, live_up: bool,
                   last_update_unix: float | None) -> None:

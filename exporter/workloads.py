@@ -16,6 +16,7 @@ from typing import Any
 from exporter import logs
 from exporter.attribution import Workload
 from exporter.kube.pods import Pod, PodView, SlimPod, parse_cpu_quantity
+from exporter.metrics import ERRORS
 from exporter.models import ModelMatch, ModelRule, clean_label_value, match_pod
 from exporter.usage.cgroups import (
     CgroupReader,
@@ -238,7 +239,7 @@ class WorkloadTracker:
                 # One line per reason and period: pod churn must not flood the log.
                 self._throttle.fault(problem.reason, f"{problem.message} ({problem.reason}; "
                                                      "further ones are counted in "
-                                                     "footprint_exporter_errors_total)")
+                                                     f"{ERRORS.name})")
         self._reported = current  # bounded by what is wrong now
         return WorkloadSample(containers=tuple(c for c in containers
                                                if c.container_id in seen_ids),

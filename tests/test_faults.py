@@ -377,10 +377,10 @@ async def test_intensity_provider_times_out_for_an_hour(tmp_path: Path) -> None:
                              timeout_seconds=0.3, clock=clock, trust_env=False)
         chain = FallbackChain(em, STATIC_DE, max_age_seconds=MAX_AGE, clock=clock)
         rapl = RaplSource(root / "sys")
-        sampler = Sampler(sources=[rapl], statuses=[rapl.probe()], intensity=chain,
-                          attribution=AttributionSettings(idle_watts={"cpu": 20.0}),
-                          node=NODE, cpu_model="", process_metrics=False, clock=clock,
-                          timer=clock)
+        sampler = Sampler.assemble(sources=[rapl], statuses=[rapl.probe()], intensity=chain,
+                                   attribution=AttributionSettings(idle_watts={"cpu": 20.0}),
+                                   node=NODE, cpu_model="", process_metrics=False,
+                                   clock=clock, timer=clock)
         run = Run(sampler)
         try:
             next_poll = clock.now + await em.poll()

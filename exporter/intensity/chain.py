@@ -6,7 +6,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from exporter import logs
@@ -14,6 +14,7 @@ from exporter.carbon import MAX_GRAMS_PER_KWH, Intensity
 from exporter.config import WORLD_AVERAGE_GRAMS_PER_KWH, CarbonSettings
 from exporter.intensity.forecast import Forecast, ForecastView, view
 from exporter.intensity.live import FUTURE_TOLERANCE_SECONDS, IntensityReading
+from exporter.intensity.zones import zone_for
 
 DEFAULT_MAX_AGE_SECONDS = CarbonSettings().max_age_seconds
 """A live value older than this is no longer used: `carbon.max_age_seconds`' default, defined
@@ -59,17 +60,37 @@ class FallbackChain:
                  default: Intensity | None = None, *,
                  max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
                  clock: Callable[[], float] = time.time,
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None, zone: str | None = None) -> None:
+        """`zone`: the configured `carbon.zone`, if any; a `static` given here is the
+        configured `carbon.intensity_grams_per_kwh`. Neither is replaced by `follow_node`."""
         if not max_age_seconds > 0:
             raise ValueError("max_age_seconds must be positive")
         self.live = live
         self.static = static
+        self._configured_zone = zone
+        self._configured_static = static is not None
         self.default = default if default is not None else world_average()
         self.max_age_seconds = float(max_age_seconds)
         self._clock = clock
         self._log = log or logs.get("intensity")
         self._lock = threading.Lock()
         self._in_force: str | None = None
+
+    def follow_node(self, labels: Mapping[str, str], provider_id: str) -> None:
+        """The Node as read (its labels and providerID, an input of the tick): its cloud
+        region's zone and static intensity, where the configuration names neither
+        (docs/carbon.md)."""
+        if self._configured_zone and self._configured_static:
+            return
+        found = zone_for(labels, provider_id)
+        if found is None:
+            return
+        zone = self._configured_zone or found.zone
+        if not self._configured_static:
+            self.static = Intensity(found.grams_per_kwh, zone, "static")
+            self._log.info(f"grid intensity for {found.cloud} {found.region}: zone {zone}, "
+                           f"{found.grams_per_kwh:g} gCO2e/kWh static ({found.source})")
+        self.default = world_average(zone)
 
     def current(self) -> Intensity:
         """The live value if it is younger than the max age, else static, else default.
