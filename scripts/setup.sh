@@ -2,7 +2,8 @@
 # Creates .venv with the exporter and its locked dependencies (requirements.lock), and, with
 # --test, what the tests need: Python packages, and Debian's prometheus (promtool),
 # prometheus-node-exporter, prometheus-alertmanager and victoria-metrics (the server, vmagent,
-# vmalert) when run as root.
+# vmalert), and buildah and mmdebstrap (tests/test_image.py builds and runs the image with
+# scripts/build_image.sh) when run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +35,10 @@ if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
   apt_install python3-venv
 fi
 if [ $want_test -eq 1 ]; then
-  apt_install prometheus prometheus-node-exporter prometheus-alertmanager victoria-metrics
+  # buildah brings uidmap and containers-common; as root, with --isolation chroot, it needs
+  # neither fuse-overlayfs, nor runc or crun, nor podman (docs/container.md#building-it-here)
+  apt_install prometheus prometheus-node-exporter prometheus-alertmanager victoria-metrics \
+    buildah mmdebstrap
 fi
 
 if [ ! -x .venv/bin/python ]; then

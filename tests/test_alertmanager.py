@@ -59,6 +59,8 @@ from tests.test_report import (
     get_json,
 )
 
+pytestmark = pytest.mark.slow(seconds=30)
+
 RULES = REPO / "rules" / "footprint.rules.yaml"
 RUNBOOKS = REPO / "docs" / "runbooks.md"
 BUDGET_ALERT = "FootprintModelDailyEmissionsOverBudget"

@@ -175,6 +175,7 @@ def pki(tmp_path: Path) -> Iterator[tuple[Authority, Authority]]:
     yield Authority(tmp_path / "pki", "old-ca"), Authority(tmp_path / "pki", "new-ca")
 
 
+@pytest.mark.slow(seconds=5)  # the exporter as a process
 def test_rotation_under_a_live_exporter_with_mtls(
         tmp_path: Path, pki: tuple[Authority, Authority]) -> None:
     """Server certificate, key and client CA rotated three times under TLS with

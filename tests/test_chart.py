@@ -11,6 +11,7 @@ helm-unittest, and the generated files are checked to be in sync with their sour
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import math
@@ -124,8 +125,17 @@ def helm() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def kubernetes_validate() -> ModuleType:
-    return require_module("kubernetes_validate", "kubernetes-validate")
+def kubernetes_validate() -> Iterator[ModuleType]:
+    """kubernetes-validate, reading each schema file once: its validate() reads and parses the
+    version's schemas (~10 MB of JSON) again on every call, most of this module's time."""
+    module = require_module("kubernetes_validate", "kubernetes-validate")
+    utils = importlib.import_module("kubernetes_validate.utils")
+    read = utils.schema_contents
+    utils.schema_contents = functools.cache(read)
+    try:
+        yield module
+    finally:
+        utils.schema_contents = read
 
 
 def load_values(case: str) -> Obj | None:
@@ -180,7 +190,8 @@ def render(helm: ModuleType, values: Obj | None, kube_version: str | None = None
     for template, text in sorted(render_templates(helm, values, kube_version).items()):
         if template.endswith("NOTES.txt"):
             continue
-        objects += [obj for obj in yaml.safe_load_all(text) if obj]
+        # libyaml's parser, PyYAML's safe types: the pure-Python parser was a third of the time
+        objects += [obj for obj in yaml.load_all(text, Loader=yaml.CSafeLoader) if obj]
     return objects
 
 

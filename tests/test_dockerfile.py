@@ -50,6 +50,8 @@ SHELL_OPERATORS = {"&&", "||", ";", "|", "&", ">", ">>", "<"}
 
 BUDGET_SECONDS = 90.0
 """The whole install half (wheels, venv, install, runs) stops with a failure past this."""
+INSTALL_HALF = pytest.mark.slow(seconds=15)
+"""The install half's tests: pip downloads and installs (~40 s for the three)."""
 
 
 @dataclass
@@ -399,6 +401,7 @@ def stage_env(stage: Stage) -> dict[str, str]:
     return env
 
 
+@INSTALL_HALF
 def test_installed_script_prints_its_version_and_help(installed: Installed) -> None:
     script = str(installed.venv / "bin" / "footprint-exporter")
     done = _run([script, "--version"], env=installed.env, cwd=installed.venv, what="--version",
@@ -413,6 +416,7 @@ def test_installed_script_prints_its_version_and_help(installed: Installed) -> N
     assert Path(where.stdout.strip()).is_relative_to(installed.venv), where.stdout
 
 
+@INSTALL_HALF
 def test_installed_files_are_world_readable(installed: Installed) -> None:
     site = next(installed.venv.glob("lib/python3*/site-packages"))
     files = [p for p in site.rglob("*") if p.is_file()
@@ -439,6 +443,7 @@ def _lines(stream: Any, into: queue.Queue[str]) -> None:
         into.put(line)
 
 
+@INSTALL_HALF
 def test_installed_exporter_serves_metrics_and_stops_on_sigterm(installed: Installed) -> None:
     command = [str(installed.venv / "bin" / "footprint-exporter"),
                "--path.sysfs", str(FIXTURES / "intel-2s" / "sys"),

@@ -118,6 +118,7 @@ def step(before: Series, after: Series, name: str, **labels: str) -> float:
     return total(after, name, **labels) - total(before, name, **labels)
 
 
+@pytest.mark.slow(seconds=5)  # the real process
 def test_four_gpus_all_claimed_through_dra_as_a_process(tmp_path: Path, api: FakeKubeAPI) -> None:
     root = node_with_cgroups(tmp_path)
     gpu_processes(root)

@@ -40,6 +40,8 @@ from tests.fakes.kube_api import FakeKubeAPI
 from tests.fakes.podresources_server import FakePodResources
 from tests.support import REPO, parse, require_binary
 
+pytestmark = pytest.mark.slow(seconds=200)  # the drive, then up to 5 minutes for a boundary
+
 DRIVE_SECONDS = 60
 VLLM_POD = "llama-7c9f8d6b5-x0"
 """The one pod whose vLLM metrics Prometheus scrapes (the other vLLM replica publishes none)."""

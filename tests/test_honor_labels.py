@@ -137,6 +137,8 @@ def job_name(kind: str, honor_labels: bool) -> str:
     return f"{kind.lower()}-{'honored' if honor_labels else 'overridden'}"
 
 
+SLOW = pytest.mark.slow(seconds=2)
+"""The tests on the real Prometheus (the module's one, ~6 s to start and scrape)."""
 CONTROL = "control-overridden"
 """honor_labels false and no metric relabelings: what overrideHonorLabels does unaided."""
 
@@ -202,6 +204,7 @@ def test_the_monitors_render_the_restore_ahead_of_the_users_relabelings(
 # In Prometheus
 
 
+@SLOW
 def test_without_the_relabelings_overridden_honor_labels_renames_the_workload_labels(
         prometheus: Prometheus) -> None:
     """The control: what the relabelings must undo, so the tests below cannot pass vacuously."""
@@ -211,6 +214,7 @@ def test_without_the_relabelings_overridden_honor_labels_renames_the_workload_la
     assert series(prometheus, NODE, CONTROL) == {**NODE_LABELS, **TARGET_LABELS}
 
 
+@SLOW
 @pytest.mark.parametrize("kind", MONITORS)
 def test_the_relabelings_restore_the_workload_labels_under_override_honor_labels(
         prometheus: Prometheus, kind: str) -> None:
@@ -223,6 +227,7 @@ def test_the_relabelings_restore_the_workload_labels_under_override_honor_labels
     assert series(prometheus, NODE, job) == {**NODE_LABELS, **TARGET_LABELS}
 
 
+@SLOW
 @pytest.mark.parametrize("kind", MONITORS)
 def test_the_relabelings_change_nothing_when_labels_are_honored(
         prometheus: Prometheus, kind: str) -> None:

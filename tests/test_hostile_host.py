@@ -87,6 +87,7 @@ def _rapl_total(series: dict[tuple[str, frozenset[tuple[str, str]]], float], zon
     return value(series, "footprint_rapl_energy_joules_total", zone=zone, domain="package")
 
 
+@pytest.mark.slow(seconds=10)  # the real process around a blocked read
 def test_a_fifo_at_energy_uj_marks_rapl_down_and_the_ticks_go_on(tmp_path: Path) -> None:
     """The blocked read costs one read timeout; the source is down from the next scrape on; the
     other zone and the estimate go on; the read's energy is counted when it returns."""
@@ -154,6 +155,7 @@ def test_a_fifo_at_energy_uj_at_start_up_leaves_rapl_off_and_the_exporter_starts
         feed_fifo(path, "1\n", time.monotonic() + 5)
 
 
+@pytest.mark.slow(seconds=3)
 def test_sigterm_while_a_read_is_blocked_exits_zero(tmp_path: Path) -> None:
     root = node_tree(tmp_path, "intel-2s")
     path = zone_dir(root, "intel-rapl:0") / "energy_uj"
@@ -334,6 +336,7 @@ def test_no_secret_appears_in_a_start_up_error(tmp_path: Path, flag: str, text: 
         assert leaked not in out.out + out.err, out.err
 
 
+@pytest.mark.slow(seconds=6)
 def test_a_hung_cgroup_read_leaves_containers_unknown_and_sigterm_still_ends_it(
         tmp_path: Path, api: FakeKubeAPI) -> None:
     """A container's cpu.stat becomes a FIFO (a hung cgroup file): the tick's host reads are

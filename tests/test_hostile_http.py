@@ -96,6 +96,7 @@ def request(path: str = "/metrics", *headers: tuple[str, str], line: str | None 
 
 # --- memory: the 150-client probe of the security review, against the real process ---------
 
+@pytest.mark.slow(seconds=8)  # the real process, 150 clients for seconds
 @pytest.mark.parametrize("auth", [False, True], ids=["no-auth", "basic-auth"])
 def test_150_clients_with_1mb_of_unfinished_headers(tmp_path: Path, auth: bool) -> None:
     args = exporter_args(tmp_path)
@@ -121,6 +122,11 @@ def test_150_clients_with_1mb_of_unfinished_headers(tmp_path: Path, auth: bool) 
 
 # --- header limits and the header deadline, on a real process -------------------------------
 
+PROCESS = pytest.mark.slow(seconds=1)
+"""The tests on a real exporter process: the module's `limited` one (~1 s to start), or their
+own."""
+
+
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exporter, int]]:
     args = exporter_args(tmp_path_factory.mktemp("limits"))
@@ -129,6 +135,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exporter
         assert exp.stop() == 0
 
 
+@PROCESS
 def test_headers_prometheus_sends_pass(limited: tuple[Exporter, int]) -> None:
     _, port = limited
     token = "x" * 8000  # a long bearer token: a header of 8,022 bytes with its name
@@ -140,6 +147,7 @@ def test_headers_prometheus_sends_pass(limited: tuple[Exporter, int]) -> None:
     assert status_of(response) == 200
 
 
+@PROCESS
 @pytest.mark.parametrize(("data", "status"), [
     (request("/metrics", *((f"X-Header-{i}", "v") for i in range(40))), 400),  # > 32 lines
     (request("/metrics", ("X-Big", "v" * 9000)), 400),  # one header > 8,190 bytes
@@ -156,6 +164,7 @@ def test_header_limits(limited: tuple[Exporter, int], data: bytes, status: int) 
     assert exp.get("/healthz")[0] == 200  # the exporter is still there
 
 
+@PROCESS
 def test_header_timeout_closes_a_slow_client(limited: tuple[Exporter, int]) -> None:
     _, port = limited
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -174,12 +183,14 @@ def test_header_timeout_closes_a_slow_client(limited: tuple[Exporter, int]) -> N
         assert b"request headers not received within 0.5 s" in answered
 
 
+@PROCESS
 def test_header_timeout_closes_a_silent_connection(limited: tuple[Exporter, int]) -> None:
     _, port = limited
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         assert status_of(read_until_closed(sock)) == 408
 
 
+@PROCESS
 def test_header_timeout_is_not_the_keepalive_timeout(limited: tuple[Exporter, int]) -> None:
     """A kept-alive connection idle between requests is not cut at the header deadline."""
     _, port = limited
@@ -251,6 +262,7 @@ def wait_for_line(exp: Exporter, needle: str, seconds: float = 10.0) -> str:
         time.sleep(0.02)
 
 
+@PROCESS
 def test_at_the_cap_the_longest_idle_connection_makes_room(
         tmp_path: Path, connect: Connect) -> None:
     """256 idle kept-alive connections held every slot and new ones got 503 (issue 19); now a
@@ -289,6 +301,7 @@ def test_at_the_cap_the_longest_idle_connection_makes_room(
     assert len(again) == 1 and "1 idle connection(s) closed for new ones, 0 refused" in again[0]
 
 
+@PROCESS
 def test_at_the_cap_with_none_idle_new_connections_are_refused(
         tmp_path: Path, connect: Connect) -> None:
     """Connections with a request under way are never closed for a new one: then 503."""
@@ -316,6 +329,7 @@ def test_at_the_cap_with_none_idle_new_connections_are_refused(
     assert len(again) == 1 and "0 idle connection(s) closed for new ones, 5 refused" in again[0]
 
 
+@PROCESS
 def test_the_per_address_limit_counts_connections_in_progress(
         tmp_path: Path, connect: Connect) -> None:
     """One address may have a quarter of the cap in progress (here 16 // 4 = 4); its idle
@@ -348,6 +362,7 @@ def test_the_per_address_limit_counts_connections_in_progress(
         assert exp.stop() == 0
 
 
+@pytest.mark.slow(seconds=10)  # waits out the 5 s keep-alive at the cap
 def test_keepalive_shortens_near_the_cap(tmp_path: Path, connect: Connect) -> None:
     """At the cap an idle connection is kept 5 s, not 120 s; the timeout grows back as the
     count falls below the cap (120 s from 3/4 of it down)."""
@@ -374,6 +389,7 @@ def test_keepalive_shortens_near_the_cap(tmp_path: Path, connect: Connect) -> No
         assert exp.stop() == 0
 
 
+@pytest.mark.slow(seconds=21)  # a 20 s probe against 256 idle connections
 def test_probes_and_scrapes_on_new_connections_succeed_against_idle_connections(
         tmp_path: Path) -> None:
     """Issue 19's probe, shortened from 150 s: 256 kept-alive connections idle after an
@@ -392,6 +408,7 @@ def test_probes_and_scrapes_on_new_connections_succeed_against_idle_connections(
     assert not [line for line in exp.lines if "level=error" in line or "Traceback" in line]
 
 
+@pytest.mark.slow(seconds=13)  # a 12 s probe
 def test_probes_from_the_attackers_own_address_succeed(tmp_path: Path) -> None:
     """The same from one address, the probes' too: the per-address limit (64 connections in
     progress) leaves the idle ones alone, and the cap's eviction makes room for the probe."""

@@ -558,6 +558,7 @@ class RssSampler:
         return self.peak_kib
 
 
+@pytest.mark.slow(seconds=2)  # the real process
 @pytest.mark.parametrize("kind", HOSTILE)
 def test_exporter_process_survives_a_hostile_provider(tmp_path: Path, kind: str) -> None:
     """The real process, every answer hostile: the grid intensity stays at the static value,

@@ -211,6 +211,7 @@ def test_a_watch_that_starts_after_stop_ends_at_once(api: FakeKubeAPI, tmp_path:
     assert_stopped_quietly(watcher, api, faults)
 
 
+@pytest.mark.slow(seconds=3)  # the real process and its watch, SIGTERM timed
 @pytest.mark.parametrize("attempt", range(3))
 def test_sigterm_with_a_silent_watch_exits_zero_within_5_seconds(
         api: FakeKubeAPI, tmp_path: Path, attempt: int) -> None:
@@ -238,6 +239,7 @@ def test_sigterm_with_a_silent_watch_exits_zero_within_5_seconds(
     assert all(line.startswith("time=") for line in exp.lines), exp.lines  # nothing stray
 
 
+@pytest.mark.slow(seconds=8)  # the real process waits out stop()'s 5 s for the list
 def test_sigterm_with_the_pod_list_in_flight_exits_zero(api: FakeKubeAPI,
                                                         tmp_path: Path) -> None:
     """A request still waiting for its response headers cannot be interrupted: stop() gives

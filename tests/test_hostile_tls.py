@@ -60,6 +60,7 @@ def check(result: dict[str, Any]) -> None:
     assert probes["total"] > 0 and probes["statuses"] == {"200": probes["total"]}, result
 
 
+@pytest.mark.slow(seconds=11)  # the exporter as a process, under a flood
 def test_2000_connections_that_never_start_a_handshake(
         tls_exporter: tuple[Exporter, int, ssl.SSLContext]) -> None:
     """Before: 2,000 silent connections took the exporter from 55 MB to 633 MB, and it stayed
@@ -73,6 +74,7 @@ def test_2000_connections_that_never_start_a_handshake(
     assert result["attackers_at_close"].get("closed by the exporter", 0) >= 1000, result
 
 
+@pytest.mark.slow(seconds=11)  # the exporter as a process, under a flood
 def test_1000_connections_that_stop_after_their_client_hello(
         tls_exporter: tuple[Exporter, int, ssl.SSLContext]) -> None:
     """A ClientHello and then nothing: at most 32 handshakes hold TLS state at once (8 per

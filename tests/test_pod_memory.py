@@ -44,6 +44,7 @@ def peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
+@pytest.mark.slow(seconds=6)  # the real process's peak RSS
 def test_110_pods_of_1_25_mb_stay_under_150_mb(tmp_path: Path, api: FakeKubeAPI) -> None:
     for i in range(PODS):
         api.add_pod(big_pod(i))

@@ -26,6 +26,8 @@ from tests.support import (
     zone_dir,
 )
 
+pytestmark = pytest.mark.slow(seconds=2)  # every test runs the exporter as a process
+
 TICK = "0.1"
 
 

@@ -741,6 +741,7 @@ SINCE_S = 30
 STEP_S = 1
 
 
+@pytest.mark.slow(seconds=35)
 def test_end_to_end_against_a_real_prometheus(
         prometheus_binary: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Synthetic counters growing at 0.5 g/s and 4.5 kW, scraped every second by a real
@@ -808,6 +809,7 @@ def test_end_to_end_against_a_real_prometheus(
         "refused; check --prometheus; is Prometheus running?\n"))
 
 
+@pytest.mark.slow(seconds=5)
 def test_end_to_end_tls_and_basic_auth(prometheus_binary: None, pki: Pki, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     """A real Prometheus behind its own --web.config.file (TLS with a test CA, basic auth with
@@ -1048,6 +1050,7 @@ G = 1_700_002_800.0  # 2023-11-14T23:00:00Z: on the hour, on the 5-minute grid
 MIN = 60.0
 
 
+@pytest.mark.slow(seconds=5)
 def test_runs_across_an_exporter_restart_and_pod_churn(tmp_path: Path) -> None:
     """Two training runs over 3 hours on two nodes; node n1's exporter restarts mid-run (its
     counters start again from 0) and the Job's pod is replaced by one on another node.
@@ -1151,6 +1154,7 @@ WUE_TEST, WATER_TEST = 0.5, 2.0
 """Litres per kWh: test values, not cited figures (docs/lifecycle.md has the defaults)."""
 
 
+@pytest.mark.slow(seconds=10)
 def test_a_bloom_sized_training_run(tmp_path: Path) -> None:
     """The Done-when case of issue 14: a BLOOM-sized run, 384 A100s (48 nodes x 8, one
     PyTorchJob worker per node holding all 8 GPUs) for 6 hours, at 57 g/kWh and PUE 1.2, with

@@ -45,6 +45,8 @@ from tests.backfill import (
 )
 from tests.support import REPO, require_binary
 
+pytestmark = pytest.mark.slow(seconds=5)  # the module's backfilled day: ~10 s for all
+
 RULES = REPO / "rules" / "footprint.rules.yaml"
 T0 = 1_699_999_200  # 2023-11-14T22:00:00Z, on the hour
 SCRAPE = 30.0

@@ -42,6 +42,8 @@ from tests.test_kube import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow(seconds=90)
+
 CYCLES = 5_000
 BATCH = 50
 GRACE = 6.0

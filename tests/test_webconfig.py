@@ -135,6 +135,7 @@ def tls_auth_exporter(pki: Pki, exporter_args: list[str]) -> Iterator[tuple[Expo
         exp.stop()
 
 
+@pytest.mark.slow(seconds=3)  # the exporter as a process
 def test_tls_basic_auth_and_headers(pki: Pki, tls_auth_exporter: tuple[Exporter, str]) -> None:
     exp, url = tls_auth_exporter
     ctx = client_context(pki)
@@ -174,6 +175,7 @@ def test_tls_basic_auth_and_headers(pki: Pki, tls_auth_exporter: tuple[Exporter,
         assert secret not in log
 
 
+@pytest.mark.slow(seconds=3)  # the exporter as a process
 def test_require_and_verify_client_cert(pki: Pki, exporter_args: list[str]) -> None:
     config = write_config(pki.dir / "mtls.yml", {"tls_server_config": {
         "cert_file": str(pki.server_cert), "key_file": str(pki.server_key),
@@ -312,6 +314,7 @@ def test_errors_exit_2_with_one_line_naming_the_key(
         assert "hunter2" not in err and HASH[:20] not in err
 
 
+@pytest.mark.slow(seconds=3)  # the exporter as a process
 def test_a_bad_file_stops_a_real_process(pki: Pki) -> None:
     path = pki.dir / "bad-process.yml"
     path.write_text("basic_auth_users:\n  alice: not-a-hash\n")
