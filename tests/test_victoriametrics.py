@@ -449,11 +449,21 @@ def test_rule_pack_on_victoriametrics_beside_prometheus(
             reports = [report(url) for url in (prom.url, live.url)]
             until(time.time() + 1)
             assert vmalert.proc.poll() is None
-            alerts = {
-                "prometheus": alert_descriptions(
-                    get_json(prom.url + "/api/v1/alerts")["data"]["alerts"]),
-                "vmalert": alert_descriptions(
-                    get_json(vmalert.url + "/api/v1/alerts")["data"]["alerts"])}
+
+            def firing() -> dict[str, dict[str, str]]:
+                return {"prometheus": alert_descriptions(
+                            get_json(prom.url + "/api/v1/alerts")["data"]["alerts"]),
+                        "vmalert": alert_descriptions(
+                            get_json(vmalert.url + "/api/v1/alerts")["data"]["alerts"])}
+            # each engine fires on its own evaluation: under load one may be a few evaluations
+            # behind the other, so both are read until they agree (60 s at most); what they
+            # must agree on is asserted below
+            alerts = firing()
+            agreed_by = time.monotonic() + 60
+            while (set(alerts["prometheus"]) != set(alerts["vmalert"])
+                   and time.monotonic() < agreed_by):
+                until(time.time() + 1)
+                alerts = firing()
             driver.stop()
             stopped = time.time()
 
