@@ -275,10 +275,6 @@ class RotatingTls:
         self.reloads = 0
         self.failures = 0
 
-    @property
-    def context(self) -> ssl.SSLContext:
-        return self.settings.context
-
     def __call__(self) -> ssl.SSLContext:
         seen = _signature(self.settings.files)
         if seen != self._seen:

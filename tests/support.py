@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import re
 import shutil
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -250,3 +252,32 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """GET without any proxy: the status and body, or (0, why) when nothing answered."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read().decode()
+    except OSError as error:
+        return 0, str(error)
+
+
+def wait_for_metrics(port: int, seconds: float) -> tuple[int, str]:
+    """GET /metrics until it answers 200 (503 until the first tick), at most `seconds`."""
+    status, body = 0, ""
+    until = time.monotonic() + seconds
+    while status != 200 and time.monotonic() < until:
+        status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+        time.sleep(0.1 if status != 200 else 0)
+    return status, body
+
+
+def pump_lines(stream: Any, into: queue.Queue[str]) -> None:
+    """Every line of `stream` into `into` (a reader thread's target)."""
+    for line in stream:
+        into.put(line)

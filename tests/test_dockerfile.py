@@ -25,8 +25,6 @@ import sys
 import threading
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -36,7 +34,7 @@ import pytest
 from dockerfile_parse import DockerfileParser
 
 from exporter import __version__
-from tests.support import FIXTURES, REPO
+from tests.support import FIXTURES, REPO, pump_lines, wait_for_metrics
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -428,20 +426,6 @@ def test_installed_files_are_world_readable(installed: Installed) -> None:
     assert script.stat().st_mode & 0o005 == 0o005, "the script must run for any uid"
 
 
-def _get(url: str) -> tuple[int, str]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy for 127.0.0.1
-    try:
-        with opener.open(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, error.read().decode()
-
-
-def _lines(stream: Any, into: queue.Queue[str]) -> None:
-    for line in stream:
-        into.put(line)
-
 
 @INSTALL_HALF
 def test_installed_exporter_serves_metrics_and_stops_on_sigterm(installed: Installed) -> None:
@@ -456,7 +440,7 @@ def test_installed_exporter_serves_metrics_and_stops_on_sigterm(installed: Insta
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE) as proc:
         assert proc.stderr is not None
-        reader = threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True)
+        reader = threading.Thread(target=pump_lines, args=(proc.stderr, lines), daemon=True)
         reader.start()
         try:
             port = None
@@ -469,11 +453,8 @@ def test_installed_exporter_serves_metrics_and_stops_on_sigterm(installed: Insta
                 found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
                 port = int(found.group(1)) if found else None
                 assert proc.poll() is None, f"exited {proc.returncode}: {log}"
-            status, body = 0, ""
-            until = time.monotonic() + min(installed.left(), 15)
-            while status != 200 and time.monotonic() < until:  # 503 until the first tick
-                status, body = _get(f"http://127.0.0.1:{port}/metrics")
-                time.sleep(0.1 if status != 200 else 0)
+            # 503 until the first tick
+            status, body = wait_for_metrics(port, min(installed.left(), 15))
             assert status == 200, (status, body)
             assert "footprint_node_energy_joules_total" in body, body[:2000]
             proc.send_signal(signal.SIGTERM)

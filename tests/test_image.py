@@ -27,8 +27,6 @@ import sys
 import threading
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ from typing import Any
 import pytest
 
 from exporter import __version__
-from tests.support import FIXTURES, REPO, parse, value
+from tests.support import FIXTURES, REPO, parse, pump_lines, value, wait_for_metrics
 
 pytestmark = pytest.mark.slow(seconds=120)  # ~45 s warm, ~135 s from nothing
 
@@ -234,22 +232,6 @@ def _uid(pid: int) -> int:
     return int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
 
 
-def _get(url: str) -> tuple[int, str]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, error.read().decode()
-    except OSError as error:
-        return 0, str(error)
-
-
-def _lines(stream: Any, into: queue.Queue[str]) -> None:
-    for line in stream:
-        into.put(line)
-
 
 def _node(tmp_path: Path, root_only_rapl: bool) -> Path:
     """The intel-2s fixture node; with `root_only_rapl`, energy_uj mode 0400 as since Linux 5.10."""
@@ -287,7 +269,7 @@ def test_serves_metrics_from_a_fixture_node(built: Built, tmp_path: Path, user: 
     with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True) as proc:
         assert proc.stderr is not None
-        reader = threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True)
+        reader = threading.Thread(target=pump_lines, args=(proc.stderr, lines), daemon=True)
         reader.start()
         try:
             port = None
@@ -303,11 +285,7 @@ def test_serves_metrics_from_a_fixture_node(built: Built, tmp_path: Path, user: 
                 assert proc.poll() is None, f"exited {proc.returncode}: {''.join(log)}"
             pid = _exporter_pid(proc.pid)
             assert _uid(pid) == int(user.split(":")[0]), f"runs as uid {_uid(pid)}"
-            status, body = 0, ""
-            until = time.monotonic() + 20
-            while status != 200 and time.monotonic() < until:  # 503 until the first tick
-                status, body = _get(f"http://127.0.0.1:{port}/metrics")
-                time.sleep(0.1 if status != 200 else 0)
+            status, body = wait_for_metrics(port, 20)  # 503 until the first tick
             assert status == 200, (status, body[:2000], "".join(log))
             os.kill(pid, signal.SIGTERM)
             code = proc.wait(timeout=20)
