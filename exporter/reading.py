@@ -287,7 +287,7 @@ class Reader:
         asked), and how many claimed devices newly could not be resolved."""
         k = self.kubernetes
         if not gpus or sample is None or k is None:
-            return (), None, self._report_unresolved(set())
+            return (), None, 0  # not asked: what was unresolved stays reported
         allocations: list[Allocation] = []
         up: bool | None = None
         unresolved: set[tuple[ClaimHolder, str]] = set()
