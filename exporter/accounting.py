@@ -14,7 +14,7 @@ nor attributed: it comes out apart, in `TickResult.platform`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,8 +25,8 @@ from exporter.config import EmbodiedSettings, PueSettings, WaterSettings
 from exporter.facts import LifecycleFacts, lifecycle_facts
 from exporter.gpus import Allocation, plan_gpus
 from exporter.intensity.forecast import ForecastView
-from exporter.sources.base import ZoneTotal
-from exporter.sources.gpu import GpuReading
+from exporter.sources.base import Measurement
+from exporter.sources.gpu import GpuReading, gpus_of
 
 PLATFORM = "platform"
 """The whole-platform component: published apart, never summed with the others."""
@@ -44,18 +44,30 @@ class SourceReading:
     up: bool
     joules: Mapping[str, float] = field(default_factory=dict)
     """Energy per owned component since the previous reading."""
-    zones: tuple[ZoneTotal, ...] = ()
-    gpus: tuple[GpuReading, ...] = ()
-    """Per-GPU readings, from the source that owns `gpu`."""
+    measurements: tuple[Measurement, ...] = ()
+    """Its devices whose component it owns (or that are part of one: RAPL's core zones)."""
     timed_out: bool = False
     """Its read did not return in time at this tick (exporter.watchdog); it is down."""
 
+    @property
+    def gpus(self) -> tuple[GpuReading, ...]:
+        """Its GPUs: only the source that owns `gpu` keeps any (exporter.reading)."""
+        return gpus_of(self.measurements)
+
+
+ContainerKey = tuple[str, str, str]
+"""(namespace, pod, container): a container's identity while its pod lives, the prefix of
+its series' labels, and what its grace period is kept by."""
+
 
 class ContainerLike(Protocol):
-    """What the container series need of exporter.workloads.Container."""
+    """Who attribution charges: what the container series need of
+    exporter.workloads.Container."""
 
     @property
-    def key(self) -> tuple[str, str, str]: ...
+    def key(self) -> ContainerKey: ...
+
+    def __hash__(self) -> int: ...
 
     @property
     def model(self) -> str: ...
@@ -129,13 +141,13 @@ class TickInputs:
     """Since the previous tick (0 at the first)."""
     intensity: Intensity
     sources: tuple[SourceReading, ...]
-    containers: tuple[Hashable, ...] = ()
+    containers: tuple[ContainerKey, ...] = ()
     """The containers seen this tick (their grace period restarts); () without a cluster."""
-    workloads: tuple[Workload, ...] = ()
+    workloads: tuple[Workload[ContainerLike], ...] = ()
     node_busy_cpu_seconds: float = 0.0
     allocatable_cores: float = 0.0
-    gpu_allocations: tuple[Allocation, ...] = ()
-    container_of_pid: Mapping[int, Hashable] = field(default_factory=dict)
+    gpu_allocations: tuple[Allocation[ContainerLike], ...] = ()
+    container_of_pid: Mapping[int, ContainerLike] = field(default_factory=dict)
     idle_policy: str = "requests"
     gpu_idle_watts: float | None = None
     """A fixed idle baseline for every GPU (attribution.idle_watts.gpu), else learned."""
@@ -175,13 +187,13 @@ class TickResult:
     """(source, joules) of the whole-platform reading (psys, a power meter), where one is
     read: it overlaps the components, so it is kept apart and charged to no one."""
     gpus: tuple[GpuReading, ...]
-    containers: tuple[tuple[Hashable, str, str, Energy], ...]
+    containers: tuple[tuple[ContainerLike, str, str, Energy], ...]
     """(container, component, mode, energy) for every non-zero part."""
     unattributed: tuple[tuple[str, str, Energy], ...]
     """(component, mode, energy): what no container was charged for."""
-    gpu_allocation_ratio: Mapping[Hashable, float]
+    gpu_allocation_ratio: Mapping[ContainerLike, float]
     """Each GPU holder's share of the node's GPUs (only when GPUs were read)."""
-    expired: tuple[Hashable, ...]
+    expired: tuple[ContainerKey, ...]
     """Containers whose grace period ended this tick: their series go."""
     inputs: TickInputs | None = None
     """What was read, for what is published as read (states, errors, info)."""
@@ -197,7 +209,7 @@ class AccountState:
                  water: WaterSettings | None = None) -> None:
         self.baseline = baseline
         self.grace_seconds = grace_seconds
-        self.last_seen: dict[Hashable, float] = {}
+        self.last_seen: dict[ContainerKey, float] = {}
         self.embodied = embodied or EmbodiedSettings()
         self.pue = pue or PueSettings()
         self.water = water or WaterSettings()
@@ -231,7 +243,8 @@ def _idle(state: AccountState, energy: Mapping[str, float], *, now: float,
 
 
 def _gpu_uses(inputs: TickInputs, state: AccountState,
-              gpus: Sequence[GpuReading]) -> tuple[tuple[GpuUse, ...], Mapping[Hashable, float]]:
+              gpus: Sequence[GpuReading]
+              ) -> tuple[tuple[GpuUse[ContainerLike], ...], Mapping[ContainerLike, float]]:
     idle: dict[str, float] = {}
     if inputs.seconds > 0:
         for g in gpus:
@@ -264,8 +277,8 @@ def account(inputs: TickInputs, state: AccountState) -> TickResult:
     idle = _idle(state, energy, now=inputs.now, seconds=inputs.seconds)
     for key in inputs.containers:
         state.last_seen[key] = inputs.now
-    uses: tuple[GpuUse, ...] = ()
-    ratio: Mapping[Hashable, float] = {}
+    uses: tuple[GpuUse[ContainerLike], ...] = ()
+    ratio: Mapping[ContainerLike, float] = {}
     if gpus:
         energy.pop("gpu", None)  # attributed GPU by GPU instead
         uses, ratio = _gpu_uses(inputs, state, gpus)
@@ -273,7 +286,7 @@ def account(inputs: TickInputs, state: AccountState) -> TickResult:
         energy_joules=energy, idle_joules=idle, workloads=inputs.workloads,
         node_busy_cpu_seconds=inputs.node_busy_cpu_seconds,
         allocatable_cores=inputs.allocatable_cores, idle_policy=inputs.idle_policy, gpus=uses)
-    expired: list[Hashable] = []
+    expired: list[ContainerKey] = []
     if inputs.expire:
         grace = state.grace_seconds
         expired = [k for k, seen in state.last_seen.items() if inputs.now - seen > grace]

@@ -17,27 +17,35 @@ import math
 from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 MODES = ("dynamic", "idle")
 BY_CPU = frozenset({"cpu", "dram"})
 """Components split by CPU time and requests; the others are handled apart (gpu) or kept."""
 
+K = TypeVar("K", bound=Hashable)
+"""Who is charged: the exporter's containers (exporter.accounting.ContainerLike); any
+hashable key in the property tests. Attribution only compares and groups keys."""
+K_co = TypeVar("K_co", bound=Hashable, covariant=True)
+"""The same, in the frozen records that hold one (a Workload of a Container is a Workload of
+what the metrics need of one)."""
+
 
 @dataclass(frozen=True, slots=True)
-class Workload:
+class Workload(Generic[K_co]):
     """One container as attribution sees it for one tick."""
 
-    key: Hashable
+    key: K_co
     cpu_seconds: float
     """CPU time the container used during the tick."""
     cpu_request_cores: float
 
 
 @dataclass(frozen=True, slots=True)
-class GpuHolder:
+class GpuHolder(Generic[K_co]):
     """A container using one GPU during the tick."""
 
-    key: Hashable
+    key: K_co
     slice_fraction: float | None = None
     """MIG: the fraction of the board its slice is; None for a whole or shared GPU."""
     sm_util: float | None = None
@@ -47,19 +55,19 @@ class GpuHolder:
 
 
 @dataclass(frozen=True, slots=True)
-class GpuUse:
+class GpuUse(Generic[K_co]):
     """One physical GPU's energy this tick and who held it."""
 
     joules: float
     idle_joules: float
-    holders: Sequence[GpuHolder] = ()
+    holders: Sequence[GpuHolder[K_co]] = ()
 
 
 @dataclass(frozen=True, slots=True)
-class Attribution:
+class Attribution(Generic[K_co]):
     """Where one tick's energy went."""
 
-    containers: Mapping[tuple[Hashable, str, str], float]
+    containers: Mapping[tuple[K_co, str, str], float]
     """Joules per (workload key, component, mode); only non-zero parts."""
     unattributed: Mapping[tuple[str, str], float]
     """Joules per (component, mode) charged to no container; every pair present."""
@@ -74,9 +82,9 @@ def _shares(weights: Sequence[float], whole: float) -> list[float]:
     return [w / denominator for w in clean]
 
 
-def _split(*, joules: float, idle_joules: float, component: str, keys: Sequence[Hashable],
+def _split(*, joules: float, idle_joules: float, component: str, keys: Sequence[K],
            idle_shares: Sequence[float], dynamic_shares: Sequence[float],
-           containers: dict[tuple[Hashable, str, str], float],
+           containers: dict[tuple[K, str, str], float],
            unattributed: dict[tuple[str, str], float]) -> None:
     """Hand out one component's idle and dynamic parts by shares; the rest is unattributed."""
     joules = joules if joules > 0.0 and math.isfinite(joules) else 0.0
@@ -95,7 +103,7 @@ def _split(*, joules: float, idle_joules: float, component: str, keys: Sequence[
             part - math.fsum(given), 0.0)
 
 
-def gpu_shares(holders: Sequence[GpuHolder]) -> tuple[list[float], list[float]]:
+def gpu_shares(holders: Sequence[GpuHolder[K]]) -> tuple[list[float], list[float]]:
     """(idle shares, dynamic shares) of one GPU's holders.
 
     MIG: each slice's fraction of the board, for both. One holder: all of it. Several
@@ -116,9 +124,9 @@ def gpu_shares(holders: Sequence[GpuHolder]) -> tuple[list[float], list[float]]:
 
 
 def attribute_energy(*, energy_joules: Mapping[str, float], idle_joules: Mapping[str, float],
-                     workloads: Sequence[Workload] = (), node_busy_cpu_seconds: float = 0.0,
+                     workloads: Sequence[Workload[K]] = (), node_busy_cpu_seconds: float = 0.0,
                      allocatable_cores: float = 0.0, idle_policy: str = "requests",
-                     gpus: Sequence[GpuUse] = ()) -> Attribution:
+                     gpus: Sequence[GpuUse[K]] = ()) -> Attribution[K]:
     """Split each component's energy among containers; the rest is unattributed.
 
     `energy_joules` holds the node's components; gpu energy given there is unattributed unless
@@ -131,7 +139,7 @@ def attribute_energy(*, energy_joules: Mapping[str, float], idle_joules: Mapping
     idle_shares = (_shares([w.cpu_request_cores for w in workloads], allocatable_cores)
                    if idle_policy == "requests" else [0.0] * len(workloads))
     nobody: list[float] = []
-    containers: dict[tuple[Hashable, str, str], float] = {}
+    containers: dict[tuple[K, str, str], float] = {}
     unattributed: dict[tuple[str, str], float] = {}
     for component, joules in energy_joules.items():
         by_cpu = component in BY_CPU

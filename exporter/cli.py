@@ -29,7 +29,7 @@ from exporter.server import (
     stall_threshold,
 )
 from exporter.sources import registry
-from exporter.sources.base import EnergySource, Status
+from exporter.sources.base import EnergySource, Probed, SourceContext, Status
 from exporter.watchdog import PROBE_TIMEOUT_SECONDS, call_within, read_timeout_for
 from exporter.webconfig import load_web_config
 
@@ -167,10 +167,10 @@ def _log_status(name: str, status: Status) -> None:
         log.info(f"source {name}: off, {status.detail}")
 
 
-def probe(source: EnergySource, timeout_seconds: float) -> Status:
+def probe(name: str, source: EnergySource, timeout_seconds: float) -> Status:
     """The source's probe, bounded like its reads (exporter.watchdog): a hung driver or a FIFO
     where a sysfs file should be leaves the source off instead of hanging the start-up."""
-    outcome = call_within(source.name, source.probe, timeout_seconds)
+    outcome = call_within(name, source.probe, timeout_seconds)
     if outcome.hung:
         return Status(False, f"its probe did not return within {timeout_seconds:g} s (a hung "
                              "driver, or a FIFO or device where a sysfs file should be): off "
@@ -189,17 +189,17 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
     """Make and probe each source of the registry once, in its order; each owns the
     components it reports that no source before it took (exporter/sources/registry.py). A
     probe that does not return within `probe_timeout_seconds` leaves its source off."""
-    sources: list[EnergySource] = []
-    statuses: list[Status] = []
+    probed: list[Probed] = []
     uncovered = frozenset(COMPONENTS)
     for spec in registry.SOURCES:
-        source = spec.create(registry.SourceContext(
-            sysfs=settings.sysfs, procfs=settings.procfs, file=settings.file,
-            uncovered=uncovered, nvml_module=nvml_module))  # tests hand in a fake NVML
+        source = spec.create(SourceContext(
+            sysfs=settings.sysfs, procfs=settings.procfs,
+            settings=settings.file.sources.get(spec.flag), uncovered=uncovered,
+            nvml_module=nvml_module))  # tests hand in a fake NVML
         if not settings.collectors[spec.flag]:
             status = Status(False, f"disabled by --no-collector.{spec.flag}", present=False)
         else:
-            status = probe(source, probe_timeout_seconds)
+            status = probe(spec.label, source, probe_timeout_seconds)
             if status.enabled:
                 owned = status.components & spec.components & uncovered
                 if owned != status.components:
@@ -208,10 +208,10 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
                         status, enabled=bool(owned), components=owned,
                         detail=f"{status.detail}; {taken} left to the source before it")
                 uncovered -= owned
-        sources.append(source)
-        statuses.append(status)
-    for source, status in zip(sources, statuses, strict=True):
-        _log_status(source.name, status)
+        probed.append(Probed(spec.label, source, status))
+    for p in probed:
+        _log_status(p.name, p.status)
+    statuses = [p.status for p in probed]
     covered = frozenset().union(*(s.components for s in statuses if s.enabled))
     if not covered:
         log.warning("no energy source is on: node energy stays 0 until one is enabled")
@@ -223,7 +223,7 @@ def build_sampler(settings: Settings, *, process_metrics: bool = True,
     live = f", live from {chain.live.name} for {chain.live.zone}" if chain.live else ""
     log.info(f"grid intensity {current.grams_per_kwh:g} gCO2e/kWh for zone {current.zone} "
              f"({current.provider}){live}")
-    return Sampler.assemble(sources=sources, statuses=statuses, intensity=chain,
+    return Sampler.assemble(sources=probed, intensity=chain,
                             attribution=settings.file.attribution, node=settings.node_name,
                             cpu_model=read_cpu_model(settings.procfs), kubernetes=kubernetes,
                             embodied=settings.file.embodied, pue=settings.file.pue,

@@ -10,6 +10,7 @@ same fields (docs/configuration.md, "Defaults and their sources").
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,15 @@ from exporter.models import (
     parse_rules,
 )
 from exporter.schema import ConfigError as ConfigError
-from exporter.schema import check_keys, expect_list, expect_mapping, number, parse_section, setting
+from exporter.schema import (
+    check_keys,
+    expect_list,
+    expect_mapping,
+    number,
+    parse_section,
+    section,
+    setting,
+)
 from exporter.schema import describe_secret as describe_secret
 from exporter.schema import read_yaml as read_yaml
 
@@ -93,21 +102,6 @@ class CarbonSettings:
             "hour old plus the refresh period when fetched, hence at least 1.5 h")
     electricitymaps: ElectricityMapsSettings = field(default_factory=ElectricityMapsSettings)
     watttime: WattTimeSettings = field(default_factory=WattTimeSettings)
-
-
-@dataclass(frozen=True)
-class EstimateSettings:
-    """Usage-based power model where no sensor exists (Cloud Carbon Footprint's coefficients)."""
-
-    cpu_idle_watts_per_vcpu: float = setting(
-        0.74, minimum=0.0, maximum=100.0,
-        doc="watts per vCPU at 0% utilisation (CCF, AWS average)")
-    cpu_max_watts_per_vcpu: float = setting(
-        3.5, minimum=0.0, maximum=100.0,
-        doc="watts per vCPU at 100% utilisation (CCF, AWS average)")
-    dram_watts_per_gb: float = setting(
-        0.392, minimum=0.0, maximum=10.0,
-        doc="watts per GB of MemTotal (CCF: 0.000392 kWh per GB-hour)")
 
 
 @dataclass(frozen=True)
@@ -294,7 +288,10 @@ class FileConfig:
     """Everything `--config.file` may set."""
 
     carbon: CarbonSettings = field(default_factory=CarbonSettings)
-    estimate: EstimateSettings = field(default_factory=EstimateSettings)
+    sources: Mapping[str, Any] = field(default_factory=lambda: source_sections({}),
+                                       metadata={"sections": True})
+    """Each energy source's own section (`estimate:`), by its flag: the sections its spec
+    declares (exporter.sources.registry.SECTIONS), at this place among the keys."""
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
@@ -325,9 +322,31 @@ class Settings:
     """`--web.read-header-timeout`."""
 
 
+def file_keys() -> tuple[str, ...]:
+    """The top-level keys of `--config.file`, in order, the sources' sections in place."""
+    from exporter.sources.registry import SECTIONS
+
+    keys: list[str] = []
+    for f in dataclasses.fields(FileConfig):
+        keys.extend(SECTIONS if f.metadata.get("sections") else (f.name,))
+    return tuple(keys)
+
+
+def source_sections(data: Mapping[Any, Any]) -> Mapping[str, Any]:
+    """Each source's settings from its section of `data` (every default where absent)."""
+    from exporter.sources.registry import SECTIONS
+
+    return types.MappingProxyType({name: parse_section(cls, data.get(name), name)
+                                   for name, cls in SECTIONS.items()})
+
+
 def parse_file_config(data: object) -> FileConfig:
     """Validate a parsed YAML document; raise ConfigError naming the first bad key."""
-    config = parse_section(FileConfig, data)
+    document = section(data, "", file_keys())
+    sources = source_sections(document)
+    config = dataclasses.replace(
+        parse_section(FileConfig, {k: v for k, v in document.items() if k not in sources}),
+        sources=sources)
     carbon = config.carbon
     if carbon.provider == "electricitymaps" and not (
             carbon.electricitymaps.token_file or carbon.electricitymaps.token_env):
@@ -342,12 +361,6 @@ def parse_file_config(data: object) -> FileConfig:
             wt.password_file or wt.password_env)):
         raise ConfigError("carbon.watttime: expected region, username and password_file (or "
                           "password_env) with provider watttime")
-    est = config.estimate
-    if est.cpu_max_watts_per_vcpu < est.cpu_idle_watts_per_vcpu:
-        raise ConfigError(
-            "estimate.cpu_max_watts_per_vcpu: expected a number >= "
-            f"estimate.cpu_idle_watts_per_vcpu ({est.cpu_idle_watts_per_vcpu:g}), "
-            f"got {est.cpu_max_watts_per_vcpu:g}")
     return config
 
 

@@ -7,27 +7,28 @@ come out.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic
 
-from exporter.attribution import GpuHolder, GpuUse
+from exporter.attribution import GpuHolder, GpuUse, K, K_co
 from exporter.sources.gpu import GpuReading
 
 
 @dataclass(frozen=True, slots=True)
-class Allocation:
+class Allocation(Generic[K_co]):
     """The kubelet gave this container this device (a GPU or MIG UUID, `::N` stripped)."""
 
-    key: Hashable
+    key: K_co
     device: str
 
 
 @dataclass(frozen=True, slots=True)
-class GpuPlan:
+class GpuPlan(Generic[K_co]):
     """Each GPU's energy and holders, and each holder's share of the node's GPUs."""
 
-    uses: tuple[GpuUse, ...]
-    allocation_ratio: Mapping[Hashable, float]
+    uses: tuple[GpuUse[K_co], ...]
+    allocation_ratio: Mapping[K_co, float]
 
 
 @dataclass
@@ -45,21 +46,21 @@ def _add(total: float | None, value: float | None) -> float | None:
 
 
 def plan_gpus(*, gpus: Sequence[GpuReading], idle_joules: Mapping[str, float],
-              allocations: Sequence[Allocation],
-              container_of_pid: Mapping[int, Hashable]) -> GpuPlan:
+              allocations: Sequence[Allocation[K]],
+              container_of_pid: Mapping[int, K]) -> GpuPlan[K]:
     """Holders of each GPU: allocated by the kubelet, or running processes on it (so a GPU
     used without a device-plugin request is still charged); a host process is nobody's."""
-    by_device: dict[str, list[Hashable]] = {}
+    by_device: dict[str, list[K]] = {}
     for allocation in allocations:
         by_device.setdefault(allocation.device, []).append(allocation.key)
     uses = []
-    ratio: dict[Hashable, float] = {}
+    ratio: dict[K, float] = {}
     for gpu in gpus:
         fraction_of = {m.uuid: m.fraction for m in gpu.mig}
-        holds: dict[Hashable, _Hold] = {}
+        holds: dict[K, _Hold] = {}
 
-        def hold(key: Hashable, mig: str | None,
-                 holds: dict[Hashable, _Hold] = holds,
+        def hold(key: K, mig: str | None,
+                 holds: dict[K, _Hold] = holds,
                  fraction_of: dict[str, float] = fraction_of) -> _Hold:
             h = holds.setdefault(key, _Hold())
             if mig is not None and mig in fraction_of and mig not in h.migs:
@@ -73,10 +74,10 @@ def plan_gpus(*, gpus: Sequence[GpuReading], idle_joules: Mapping[str, float],
             for key in by_device.get(mig.uuid, ()):
                 hold(key, mig.uuid)
         for process in gpu.processes:
-            key = container_of_pid.get(process.pid)
-            if key is None:
+            holder = container_of_pid.get(process.pid)
+            if holder is None:
                 continue  # a host process, or one whose container is unknown: unattributed
-            h = hold(key, process.mig_uuid)
+            h = hold(holder, process.mig_uuid)
             h.sm_util = _add(h.sm_util, process.sm_util)
             h.memory_bytes = _add(h.memory_bytes, process.used_memory_bytes)
         mig_mode = bool(gpu.mig)
@@ -85,7 +86,7 @@ def plan_gpus(*, gpus: Sequence[GpuReading], idle_joules: Mapping[str, float],
                    for key, h in holds.items() if h.fraction > 0 or not mig_mode]
         uses.append(GpuUse(joules=gpu.joules, idle_joules=idle_joules.get(gpu.uuid, 0.0),
                            holders=holders))
-        for holder in holders:
-            share = holder.slice_fraction if mig_mode else 1.0 / len(holders)
-            ratio[holder.key] = ratio.get(holder.key, 0.0) + (share or 0.0) / len(gpus)
+        for g in holders:
+            share = g.slice_fraction if mig_mode else 1.0 / len(holders)
+            ratio[g.key] = ratio.get(g.key, 0.0) + (share or 0.0) / len(gpus)
     return GpuPlan(uses=tuple(uses), allocation_ratio=ratio)

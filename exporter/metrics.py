@@ -1,5 +1,6 @@
 """The metric contract in code: every family's name, type, help, unit and label names, bound
-once, and the one place that writes them (docs/metrics.md is the same table for people).
+once, and the one place that writes them. Each family's `Doc` is its row in the tables of
+docs/metrics.md and the README, which scripts/gen_metric_tables.py writes from it.
 
 `Publisher` maps what a tick observed and accounted (`exporter.accounting.TickResult`) onto the
 ledger; nothing else in the exporter names a metric. Each write goes through a `Family`, which
@@ -10,24 +11,51 @@ producing a series nobody can query.
 from __future__ import annotations
 
 import platform
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import cast
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from exporter import __version__
-from exporter.accounting import HOST_READS, PLATFORM, ContainerLike, SourceReading, TickResult
+from exporter.accounting import (
+    HOST_READS,
+    PLATFORM,
+    ContainerKey,
+    ContainerLike,
+    SourceReading,
+    TickResult,
+)
 from exporter.attribution import MODES
 from exporter.carbon import Intensity
+from exporter.config import ATTRIBUTED, COMPONENTS
 from exporter.facts import LifecycleFacts
-from exporter.intensity.forecast import ForecastView
+from exporter.intensity.forecast import HORIZONS, MIN_WINDOW, ForecastView
 from exporter.ledger import Labels, Ledger
 from exporter.sources.base import Status
 from exporter.sources.gpu import GpuReading
+from exporter.sources.registry import SOURCES
+
+
+@dataclass(frozen=True, slots=True)
+class Doc:
+    """A family's row in the metric tables of docs/metrics.md and the README, which
+    scripts/gen_metric_tables.py writes from these fields."""
+
+    meaning: str = ""
+    """docs/metrics.md's "meaning": the full account (Markdown, one paragraph)."""
+    summary: str = ""
+    """The README's "meaning": a line."""
+    since: str = ""
+    """docs/metrics.md's "since": the release that first published it, and later changes."""
+    hints: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Per label name, what goes in parentheses after it in the labels cell: its values
+    (`cpu, dram, gpu`) or what it holds (`index`). Labels without one are listed bare."""
+    type: str = ""
+    """The type cell where it says more than the kind (`gauge = 1`, `gauge 0/1`)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Family:
-    """One metric family: its type, help text, label names (besides `node`) and unit.
+    """One metric family: its type, help text, label names (besides `node`), unit and its
+    documentation (`doc`, the tables' row).
 
     `unit` is the OpenMetrics unit (`# UNIT`), given where it is the end of the name."""
 
@@ -36,11 +64,15 @@ class Family:
     help: str
     labels: tuple[str, ...] = ()
     unit: str = ""
+    doc: Doc = field(default_factory=Doc, kw_only=True)
 
     def __post_init__(self) -> None:
         base = self.name.removesuffix("_total") if self.kind == "counter" else self.name
         if self.unit and not base.endswith(f"_{self.unit}"):
             raise ValueError(f"{self.name}: unit {self.unit!r} is not the end of its name")
+        unknown = set(self.doc.hints) - set(self.labels)
+        if unknown:
+            raise ValueError(f"{self.name}: doc hints for labels it lacks: {sorted(unknown)}")
 
     def check(self, values: Labels) -> Labels:
         if len(values) != len(self.labels):
@@ -48,98 +80,269 @@ class Family:
                              f"labels {self.labels!r}")
         return values
 
+    def labels_of(self, **values: str) -> Labels:
+        """The label values in this family's order, given by name: `labels_of(component="cpu",
+        source="rapl")`. A missing or unknown name raises ValueError."""
+        missing = [name for name in self.labels if name not in values]
+        unknown = sorted(set(values) - set(self.labels))
+        if missing or unknown:
+            raise ValueError(f"{self.name}: labels {self.labels!r}; missing {missing!r}, "
+                             f"unknown {unknown!r}")
+        return tuple(values[name] for name in self.labels)
 
-def _counter(name: str, help: str, labels: tuple[str, ...] = (), unit: str = "") -> Family:
-    return Family(name, "counter", help, labels, unit)
+
+def _counter(name: str, help: str, labels: tuple[str, ...] = (), unit: str = "", *,
+             doc: Doc) -> Family:
+    return Family(name, "counter", help, labels, unit, doc=doc)
 
 
-def _gauge(name: str, help: str, labels: tuple[str, ...] = (), unit: str = "") -> Family:
-    return Family(name, "gauge", help, labels, unit)
+def _gauge(name: str, help: str, labels: tuple[str, ...] = (), unit: str = "", *,
+           doc: Doc) -> Family:
+    return Family(name, "gauge", help, labels, unit, doc=doc)
+
+
+def _labels(components: Collection[str]) -> str:
+    """The `source` labels of the registry's sources that can measure any of `components`."""
+    return ", ".join(s.label for s in SOURCES if s.components & set(components))
 
 
 CONTAINER = ("namespace", "pod", "container", "model", "phase")
 GPU = ("gpu", "uuid", "product")
+MODE_VALUES = {"mode": ", ".join(MODES)}
+"""The `mode` hint of the families split by mode."""
 
-NODE_ENERGY = _counter("footprint_node_energy_joules_total",
-                       "Energy the node used, per component, without double counting.",
-                       ("component", "source"), "joules")
-NODE_PLATFORM_ENERGY = _counter("footprint_node_platform_energy_joules_total",
-                                "Whole-platform energy (RAPL psys, a power meter); it overlaps "
-                                "the components, so it is not among them.",
-                                ("source",), "joules")
-RAPL_ENERGY = _counter("footprint_rapl_energy_joules_total",
-                       "Energy of each RAPL zone as read, wraparound corrected.",
-                       ("zone", "domain"), "joules")
-GPU_ENERGY = _counter("footprint_gpu_energy_joules_total",
-                      "Energy of each physical GPU (NVML's counter, or integrated power).",
-                      GPU, "joules")
-GPU_POWER = _gauge("footprint_gpu_power_watts",
-                   "NVML power reading of each GPU at the last tick.", GPU, "watts")
-NODE_CO2E = _counter("footprint_node_co2e_grams_total",
-                     "Operational emissions of the node's energy at the intensity in force.",
-                     ("component", "source"), "grams")
-UNATTRIBUTED_ENERGY = _counter("footprint_unattributed_energy_joules_total",
-                               "Node energy no container was charged for.",
-                               ("component", "mode"), "joules")
-UNATTRIBUTED_CO2E = _counter("footprint_unattributed_co2e_grams_total",
-                             "Operational emissions of unattributed energy.",
-                             ("component", "mode"), "grams")
-GRID_INTENSITY = _gauge("footprint_grid_intensity_grams_per_kwh",
-                        "Grid carbon intensity in force for this node, gCO2e per kWh.",
-                        ("grid_zone", "provider"), "grams_per_kwh")
+NODE_ENERGY = _counter(
+    "footprint_node_energy_joules_total",
+    "Energy the node used, per component, without double counting.",
+    ("component", "source"), "joules", doc=Doc(
+        since="0.1 (platform moved out in 0.5.0)",
+        hints={"component": "cpu, dram, gpu", "source": _labels(ATTRIBUTED)},
+        meaning="energy the node used per component. Each component comes from exactly one "
+        "source, chosen at start-up (a sensor when one covers it, else the estimate). "
+        "core/uncore are inside package. `sum by (node)` is the node's measured energy, cpu + "
+        "dram + gpu, nothing counted twice",
+        summary="node energy per component, each component from exactly one source; the sum "
+        "over components is the node's energy"))
+NODE_PLATFORM_ENERGY = _counter(
+    "footprint_node_platform_energy_joules_total",
+    "Whole-platform energy (RAPL psys, a power meter); it overlaps the components, so it is "
+    "not among them.", ("source",), "joules", doc=Doc(
+        since="0.5", hints={"source": _labels({PLATFORM})},
+        meaning="whole-platform energy where the hardware reports it: RAPL psys, an ACPI or "
+        "BMC power meter, a GH200 module sensor. It overlaps cpu and dram (and on a GH200 the "
+        "GPU), so it is not a component, is never summed with them and never charged to "
+        "containers; platform minus cpu + dram + gpu is what the components do not see (fans, "
+        "disks, NICs, supply losses). Absent where no such sensor exists",
+        summary="whole-platform energy (RAPL psys, a power meter) where the hardware has it; "
+        "it overlaps the components, so it lives apart"))
+RAPL_ENERGY = _counter(
+    "footprint_rapl_energy_joules_total",
+    "Energy of each RAPL zone as read, wraparound corrected.", ("zone", "domain"), "joules",
+    doc=Doc(since="0.1",
+            hints={"zone": "`intel-rapl:0`", "domain": "package, core, uncore, dram, psys"},
+            meaning="each RAPL zone as read, wraparound corrected; a zone that vanishes keeps "
+            "its last value",
+            summary="each RAPL zone as read, wraparound corrected"))
+GPU_ENERGY = _counter(
+    "footprint_gpu_energy_joules_total",
+    "Energy of each physical GPU (NVML's counter, or integrated power).", GPU, "joules",
+    doc=Doc(since="0.3", hints={"gpu": "index"},
+            meaning="per physical GPU, keyed by UUID: NVML's total energy counter (Volta and "
+            "newer), or `nvmlDeviceGetPowerUsage` integrated over time where the counter is "
+            "missing; a counter that goes down (driver reload) starts a new baseline, a lost "
+            "GPU stops adding (docs/gpus.md)",
+            summary="each physical GPU: NVML's energy counter, or integrated power on GPUs "
+            "without one"))
+GPU_POWER = _gauge(
+    "footprint_gpu_power_watts", "NVML power reading of each GPU at the last tick.", GPU,
+    "watts", doc=Doc(
+        since="0.3",
+        meaning="NVML power at the last tick (a 1 s average on Hopper, docs/gpu-readings.md)",
+        summary="NVML power at the last tick"))
+NODE_CO2E = _counter(
+    "footprint_node_co2e_grams_total",
+    "Operational emissions of the node's energy at the intensity in force.",
+    ("component", "source"), "grams", doc=Doc(
+        since="0.1", meaning="each tick's energy x the intensity in force at that tick",
+        summary="each tick's energy x the grid intensity in force at that tick"))
+UNATTRIBUTED_ENERGY = _counter(
+    "footprint_unattributed_energy_joules_total", "Node energy no container was charged for.",
+    ("component", "mode"), "joules", doc=Doc(
+        since="0.1", hints=MODE_VALUES,
+        meaning="node energy charged to no container: what system processes used, idle "
+        "energy of unrequested CPU (or all idle under policy `none`), unheld GPUs and MIG "
+        "slices, and everything while no cluster is found",
+        summary="energy charged to no container (system processes, unrequested idle, no "
+        "cluster)"))
+UNATTRIBUTED_CO2E = _counter(
+    "footprint_unattributed_co2e_grams_total", "Operational emissions of unattributed energy.",
+    ("component", "mode"), "grams", doc=Doc(
+        since="0.1", meaning="operational emissions of unattributed energy",
+        summary="its emissions"))
+GRID_INTENSITY = _gauge(
+    "footprint_grid_intensity_grams_per_kwh",
+    "Grid carbon intensity in force for this node, gCO2e per kWh.",
+    ("grid_zone", "provider"), "grams_per_kwh", doc=Doc(
+        since="0.1 (`zone` renamed `grid_zone` in 0.5.0)",
+        hints={"provider": "electricitymaps, watttime, static, default"},
+        meaning="grid intensity in force: a live provider's value while fresh (Electricity "
+        "Maps: average, lifecycle; WattTime: marginal), else the static one (configured, or "
+        "the node's cloud region's default), else the world average 475 (`default`). "
+        "`grid_zone` (an Electricity Maps zone or WattTime region: FR, US-CAL-CISO) is "
+        "`unknown` until configured or found from the node's region (docs/carbon.md)",
+        summary="grid intensity in force ([docs/carbon.md](docs/carbon.md))"))
 GRID_INTENSITY_UPDATED = _gauge(
     "footprint_grid_intensity_last_update_timestamp_seconds",
     "Unix time the live intensity value in force is for (its age: time() - this).",
-    ("provider",), "seconds")
+    ("provider",), "seconds", doc=Doc(
+        since="0.4",
+        meaning="Unix time the latest live value is for (`time() - this` is its age; the "
+        "stale alert reads it); only with a live provider",
+        summary="when the live value in force was produced"))
 GRID_FORECAST = _gauge(
     "footprint_grid_intensity_forecast_grams_per_kwh",
     "The live provider's forecast of the grid intensity at now + horizon, gCO2e per kWh; only "
-    "while it supplies a forecast.", ("grid_zone", "provider", "horizon"), "grams_per_kwh")
+    "while it supplies a forecast.", ("grid_zone", "provider", "horizon"), "grams_per_kwh",
+    doc=Doc(
+        since="0.5",
+        hints={"provider": "electricitymaps, watttime",
+               "horizon": ", ".join(label for label, _ in HORIZONS)},
+        meaning="the live provider's forecast of the intensity at now + `horizon` (the value "
+        "of the forecast period holding that time); only while it supplies a forecast: none "
+        "with a static intensity, on a plan or zone without forecasts, or once the forecast is "
+        "6 h old or over (docs/carbon-aware.md)",
+        summary="forecast intensity at now + horizon, where the provider offers one "
+        "([docs/carbon-aware.md](docs/carbon-aware.md))"))
 GRID_FORECAST_MIN = _gauge(
     "footprint_grid_intensity_forecast_min_grams_per_kwh",
     "The lowest forecast grid intensity in the next window, gCO2e per kWh.",
-    ("grid_zone", "provider", "window"), "grams_per_kwh")
+    ("grid_zone", "provider", "window"), "grams_per_kwh", doc=Doc(
+        since="0.5", hints={"window": MIN_WINDOW[0]},
+        meaning="the lowest forecast intensity in the next `window`; same presence as the "
+        "forecast",
+        summary="lowest forecast intensity in the next 24 h"))
 GRID_FORECAST_MIN_TIME = _gauge(
     "footprint_grid_intensity_forecast_min_timestamp_seconds",
     "Unix time the lowest forecast intensity of the next window begins (now, or later).",
-    ("grid_zone", "provider", "window"), "seconds")
-EMBODIED = _gauge("footprint_embodied_grams",
-                  "Manufacturing emissions of this node's hardware, grams CO2e.",
-                  ("component", "gpu"), "grams")
-EMBODIED_LIFETIME = _gauge("footprint_embodied_lifetime_seconds",
-                           "Seconds of use the embodied emissions are spread over "
-                           "(life x usage).", (), "seconds")
-PUE = _gauge("footprint_pue", "Power usage effectiveness of the data centre the node is in.")
-WUE = _gauge("footprint_wue_liters_per_kwh",
-             "Water the data centre consumes on site (cooling) per kWh of IT energy, litres.",
-             (), "liters_per_kwh")
+    ("grid_zone", "provider", "window"), "seconds", doc=Doc(
+        since="0.5", hints={"window": MIN_WINDOW[0]},
+        meaning="Unix time that lowest value begins (now, or later): \"when is the cleanest "
+        "hour\"; same presence as the forecast",
+        summary="when that lowest forecast value begins"))
+EMBODIED = _gauge(
+    "footprint_embodied_grams", "Manufacturing emissions of this node's hardware, grams CO2e.",
+    ("component", "gpu"), "grams", doc=Doc(
+        since="0.4", hints={"component": "server, gpu", "gpu": "index; \"\" for server"},
+        meaning="manufacturing emissions of this node's hardware: the server without GPUs, "
+        "and each GPU, from configuration or defaults (docs/lifecycle.md)",
+        summary="manufacturing emissions of the node's hardware "
+        "([docs/lifecycle.md](docs/lifecycle.md))"))
+EMBODIED_LIFETIME = _gauge(
+    "footprint_embodied_lifetime_seconds",
+    "Seconds of use the embodied emissions are spread over (life x usage).", (), "seconds",
+    doc=Doc(since="0.4",
+            meaning="the seconds of use the embodied emissions are spread over: service life "
+            "x usage (BLOOM: 6 years x 85%)",
+            summary="service life x usage the embodied grams are spread over"))
+PUE = _gauge(
+    "footprint_pue", "Power usage effectiveness of the data centre the node is in.", doc=Doc(
+        since="0.4",
+        meaning="power usage effectiveness of the data centre: configured, per zone, per cloud "
+        "(AWS 1.135, GCP 1.1, Azure 1.185), else 1.58",
+        summary="power usage effectiveness of the data centre"))
+WUE = _gauge(
+    "footprint_wue_liters_per_kwh",
+    "Water the data centre consumes on site (cooling) per kWh of IT energy, litres.", (),
+    "liters_per_kwh", doc=Doc(
+        since="0.5",
+        meaning="on-site water usage effectiveness of the data centre, litres per kWh of IT "
+        "energy: `water.wue_liters_per_kwh`, per zone, per cloud (AWS 0.12, Azure 0.27), else "
+        "1.8 (docs/lifecycle.md, Water)",
+        summary="on-site water usage effectiveness of the data centre, litres per kWh of IT "
+        "energy ([docs/lifecycle.md](docs/lifecycle.md#water))"))
 GRID_WATER_INTENSITY = _gauge(
     "footprint_grid_water_intensity_liters_per_kwh",
     "Water consumed generating a kWh of the grid's electricity, litres.",
-    ("grid_zone", "source"), "liters_per_kwh")
-NODE_INFO = _gauge("footprint_node_info", "Facts about the node.",
-                   ("topology_zone", "topology_region", "instance_type", "cpu_model",
-                    "gpu_product", "gpu_count"))
-SOURCE_UP = _gauge("footprint_source_up",
-                   "Whether each input worked at the last tick (1) or not (0).", ("source",))
-CONTAINER_ENERGY = _counter("footprint_container_energy_joules_total",
-                            "Energy attributed to one container.",
-                            (*CONTAINER, "component", "mode"), "joules")
-CONTAINER_CO2E = _counter("footprint_container_co2e_grams_total",
-                          "Operational emissions of the energy attributed to one container.",
-                          (*CONTAINER, "component", "mode"), "grams")
+    ("grid_zone", "source"), "liters_per_kwh", doc=Doc(
+        since="0.5", hints={"source": "configured, zone, default"},
+        meaning="litres of water consumed generating a kWh of the grid's electricity: "
+        "`water.grid_liters_per_kwh`, per zone (`water.grid_by_zone`), else 7.6 (`default`)",
+        summary="litres of water consumed generating a kWh of the grid's electricity"))
+NODE_INFO = _gauge(
+    "footprint_node_info", "Facts about the node.",
+    ("topology_zone", "topology_region", "instance_type", "cpu_model", "gpu_product",
+     "gpu_count"), doc=Doc(
+        type="gauge = 1", since="0.1 (`zone`, `region` renamed in 0.5.0)",
+        meaning="facts about the node: `topology_zone`, `topology_region` and `instance_type` "
+        "from the Node's `topology.kubernetes.io/zone`, `topology.kubernetes.io/region` and "
+        "`node.kubernetes.io/instance-type` labels (empty without a cluster); `gpu_product` "
+        "(products, comma-separated) and `gpu_count` from NVML",
+        summary="facts about the node"))
+SOURCE_UP = _gauge(
+    "footprint_source_up", "Whether each input worked at the last tick (1) or not (0).",
+    ("source",), doc=Doc(
+        type="gauge 0/1", since="0.1",
+        hints={"source": _labels(COMPONENTS) + ", kubernetes, podresources, resourceslices, "
+                                                "intensity"},
+        meaning="whether the source's last read worked in full. Published for each source "
+        "whose hardware or files exist: a host without RAPL has no `source=\"rapl\"` series "
+        "(nothing to alert on), a host whose RAPL is unreadable has `0`",
+        summary="1 when the source's last read worked, for each source whose hardware exists"))
+CONTAINER_ENERGY = _counter(
+    "footprint_container_energy_joules_total", "Energy attributed to one container.",
+    (*CONTAINER, "component", "mode"), "joules", doc=Doc(
+        since="0.2", hints=MODE_VALUES,
+        meaning="energy attributed to one container: dynamic by its share of busy CPU time, "
+        "idle by its share of allocatable CPU in requests (docs/attribution.md). A series "
+        "appears when the container first uses that component",
+        summary="energy attributed to one container "
+        "([docs/attribution.md](docs/attribution.md))"))
+CONTAINER_CO2E = _counter(
+    "footprint_container_co2e_grams_total",
+    "Operational emissions of the energy attributed to one container.",
+    (*CONTAINER, "component", "mode"), "grams", doc=Doc(
+        since="0.2", hints=MODE_VALUES,
+        meaning="each tick's attributed energy x the intensity in force at that tick",
+        summary="its operational emissions"))
 CONTAINER_ALLOCATION = _gauge(
     "footprint_container_allocation_ratio",
     "The container's share of the node's resource (CPU requests / allocatable).",
-    (*CONTAINER, "resource"), "ratio")
-CONTAINER_INFO = _gauge("footprint_container_info", "How the container was matched to a model.",
-                        ("namespace", "pod", "container", "model", "model_source", "phase",
-                         "owner_kind", "owner_name", "container_id", "uid"))
-ERRORS = _counter("footprint_exporter_errors_total",
-                  "Faults by source and reason: failed reads, bad pods, missing cgroups.",
-                  ("source", "reason"))
+    (*CONTAINER, "resource"), "ratio", doc=Doc(
+        since="0.2 (gpu 0.3)", hints={"resource": "cpu, gpu"},
+        meaning="the container's share of the node's resource: CPU requests / allocatable "
+        "CPU; for gpu, (1 per whole GPU, the slice fraction per MIG slice, 1/n per GPU shared "
+        "by n) / GPUs on the node",
+        summary="CPU requests / the node's allocatable CPU; the container's share of the "
+        "node's GPUs"))
+CONTAINER_INFO = _gauge(
+    "footprint_container_info", "How the container was matched to a model.",
+    ("namespace", "pod", "container", "model", "model_source", "phase", "owner_kind",
+     "owner_name", "container_id", "uid"), doc=Doc(
+        type="gauge = 1", since="0.2 (`container_id`, `uid` 0.5.0)",
+        meaning="how the container was matched to a model (docs/models.md); `model_source` is "
+        "the winning rule's name, `owner` or `none`. `container_id` is the runtime's id "
+        "without its `containerd://` prefix (Kepler's `container_id`; it changes when the "
+        "container restarts) and `uid` the pod's `metadata.uid` (kube-state-metrics' `uid`), "
+        "to join with cAdvisor and kube-state-metrics series",
+        summary="which model a container serves or trains, and which rule said so "
+        "([docs/models.md](docs/models.md))"))
+ERRORS = _counter(
+    "footprint_exporter_errors_total",
+    "Faults by source and reason: failed reads, bad pods, missing cgroups.", ("source", "reason"),
+    doc=Doc(
+        meaning="faults: `read` (a RAPL zone or `/proc/stat` unreadable at a tick, or a source "
+        "down for any reason at a tick), `timeout` (a source's read did not return within the "
+        "read timeout: counted once per blocked read, docs/sources.md), `api` (a failed "
+        "Kubernetes request), `malformed_pod`, `no_container_id`, `unknown_runtime` (source "
+        "kubernetes), `no_cgroup` (source cgroups), `api` and `unresolved_device` (source "
+        "resourceslices: a failed ResourceSlice request; a DRA-claimed device that no "
+        "ResourceSlice of the node resolves to an NVML UUID, podresources.md#dra); pod and "
+        "container faults count once per container, claimed-device faults once per device "
+        "while they last, not per tick",
+        summary="faults: failed reads, reads that hung (`timeout`), API errors, malformed pods, "
+        "containers without a cgroup, DRA-claimed GPUs no ResourceSlice resolves"))
 BUILD_INFO = _gauge("footprint_exporter_build_info", "The exporter's version.",
-                    ("version", "python_version"))
+                    ("version", "python_version"), doc=Doc(type="gauge = 1"))
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     NODE_ENERGY, NODE_PLATFORM_ENERGY, RAPL_ENERGY, GPU_ENERGY, GPU_POWER, NODE_CO2E,
@@ -148,13 +351,41 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     EMBODIED_LIFETIME, PUE, WUE, GRID_WATER_INTENSITY, NODE_INFO, SOURCE_UP, CONTAINER_ENERGY,
     CONTAINER_CO2E, CONTAINER_ALLOCATION, CONTAINER_INFO, ERRORS, BUILD_INFO)}
 """In exposition order."""
+DEVICE_FAMILIES: Mapping[str, Family] = {"rapl": RAPL_ENERGY, "nvml": GPU_ENERGY}
+"""The family of each source's per-device counters (`Reading.measurements`), by its `source`
+label; a source not named here publishes its energy on the node's families only."""
 CONTAINER_FAMILIES = (CONTAINER_ENERGY, CONTAINER_CO2E, CONTAINER_ALLOCATION, CONTAINER_INFO)
 """Every family whose labels start with (namespace, pod, container)."""
 CONTAINER_SERIES = tuple(f.name for f in CONTAINER_FAMILIES)
 
-TICK_DURATION = Family("footprint_exporter_tick_duration_seconds", "summary",
-                       "Time each tick took: read sources, attribute, render.", (), "seconds")
+TICK_DURATION = Family(
+    "footprint_exporter_tick_duration_seconds", "summary",
+    "Time each tick took: read sources, attribute, render.", (), "seconds", doc=Doc(
+        type="summary (`_count`, `_sum`)",
+        meaning="ticks done and the time they took; `rate(_sum) / rate(_count)` is the mean "
+        "tick time",
+        summary="time each tick took"))
 
+CONTRACT_TABLES: tuple[tuple[str, tuple[Family, ...]], ...] = (
+    ("hardware", (NODE_ENERGY, NODE_PLATFORM_ENERGY, RAPL_ENERGY, GPU_ENERGY, GPU_POWER,
+                  NODE_CO2E, NODE_INFO, SOURCE_UP)),
+    ("attribution", (CONTAINER_ENERGY, UNATTRIBUTED_ENERGY, CONTAINER_ALLOCATION,
+                     CONTAINER_INFO)),
+    ("carbon", (GRID_INTENSITY, GRID_INTENSITY_UPDATED, GRID_FORECAST, GRID_FORECAST_MIN,
+                GRID_FORECAST_MIN_TIME, CONTAINER_CO2E, UNATTRIBUTED_CO2E, EMBODIED,
+                EMBODIED_LIFETIME, PUE, WUE, GRID_WATER_INTENSITY)),
+    ("exporter", (TICK_DURATION, ERRORS, BUILD_INFO)))
+"""docs/metrics.md's tables (Hardware, Attribution, Carbon, The exporter itself): each one's
+families in row order. A table whose families state `since` has that column."""
+README_TABLE: tuple[Family, ...] = (
+    NODE_ENERGY, NODE_PLATFORM_ENERGY, RAPL_ENERGY, GPU_ENERGY, GPU_POWER, NODE_CO2E,
+    CONTAINER_ENERGY, CONTAINER_CO2E, CONTAINER_ALLOCATION, CONTAINER_INFO,
+    UNATTRIBUTED_ENERGY, UNATTRIBUTED_CO2E, GRID_INTENSITY, GRID_INTENSITY_UPDATED,
+    GRID_FORECAST, GRID_FORECAST_MIN, GRID_FORECAST_MIN_TIME, EMBODIED, EMBODIED_LIFETIME, PUE,
+    WUE, GRID_WATER_INTENSITY, NODE_INFO, SOURCE_UP, ERRORS, TICK_DURATION, BUILD_INFO)
+"""The README's metric table, in row order."""
+UNDOCUMENTED: frozenset[str] = frozenset()
+"""Families deliberately in neither table (none: every published family is in both)."""
 
 
 
@@ -294,9 +525,11 @@ class Publisher:
         self._set(SOURCE_UP, (reading.name,), 1.0 if reading.up else 0.0)
         if not reading.up:
             self._add(ERRORS, (reading.name, "read"), 1.0)
-        for zone in reading.zones:
-            self.ledger.set_total(RAPL_ENERGY.name, RAPL_ENERGY.check((zone.zone, zone.domain)),
-                                  zone.joules_total)
+        family = DEVICE_FAMILIES.get(reading.name)
+        if family is not None:
+            for m in reading.measurements:
+                self.ledger.set_total(family.name, family.labels_of(**dict(m.labels)),
+                                      m.joules_total)
         for component, source, energy in result.node:
             if source == reading.name:
                 self._add(NODE_ENERGY, (component, source), energy.joules)
@@ -345,11 +578,9 @@ class Publisher:
             self._containers[c.key] = _Published(c, ratio_value, info, ratio)
 
     def gpus(self, readings: Sequence[GpuReading]) -> None:
-        for g in readings:
-            labels = (str(g.index), g.uuid, g.product)
-            self.ledger.set_total(GPU_ENERGY.name, GPU_ENERGY.check(labels), g.joules_total)
+        for g in readings:  # their energy counters are their source's devices (`source`)
             if g.power_watts is not None:
-                self._set(GPU_POWER, labels, g.power_watts)
+                self._set(GPU_POWER, GPU_POWER.labels_of(**dict(g.labels)), g.power_watts)
         info = (", ".join(sorted({g.product for g in readings})), str(len(readings)))
         if info != self._gpu_info:
             self._gpu_info = info
@@ -364,10 +595,9 @@ class Publisher:
         if api_errors:
             self._add(ERRORS, ("resourceslices", "api"), float(api_errors))
 
-    def gpu_ratios(self, ratios: Mapping[Hashable, float]) -> None:
+    def gpu_ratios(self, ratios: Mapping[ContainerLike, float]) -> None:
         published: set[Labels] = set()
-        for holder, ratio in ratios.items():
-            c = cast(ContainerLike, holder)
+        for c, ratio in ratios.items():
             labels = (*c.key, c.model, c.phase, "gpu")
             self._set(CONTAINER_ALLOCATION, labels, ratio)
             published.add(labels)
@@ -376,8 +606,7 @@ class Publisher:
         self._gpu_ratio_labels = published
 
     def attribution(self, result: TickResult) -> None:
-        for key, component, mode, energy in result.containers:
-            c = cast(ContainerLike, key)
+        for c, component, mode, energy in result.containers:
             series = (*c.key, c.model, c.phase, component, mode)
             self._add(CONTAINER_ENERGY, series, energy.joules)
             self._add(CONTAINER_CO2E, series, energy.grams)
@@ -385,12 +614,11 @@ class Publisher:
             self._add(UNATTRIBUTED_ENERGY, (component, mode), energy.joules)
             self._add(UNATTRIBUTED_CO2E, (component, mode), energy.grams)
 
-    def expire(self, keys: Sequence[Hashable]) -> None:
+    def expire(self, keys: Sequence[ContainerKey]) -> None:
         names = tuple(f.name for f in CONTAINER_FAMILIES)
         for key in keys:
-            prefix = cast(tuple[str, str, str], key)
-            self._containers.pop(prefix, None)
-            self.ledger.retire(names, prefix)
+            self._containers.pop(key, None)
+            self.ledger.retire(names, key)
 
     def facts(self, facts: LifecycleFacts) -> None:
         self._replace(EMBODIED, {("server", ""): facts.server_grams,

@@ -25,10 +25,10 @@ from exporter.kube.podresources import ClaimHolder
 from exporter.kube.pods import PodView
 from exporter.kube.slices import DeviceIndex
 from exporter.metrics import ERRORS
-from exporter.sources.base import EnergySource, Reading, Status
+from exporter.sources.base import Probed, Reading
 from exporter.sources.gpu import GpuReading
 from exporter.watchdog import Guard
-from exporter.workloads import WorkloadSample, WorkloadTracker
+from exporter.workloads import Container, WorkloadSample, WorkloadTracker
 
 log = logs.get("sampler")
 
@@ -125,12 +125,11 @@ class Reader:
     chain and the Kubernetes side; keeps only what turns their running totals into
     increments and the node's last known facts."""
 
-    def __init__(self, *, sources: Sequence[EnergySource], statuses: Sequence[Status],
-                 intensity: FallbackChain, attribution: AttributionSettings,
-                 kubernetes: Kubernetes | None = None, read_timeout_seconds: float = 5.0
-                 ) -> None:
-        self.sources = [(s, st, Guard(s.name, s.read, timeout_seconds=read_timeout_seconds))
-                        for s, st in zip(sources, statuses, strict=True) if st.enabled]
+    def __init__(self, *, sources: Sequence[Probed], intensity: FallbackChain,
+                 attribution: AttributionSettings, kubernetes: Kubernetes | None = None,
+                 read_timeout_seconds: float = 5.0) -> None:
+        self.sources = [(p, Guard(p.name, p.source.read, timeout_seconds=read_timeout_seconds))
+                        for p in sources if p.status.enabled]
         self._host_reads = Guard(HOST_READS, self._read_host,
                                  timeout_seconds=read_timeout_seconds)
         self.intensity = intensity
@@ -164,12 +163,12 @@ class Reader:
             if self.kubernetes.podresources is not None:
                 self.kubernetes.podresources.close()
         self._host_reads.close()
-        for source, _, guard in self.sources:
+        for probed, guard in self.sources:
             guard.close()
             if guard.blocked:  # closing under a read that never returned could hang the exit
-                log.warning(f"source {source.name}: a read is still blocked; not closed")
+                log.warning(f"source {probed.name}: a read is still blocked; not closed")
                 continue
-            closer = getattr(source, "close", None)
+            closer = getattr(probed.source, "close", None)
             if closer is not None:
                 closer()
 
@@ -177,8 +176,7 @@ class Reader:
         chain = self.intensity
         intensity = chain.current()
         live = chain.live
-        readings = tuple(self._read(source, status, guard, now)
-                         for source, status, guard in self.sources)
+        readings = tuple(self._read(probed, guard, now) for probed, guard in self.sources)
         gpus = next((r.gpus for r in reversed(readings) if r.gpus), ())
         if gpus:
             self._gpu_products = tuple((str(g.index), g.product) for g in gpus)
@@ -206,38 +204,39 @@ class Reader:
                               provider_id=self._provider_id, zone=intensity.zone,
                               gpus=self._gpu_products))
 
-    def _read(self, source: EnergySource, status: Status, guard: Guard[float, Reading],
-              now: float) -> SourceReading:
-        """The source's reading (only the components it owns), or a down one when its read is
-        blocked or raised."""
+    def _read(self, probed: Probed, guard: Guard[float, Reading], now: float) -> SourceReading:
+        """The source's reading (only the components it owns, and the devices of those), or a
+        down one when its read is blocked or raised."""
+        name = probed.name
         outcome = guard.run(now)
         if outcome.started_hang:
-            log.warning(f"source {source.name}: a read did not return within "
+            log.warning(f"source {name}: a read did not return within "
                         f"{guard.timeout_seconds:g} s (a hung driver, or a FIFO or device "
                         "file where a counter should be?); the source is down and the tick "
                         "goes on without it until the read returns")
         elif outcome.late:
-            log.info(f"source {source.name}: the blocked read returned; its energy is counted "
+            log.info(f"source {name}: the blocked read returned; its energy is counted "
                      "at this tick")
         if outcome.error is not None:
-            self._read_throttle.fault(source.name, f"source {source.name}: read failed with "
+            self._read_throttle.fault(name, f"source {name}: read failed with "
                                       f"{type(outcome.error).__name__}: {outcome.error}; the "
                                       "source is down this tick, the others go on (a bug: "
                                       "please report it)",
-                                      source=source.name, err=repr(outcome.error))
+                                      source=name, err=repr(outcome.error))
         elif outcome.value is not None:
-            self._read_throttle.recovered(source.name, f"source {source.name}: reading again")
+            self._read_throttle.recovered(name, f"source {name}: reading again")
         reading = outcome.value if outcome.value is not None else Reading(up=False)
-        owned = status.components
+        owned = probed.status.components
+        # another source owns the rest: never count a component (or publish a device) twice
         return SourceReading(
-            name=source.name, up=reading.up,
-            # another source owns the rest: never count a component twice
+            name=name, up=reading.up,
             joules={c: j for c, j in reading.joules.items() if c in owned},
-            zones=reading.zones, gpus=reading.gpus if "gpu" in owned else (),
+            measurements=tuple(m for m in reading.measurements
+                               if m.component is None or m.component in owned),
             timed_out=outcome.started_hang)
 
     def _sample_workloads(self, view: PodView | None, gpus: Sequence[GpuReading]
-                          ) -> tuple[WorkloadSample | None, Mapping[int, Hashable], bool]:
+                          ) -> tuple[WorkloadSample | None, Mapping[int, Container], bool]:
         """Containers and their CPU time this tick, and the containers of the GPU processes
         (None, {} without a cluster or before sync), and whether those host reads timed out
         this tick. The reads (procfs, every container's cgroup) are guarded like a source's:
@@ -273,7 +272,7 @@ class Reader:
         return sample, of_pid, False
 
     def _read_host(self, args: tuple[PodView, frozenset[int]]
-                   ) -> tuple[WorkloadSample, Mapping[int, Hashable]]:
+                   ) -> tuple[WorkloadSample, Mapping[int, Container]]:
         """The tick's host reads besides the sources', in the guard's thread."""
         assert self.kubernetes is not None
         view, pids = args
@@ -282,13 +281,13 @@ class Reader:
         return sample, tracker.containers_of_pids(set(pids), sample.containers)
 
     def _gpu_holders(self, gpus: Sequence[GpuReading], sample: WorkloadSample | None
-                     ) -> tuple[tuple[Allocation, ...], bool | None, int]:
+                     ) -> tuple[tuple[Allocation[Container], ...], bool | None, int]:
         """Who the kubelet gave each GPU, whether the pod-resources API answered (None: not
         asked), and how many claimed devices newly could not be resolved."""
         k = self.kubernetes
         if not gpus or sample is None or k is None:
             return (), None, 0  # not asked: what was unresolved stays reported
-        allocations: list[Allocation] = []
+        allocations: list[Allocation[Container]] = []
         up: bool | None = None
         unresolved: set[tuple[ClaimHolder, str]] = set()
         if k.podresources is not None:

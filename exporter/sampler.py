@@ -20,17 +20,9 @@ from exporter.intensity.chain import FallbackChain
 from exporter.ledger import Ledger
 from exporter.metrics import PUE, SOURCE_UP, Publisher
 from exporter.reading import Kubernetes, Reader
-from exporter.sources.base import EnergySource, Status
+from exporter.sources.base import Probed
 
 log = logs.get("sampler")
-
-
-@dataclass(frozen=True, slots=True)
-class SourceState:
-    """A source as probed at start-up: the landing page and the log show this."""
-
-    name: str
-    status: Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +40,7 @@ class Sampler:
     """Sequences a tick's stages; `tick()` runs in a worker thread."""
 
     def __init__(self, reader: Reader, state: AccountState, publisher: Publisher,
-                 renderer: Renderer, *, states: Sequence[SourceState] = (),
+                 renderer: Renderer, *, states: Sequence[Probed] = (),
                  clock: Callable[[], float] = time.monotonic,
                  timer: Callable[[], float] = time.perf_counter) -> None:
         self.reader, self._state, self._publish, self._renderer = (reader, state, publisher,
@@ -61,8 +53,8 @@ class Sampler:
         self._stats = TickStats()
 
     @classmethod
-    def assemble(cls, *, sources: Sequence[EnergySource], statuses: Sequence[Status],
-                 intensity: FallbackChain, attribution: AttributionSettings, node: str,
+    def assemble(cls, *, sources: Sequence[Probed], intensity: FallbackChain,
+                 attribution: AttributionSettings, node: str,
                  cpu_model: str, kubernetes: Kubernetes | None = None,
                  embodied: EmbodiedSettings | None = None, pue: PueSettings | None = None,
                  water: WaterSettings | None = None,
@@ -70,7 +62,7 @@ class Sampler:
                  clock: Callable[[], float] = time.monotonic,
                  timer: Callable[[], float] = time.perf_counter) -> Sampler:
         """The stages built from settings (cli.build_sampler)."""
-        reader = Reader(sources=sources, statuses=statuses, intensity=intensity,
+        reader = Reader(sources=sources, intensity=intensity,
                         attribution=attribution, kubernetes=kubernetes,
                         read_timeout_seconds=read_timeout_seconds)
         state = AccountState(
@@ -80,12 +72,11 @@ class Sampler:
             grace_seconds=kubernetes.grace_seconds if kubernetes is not None else 0.0,
             embodied=embodied, pue=pue, water=water)
         publisher = Publisher(Ledger())
-        publisher.static(list(zip((s.name for s in sources), statuses, strict=True)),
+        publisher.static([(p.name, p.status) for p in sources],
                          kubernetes=kubernetes is not None, cpu_model=cpu_model)
         renderer = Renderer(publisher.ledger, node=node, process_metrics=process_metrics)
         return cls(reader, state, publisher, renderer, clock=clock, timer=timer,
-                   states=[SourceState(s.name, st)
-                           for s, st in zip(sources, statuses, strict=True)])
+                   states=sources)
 
     def start(self) -> None:
         """Start what runs beside the ticks (the pod watch, a live intensity provider)."""

@@ -78,7 +78,7 @@ class WorkloadSample:
     """One tick's containers and their CPU time."""
 
     containers: tuple[Container, ...]
-    workloads: tuple[Workload, ...]
+    workloads: tuple[Workload[Container], ...]
     node_busy_cpu_seconds: float
     problems: tuple[Problem, ...]
 

@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:
 
 from exporter import config  # noqa: E402  (after the path is set)
 from exporter.schema import optional_inner  # noqa: E402
+from exporter.sources.registry import SECTIONS  # noqa: E402
 
 SCHEMA = Path("charts/footprint-exporter/values.schema.json")
 CHART_SETS = {"kubernetes.pod_resources_socket": "podResources",
@@ -96,14 +97,21 @@ def section_schema(cls: Any, prefix: str = "") -> Obj:
         path = f"{prefix}{f.name}"
         if path in CHART_SETS:
             continue
+        if f.metadata.get("sections"):  # the sources' own sections, at this place
+            for name, section in SECTIONS.items():
+                properties[name] = _section(section, f"{prefix}{name}")
+            continue
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
-            properties[f.name] = {"type": ["object", "null"], "description": hint.__doc__,
-                                  "additionalProperties": False,
-                                  "properties": section_schema(hint, f"{path}.")}
+            properties[f.name] = _section(hint, path)
         else:
             properties[f.name] = field_schema(hint, f.metadata, path)
     return properties
+
+
+def _section(cls: Any, path: str) -> Obj:
+    return {"type": ["object", "null"], "description": cls.__doc__,
+            "additionalProperties": False, "properties": section_schema(cls, f"{path}.")}
 
 
 def config_schema() -> Obj:

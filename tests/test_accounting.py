@@ -82,7 +82,7 @@ def test_every_joule_and_gram_is_split_exactly_once(
             intensity=Intensity(intensity, "FR", "static"),
             sources=(SourceReading("rapl", True, {"cpu": cpu, "dram": dram,
                                                   "platform": platform}),
-                     SourceReading("nvml", True, {"gpu": sum(gpu_joules)}, gpus=gpus)),
+                     SourceReading("nvml", True, {"gpu": sum(gpu_joules)}, measurements=gpus)),
             containers=tuple(w.key for w in work), workloads=tuple(work),
             node_busy_cpu_seconds=busy, allocatable_cores=allocatable,
             gpu_allocations=tuple(allocations), container_of_pid=of_pid, idle_policy=policy,
@@ -104,7 +104,7 @@ def test_a_gpu_goes_to_its_holder_and_an_unheld_one_stays_unattributed() -> None
     result = account(TickInputs(
         now=10.0, seconds=1.0, intensity=Intensity(100.0, "FR", "static"),
         sources=(SourceReading("nvml", True, {"gpu": 300.0},
-                               gpus=(gpu("GPU-0", 200.0), gpu("GPU-1", 100.0))),),
+                               measurements=(gpu("GPU-0", 200.0), gpu("GPU-1", 100.0))),),
         containers=(held,), workloads=(Workload(held, 0.0, 1.0),),
         gpu_allocations=(Allocation(held, "GPU-0"),), idle_policy="requests",
         gpu_idle_watts=50.0, expire=True), state())

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from exporter import config as exporter_config
+from exporter.sources.registry import SECTIONS
 from tests.support import REPO, require_binary
 
 CHART = REPO / "charts" / "footprint-exporter"
@@ -1392,7 +1393,10 @@ def config_fields(cls: Any, prefix: str = "") -> set[str]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         path = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hints[f.name]):
+        if f.metadata.get("sections"):  # each energy source's own section, by its flag
+            for name, section in SECTIONS.items():
+                out |= config_fields(section, f"{prefix}{name}.")
+        elif dataclasses.is_dataclass(hints[f.name]):
             out |= config_fields(hints[f.name], f"{path}.")
         else:
             out.add(path)
@@ -1473,7 +1477,12 @@ def config_disagreements(cls: Any, node: Obj, prefix: str = "") -> Iterator[str]
     if node.get("additionalProperties") is not False:
         yield f"{where}: the schema lets unknown keys through"
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if prefix + f.name not in CHART_SETS}
+    fields: dict[str, tuple[Any, Any]] = {}  # name: (type hint, setting metadata)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("sections"):  # each energy source's own section, by its flag
+            fields |= {flag: (section, {}) for flag, section in SECTIONS.items()}
+        elif prefix + f.name not in CHART_SETS:
+            fields[f.name] = (hints[f.name], f.metadata)
     properties = node.get("properties", {})
     for name in fields.keys() - properties.keys():
         yield f"{prefix}{name}: a setting the schema lacks"
@@ -1482,8 +1491,7 @@ def config_disagreements(cls: Any, node: Obj, prefix: str = "") -> Iterator[str]
         yield f"{prefix}{name}: " + ("set by the chart, so not a value" if chart_sets
                                      else "in the schema, not a setting")
     for name in fields.keys() & properties.keys():
-        yield from _field_disagreements(hints[name], fields[name].metadata, properties[name],
-                                        prefix + name)
+        yield from _field_disagreements(*fields[name], properties[name], prefix + name)
 
 
 def _field_disagreements(hint: Any, meta: Any, node: Obj, path: str) -> Iterator[str]:

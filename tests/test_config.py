@@ -20,7 +20,7 @@ def test_defaults() -> None:
     assert config.carbon.intensity_grams_per_kwh is None  # the node's region, else 475
     assert config.carbon.provider == "static"
     assert WORLD_AVERAGE_GRAMS_PER_KWH == 475.0
-    assert config.estimate.cpu_idle_watts_per_vcpu == 0.74
+    assert config.sources["estimate"].cpu_idle_watts_per_vcpu == 0.74
 
 
 def test_a_full_valid_file() -> None:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import EstimateSettings
-from exporter.sources.estimate import ESTIMABLE, EstimateSource, read_cpu_times
+from exporter.sources.estimate import ESTIMABLE, EstimateSettings, EstimateSource, read_cpu_times
 from tests.support import node_tree, write_atomic
 
 MEM_GB = 16384000 * 1024 / 1e9  # MemTotal of tests/fixtures/proc/meminfo

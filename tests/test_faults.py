@@ -26,6 +26,7 @@ from exporter.carbon import Intensity
 from exporter.config import AttributionSettings
 from exporter.intensity import ElectricityMaps, FallbackChain
 from exporter.sampler import Sampler
+from exporter.sources.base import Probed
 from exporter.sources.rapl import RaplSource
 from tests.fakes.carbon_apis import FakeElectricityMaps
 from tests.fakes.fake_nvml import FakeNvml
@@ -383,7 +384,7 @@ async def test_intensity_provider_times_out_for_an_hour(tmp_path: Path) -> None:
                              timeout_seconds=0.3, clock=clock, trust_env=False)
         chain = FallbackChain(em, STATIC_DE, max_age_seconds=MAX_AGE, clock=clock)
         rapl = RaplSource(root / "sys")
-        sampler = Sampler.assemble(sources=[rapl], statuses=[rapl.probe()], intensity=chain,
+        sampler = Sampler.assemble(sources=[Probed("rapl", rapl, rapl.probe())], intensity=chain,
                                    attribution=AttributionSettings(idle_watts={"cpu": 20.0}),
                                    node=NODE, cpu_model="", process_metrics=False,
                                    clock=clock, timer=clock)

@@ -192,7 +192,7 @@ def test_a_1_gib_energy_uj_is_never_read_whole(tmp_path: Path,
         tracemalloc.stop()
     assert peak < 1 << 20, peak  # a whole read would allocate the GiB
     assert not reading.up
-    assert {z.zone for z in reading.zones} >= {"intel-rapl:0", "intel-rapl:1"}
+    assert {z.device for z in reading.measurements} >= {"intel-rapl:0", "intel-rapl:1"}
     assert any(f"holds more than {MAX_VALUE_BYTES} bytes" in r.getMessage()
                for r in caplog.records)
 
@@ -210,11 +210,11 @@ def test_a_zone_without_a_range_refuses_an_impossible_step(tmp_path: Path,
     write_atomic(zone / "energy_uj", f"{10**24}\n")  # 1e18 J in a second: garbage
     reading = rapl.read(1.0)
     assert not reading.up and reading.joules.get("cpu", 0.0) < MAX_ZONE_WATTS
-    (total,) = [z.joules_total for z in reading.zones if z.zone == "intel-rapl:0"]
+    (total,) = [z.joules_total for z in reading.measurements if z.device == "intel-rapl:0"]
     assert total == 0.0
     write_atomic(zone / "energy_uj", f"{10**24 + 40_000_000}\n")  # 40 J: real energy again
     reading = rapl.read(2.0)
-    (total,) = [z.joules_total for z in reading.zones if z.zone == "intel-rapl:0"]
+    (total,) = [z.joules_total for z in reading.measurements if z.device == "intel-rapl:0"]
     assert reading.up and total == pytest.approx(40.0)
 
 

@@ -103,7 +103,7 @@ def test_amd_energy_cores_are_never_added_to_the_sockets(tmp_path: Path) -> None
     reading = source.read(5.0)
     assert reading.up
     assert reading.joules == {"cpu": 108_500_130 / 1e6}  # integer microjoules, divided once
-    assert reading.zones == ()  # footprint_rapl_energy_joules_total is RAPL's
+    assert reading.measurements == ()  # footprint_rapl_energy_joules_total is RAPL's
 
 
 def test_acpi_power_meter_in_the_legacy_layout_is_platform(tmp_path: Path) -> None:

@@ -830,7 +830,7 @@ def test_fake_util_and_lost_behave_as_the_real_driver() -> None:
 def test_nvml_module_is_the_only_pynvml_importer() -> None:
     sources = [p for p in (ROOT / "exporter").rglob("*.py") if "pynvml" in p.read_text()]
     assert [p.name for p in sources] == ["nvml.py"]
-    assert nvml_module.NvmlSource.name == "nvml"
+    assert nvml_module.SPEC.label == "nvml"
 
 
 @pytest.mark.parametrize("mode", ["env", "volume-mounts", "cdi"])

@@ -13,7 +13,8 @@ from tests.support import advance, max_uj, node_tree, read_uj, write_atomic, zon
 
 
 def zones_of(source: RaplSource, now: float = 1.0) -> dict[str, tuple[str, float]]:
-    return {z.zone: (z.domain, z.joules_total) for z in source.read(now).zones}
+    return {z.device: (dict(z.labels)["domain"], z.joules_total)
+            for z in source.read(now).measurements}
 
 
 @pytest.mark.parametrize(("fixture", "components", "zones"), [
@@ -179,7 +180,7 @@ def test_vanished_zone_keeps_its_total_and_returns_with_a_new_baseline(
     shutil.move(zone_dir(root, "intel-rapl:1"), saved)
     reading = source.read(3.0)
     assert reading.up  # the zones still there were all read
-    assert dict((z.zone, z.joules_total) for z in reading.zones)["intel-rapl:1"] == 4.0
+    assert dict((z.device, z.joules_total) for z in reading.measurements)["intel-rapl:1"] == 4.0
     shutil.move(saved, zone_dir(root, "intel-rapl:1"))
     write_atomic(zone_dir(root, "intel-rapl:1") / "energy_uj", "100\n")  # e.g. driver reload
     assert source.read(4.0).joules.get("cpu", 0.0) == 0.0  # baseline only: nothing invented

@@ -6,16 +6,39 @@ DRAM watts = GB of MemTotal x watts per GB. Energy is watts x the time between r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from exporter import logs
-from exporter.config import EstimateSettings
-from exporter.sources.base import Reading, Status
+from exporter.schema import ConfigError, setting
+from exporter.sources.base import Reading, SourceContext, SourceSpec, Status
 from exporter.usage.procstat import CpuTimes, ProcError, read_cpu_times
 
 log = logs.get("estimate")
 
 ESTIMABLE = frozenset({"cpu", "dram"})
+
+
+@dataclass(frozen=True)
+class EstimateSettings:
+    """Usage-based power model where no sensor exists (Cloud Carbon Footprint's coefficients)."""
+
+    cpu_idle_watts_per_vcpu: float = setting(
+        0.74, minimum=0.0, maximum=100.0,
+        doc="watts per vCPU at 0% utilisation (CCF, AWS average)")
+    cpu_max_watts_per_vcpu: float = setting(
+        3.5, minimum=0.0, maximum=100.0,
+        doc="watts per vCPU at 100% utilisation (CCF, AWS average)")
+    dram_watts_per_gb: float = setting(
+        0.392, minimum=0.0, maximum=10.0,
+        doc="watts per GB of MemTotal (CCF: 0.000392 kWh per GB-hour)")
+
+    def __post_init__(self) -> None:
+        if self.cpu_max_watts_per_vcpu < self.cpu_idle_watts_per_vcpu:
+            raise ConfigError(
+                "estimate.cpu_max_watts_per_vcpu: expected a number >= "
+                f"estimate.cpu_idle_watts_per_vcpu ({self.cpu_idle_watts_per_vcpu:g}), "
+                f"got {self.cpu_max_watts_per_vcpu:g}")
 
 
 def read_mem_total_bytes(procfs: Path) -> int:
@@ -34,8 +57,6 @@ def read_mem_total_bytes(procfs: Path) -> int:
 
 class EstimateSource:
     """Estimates the components no sensor covers; `components` says which those are."""
-
-    name = "estimated"
 
     def __init__(self, procfs: Path, settings: EstimateSettings,
                  components: frozenset[str]) -> None:
@@ -89,3 +110,13 @@ class EstimateSource:
         if "dram" in self._components:
             joules["dram"] = mem_bytes / 1e9 * s.dram_watts_per_gb * seconds
         return Reading(up=True, joules=joules)
+
+
+def _create(ctx: SourceContext) -> EstimateSource:
+    return EstimateSource(ctx.procfs, ctx.settings or EstimateSettings(),
+                          ESTIMABLE & ctx.uncovered)
+
+
+SPEC = SourceSpec("estimate", "estimated",
+                  "utilisation-based estimate for cpu/dram where no sensor covers them",
+                  ESTIMABLE, _create, settings=EstimateSettings)

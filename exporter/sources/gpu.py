@@ -59,3 +59,21 @@ class GpuReading:
     """The board's MIG devices; empty when MIG is off."""
     processes: tuple[GpuProcessUse, ...] = ()
     """Its processes as of the last refresh (every `processes_every_s`), empty when down."""
+
+    @property
+    def component(self) -> str:
+        return "gpu"
+
+    @property
+    def device(self) -> str:
+        return self.uuid
+
+    @property
+    def labels(self) -> tuple[tuple[str, str], ...]:
+        """Its series' labels (footprint_gpu_energy_joules_total)."""
+        return (("gpu", str(self.index)), ("uuid", self.uuid), ("product", self.product))
+
+
+def gpus_of(measurements: tuple[object, ...]) -> tuple[GpuReading, ...]:
+    """The GPUs among a reading's measurements."""
+    return tuple(m for m in measurements if isinstance(m, GpuReading))

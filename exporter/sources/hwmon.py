@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter import logs
-from exporter.sources.base import Reading, Status
+from exporter.sources.base import Reading, SourceContext, SourceSpec, Status
 from exporter.sources.sysfs import MAX_SENSOR_WATTS, read_attribute, read_uint
 
 COMPONENTS = frozenset({"cpu", "dram", "platform"})
@@ -224,8 +224,6 @@ class SensorInfo:
 
 class HwmonSource:
     """Power and energy sensors under `<sysfs>/class/hwmon`, for the components still free."""
-
-    name = "hwmon"
 
     def __init__(self, sysfs: Path, *, components: frozenset[str] = COMPONENTS) -> None:
         self._root = sysfs / "class" / "hwmon"
@@ -492,3 +490,12 @@ def _few(titles: list[str], shown: int = 4) -> str:
     if len(titles) <= shown:
         return ", ".join(titles)
     return f"{', '.join(titles[:shown])} and {len(titles) - shown} more"
+
+
+def _create(ctx: SourceContext) -> HwmonSource:
+    return HwmonSource(ctx.sysfs, components=ctx.uncovered)
+
+
+SPEC = SourceSpec("hwmon", "hwmon", "power sensors in <path.sysfs>/class/hwmon (power*_input), "
+                  "for platforms that publish them and have no RAPL",
+                  COMPONENTS, _create)

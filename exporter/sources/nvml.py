@@ -10,7 +10,7 @@ from types import ModuleType
 from typing import Any
 
 from exporter import logs
-from exporter.sources.base import Reading, Status
+from exporter.sources.base import Reading, SourceContext, SourceSpec, Status
 from exporter.sources.gpu import GpuProcessUse, GpuReading, MigSlice
 
 NO_DRIVER = "no NVIDIA driver here (libnvidia-ml.so.1 not found): the GPU source is off"
@@ -115,8 +115,6 @@ class _Gpu:
 class NvmlSource:
     """Every NVIDIA GPU NVML sees, keyed by UUID: energy and power at every read; processes,
     their SM utilisation and MIG slices every `processes_every_s` of `now` (held between)."""
-
-    name = "nvml"
 
     def __init__(self, *, nvml: ModuleType | None = None,
                  processes_every_s: float = PROCESSES_EVERY_S) -> None:
@@ -256,7 +254,7 @@ class NvmlSource:
         up_gpus = [g for g in gpus if g.up]
         up = self._count_ok and identified and bool(gpus) and len(up_gpus) == len(gpus)
         joules = {"gpu": sum(g.step_mj for g in up_gpus) / 1000.0} if up_gpus else {}
-        return Reading(up=up, joules=joules, gpus=self.gpus)
+        return Reading(up=up, joules=joules, measurements=self.gpus)
 
     def _identify(self, index: int) -> _Gpu | None:
         nv = self._nv
@@ -471,3 +469,11 @@ class NvmlSource:
                  if pid not in listed_pids]  # sampled, but no longer (or never) listed
         complete = not (memory and no_sample) and not gpu.mig_stale
         return ordered(uses), complete
+
+
+def _create(ctx: SourceContext) -> NvmlSource:
+    return NvmlSource(nvml=ctx.nvml_module)
+
+
+SPEC = SourceSpec("nvml", "nvml", "NVIDIA GPU energy, power and processes through NVML",
+                  frozenset({"gpu"}), _create)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter import logs
-from exporter.sources.base import Reading, Status, ZoneTotal
+from exporter.sources.base import DeviceEnergy, Reading, SourceContext, SourceSpec, Status
 from exporter.sources.sysfs import MAX_SENSOR_WATTS, read_attribute, read_uint
 
 ZONE_DIR = re.compile(r"^intel-rapl(:[0-9a-fA-F]+)+$")
@@ -53,8 +53,6 @@ class _Zone:
 
 class RaplSource:
     """Every RAPL zone under `<sysfs>/class/powercap`, wraparound corrected per zone."""
-
-    name = "rapl"
 
     def __init__(self, sysfs: Path) -> None:
         self._root = sysfs / "class" / "powercap"
@@ -167,8 +165,17 @@ class RaplSource:
                     delta_uj[component] = delta_uj.get(component, 0) + step
             self._throttle.recovered(zone, f"zone {zone} readable again")
             z.last_uj, z.last_now = value, now
-        totals = [ZoneTotal(zone, z.domain, z.total_uj / 1e6)
+        totals = [DeviceEnergy(COMPONENT_OF_DOMAIN.get(z.domain), zone, z.total_uj / 1e6,
+                               (("zone", zone), ("domain", z.domain)))
                   for zone, z in sorted({**self._gone, **self._zones}.items(),
                                         key=lambda kv: _zone_sort_key(kv[0]))]
         return Reading(up=up, joules={c: uj / 1e6 for c, uj in delta_uj.items()},
-                       zones=tuple(totals))
+                       measurements=tuple(totals))
+
+
+def _create(ctx: SourceContext) -> RaplSource:
+    return RaplSource(ctx.sysfs)
+
+
+SPEC = SourceSpec("rapl", "rapl", "RAPL energy counters from <path.sysfs>/class/powercap",
+                  frozenset({"cpu", "dram", "platform"}), _create)
