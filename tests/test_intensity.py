@@ -495,7 +495,7 @@ async def test_secrets_never_appear_in_logs_reprs_or_errors(
     for secret in [em_api.token, wt_api.password, *bearer_tokens]:
         for text in shown:
             assert secret not in text
-    assert repr(em_token) == f"Secret(file {token_file})"
+    assert repr(em_token) == f"Secret(file {str(token_file)!r})"  # as schema.shown_path shows it
     with pytest.raises(TypeError):
         pickle.dumps(em_token)
 

@@ -84,6 +84,19 @@ def test_no_upward_import_from_the_web_config_or_the_server() -> None:
                          "exporter.metrics")}
 
 
+def test_the_network_and_secrets_modules_import_no_caller() -> None:
+    """exporter/net.py and exporter/secrets.py serve the intensity providers, the report and
+    anything later (issue 21): they import none of them, nor the server."""
+    callers = ("exporter.intensity", "exporter.report", "exporter.server")
+    for name in ("net.py", "secrets.py"):
+        found = imports(PACKAGE / name)
+        for node in ast.walk(ast.parse((PACKAGE / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "exporter":
+                found.update(f"exporter.{alias.name}" for alias in node.names)
+        upward = {m for m in found if m.startswith(callers)}
+        assert not upward, (name, upward)
+
+
 def test_the_sampler_only_sequences_its_stages() -> None:
     tree = ast.parse((PACKAGE / "sampler.py").read_text())
     sampler = next(node for node in tree.body

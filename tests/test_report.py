@@ -490,11 +490,11 @@ def bad_input_cases(tmp: Path) -> list[tuple[list[str], str]]:
     https = ["--prometheus", "https://127.0.0.1:1"]
     return [
         (["--bearer-token-file", str(missing)],
-         f"--bearer-token-file: cannot read {str(missing)!r} (no such file or directory); "
+         f"--bearer-token-file: cannot read {str(missing)!r} (No such file or directory); "
          f"{fix_token}"),
         (["--bearer-token-file", TOKEN],  # the token pasted in the file's place
          "--bearer-token-file: cannot read a name of 18 characters (not shown: only an absolute "
-         "path in an existing directory is, anything else may be a pasted secret) (no such file "
+         "path in an existing directory is, anything else may be a pasted secret) (No such file "
          f"or directory); {fix_token}"),
         (["--bearer-token-file", str(empty)],
          f"--bearer-token-file: {str(empty)!r} is empty; {fix_token}"),
@@ -502,7 +502,8 @@ def bad_input_cases(tmp: Path) -> list[tuple[list[str], str]]:
          f"--bearer-token-file: {str(two_lines)!r} holds more than one line; {fix_token}, "
          "alone on one line"),
         (["--bearer-token-file", str(tmp)],
-         f"--bearer-token-file: cannot read {str(tmp)!r} (is a directory); {fix_token}"),
+         f"--bearer-token-file: cannot read {str(tmp)!r} (a directory, not a regular file); "
+         f"{fix_token}"),
         (["--basic-auth-user", "u", "--basic-auth-password-file", str(empty)],
          f"--basic-auth-password-file: {str(empty)!r} is empty; give --basic-auth-password-file "
          "the path of a file that holds the password"),

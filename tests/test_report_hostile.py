@@ -26,6 +26,7 @@ import pytest
 from aiohttp import web
 
 from exporter import report
+from tests.test_net import redirect, serve
 from tests.test_report import (
     CO2E_DATA,
     PASSWORD,
@@ -158,6 +159,25 @@ async def test_a_redirect_body_is_never_read(capsys: pytest.CaptureFixture[str])
         elapsed = time.monotonic() - started
     assert capsys.readouterr().out.startswith("model,phase,")
     assert elapsed < 8, elapsed
+
+
+async def test_a_redirect_to_another_origin_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before 0.5.0 the report followed it without the credentials; now it is refused
+    (exporter.net, one rule with the intensity providers): the other origin is never asked,
+    and the error names it, so that the URL can be fixed."""
+    token = secret_file(tmp_path, "token", TOKEN)
+    with serve() as prometheus, serve() as elsewhere:
+        prometheus.routes["/api/v1/query"] = redirect(f"{elsewhere.url}/api/v1/query", 308)
+        elsewhere.routes["/api/v1/query"] = (200, {}, json.dumps(CO2E_DATA).encode())
+        assert await run("--prometheus", prometheus.url, "--bearer-token-file", str(token)) == 2
+    assert elsewhere.seen == []
+    assert [h["authorization"] for _, h in prometheus.seen] == [f"Bearer {TOKEN}"]
+    assert capsys.readouterr() == ("", (
+        f"footprint-exporter report: error: Prometheus at {prometheus.url} answered HTTP 308, "
+        f"a redirect to another origin ({elsewhere.url}), which is not followed (credentials "
+        "and trust stay with the origin given); if Prometheus is there, give that URL as "
+        "--prometheus\n"))
 
 
 # --- secrets the server sends back -------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""API credentials read from a mounted Secret file or an environment variable, never shown."""
+"""API credentials read from a mounted Secret file or an environment variable, never shown.
+
+Files are read, and values checked, by `exporter.secrets` (one rule with the report's secret
+files); this module names the setting in errors and keeps the value behind `Secret`."""
 
 from __future__ import annotations
 
@@ -7,14 +10,13 @@ import re
 from pathlib import Path
 
 from exporter.config import ConfigError, describe_secret
-from exporter.schema import FileRefused, looks_secret, read_file
+from exporter.schema import looks_secret
 from exporter.schema import shown_path as shown_path
+from exporter.secrets import MAX_SECRET_BYTES as MAX_SECRET_BYTES
+from exporter.secrets import SecretError, check_secret, read_secret_file
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CONVENTIONAL_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
-
-MAX_SECRET_BYTES = 64 << 10
-"""The largest token or password file: 64 KiB (a token is tens of bytes, a JWT a few KiB)."""
 
 
 def shown_env_name(name: str) -> str | None:
@@ -49,7 +51,11 @@ class Secret:
         """
         if file:
             path = Path(file)
-            return cls(_read_file(path, key), source=f"file {path}", file=path)
+            try:
+                value = read_secret_file(path)
+            except SecretError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+            return cls(value, source=f"file {shown_path(path)}", file=path)
         if env:
             env_key = key.removesuffix("_file") + "_env"
             if not ENV_NAME.fullmatch(env) or len(env) > 255:
@@ -57,21 +63,26 @@ class Secret:
                                   f"got {describe_secret(env)} that is not one (a pasted "
                                   "secret? put the secret in the variable, or in a file)")
             shown = shown_env_name(env)
-            value = os.environ.get(env, "").strip()
-            if not value and shown is None:
+            value = os.environ.get(env, "")
+            if not value.strip() and shown is None:
                 raise ConfigError(
                     f"{env_key}: the environment variable it names is unset or empty; the name, "
                     f"{describe_secret(env)}, is not shown: it does not look like a variable "
                     "name (capitals, digits and '_', e.g. FOOTPRINT_TOKEN), so it may be a "
                     "pasted secret: put the secret in a variable or a file and name that here")
-            if not value:
+            if not value.strip():
                 raise ConfigError(f"{env_key}: environment variable {env} is unset or empty")
-            return cls(value, source=f"env {shown or '(name not shown)'}")
+            named = shown or "(name not shown)"
+            try:
+                value = check_secret(value, f"environment variable {named}")
+            except SecretError as exc:
+                raise ConfigError(f"{env_key}: {exc}") from None
+            return cls(value, source=f"env {named}")
         raise ConfigError(f"{key}: set a file (a mounted Secret) or an environment variable")
 
     @property
     def origin(self) -> str:
-        """` (from file /path)`, ` (from env NAME)`, or "" for a literal: for log lines."""
+        """` (from file '/path')`, ` (from env NAME)`, or "" for a literal: for log lines."""
         return "" if self._source == "literal" else f" (from {self._source})"
 
     def reveal(self) -> str:
@@ -80,15 +91,13 @@ class Secret:
 
     def reload(self) -> None:
         """Read the file again (a rotated Kubernetes Secret is updated in place); keep the old
-        value when the file cannot be read."""
+        value when the file cannot be read or holds no secret (by `exporter.secrets`' rule)."""
         if self._file is None:
             return
         try:
-            value = read_file(self._file, MAX_SECRET_BYTES).decode("utf-8").strip()
-        except (FileRefused, UnicodeDecodeError):
+            self._value = read_secret_file(self._file)
+        except SecretError:
             return
-        if value:
-            self._value = value
 
     def redact(self, text: str) -> str:
         """`text` with every occurrence of the value replaced."""
@@ -102,16 +111,3 @@ class Secret:
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("a Secret cannot be pickled")
 
-
-def _read_file(path: Path, key: str) -> str:
-    """A token or password file: a regular file of at most MAX_SECRET_BYTES (`read_file`:
-    a FIFO or a device is refused, not waited on), UTF-8, not empty."""
-    try:
-        value = read_file(path, MAX_SECRET_BYTES).decode("utf-8").strip()
-    except FileRefused as exc:
-        raise ConfigError(f"{key}: cannot read {shown_path(path)} ({exc})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{key}: {shown_path(path)} is not UTF-8 text") from None
-    if not value:
-        raise ConfigError(f"{key}: {shown_path(path)} is empty")
-    return value

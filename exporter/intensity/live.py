@@ -6,13 +6,15 @@ an event loop of its own in a daemon thread (`start()` / `stop()`): the exporter
 sources before `asyncio.run` starts the server's loop, and a slow API or DNS lookup can then
 never delay a scrape. Tests drive `poll()` directly on their own loop with an injected clock.
 
-Every answer is distrusted (issue 10): its body is read in chunks up to `MAX_BODY_BYTES` and
-inflated (gzip, deflate) by Footprint itself up to `MAX_INFLATED_BYTES`, so neither a huge
-body nor a compression bomb can take the exporter's memory; a value above `MAX_GRAMS_PER_KWH` or
-dated more than `FUTURE_TOLERANCE_SECONDS` ahead of the node's clock is refused. Each is a
-`malformed` fault: the last good value stays, `up` goes false, the fallback chain applies.
-JSON is parsed by `exporter.boundedjson` (issue 19): a body nested deeper than 64 levels is a
-`malformed` fault too, never a RecursionError.
+Every answer is distrusted (issue 10): `exporter.net` reads its body in chunks up to
+`net.MAX_BODY_BYTES` (1 MiB) and inflates it (gzip, deflate) up to `net.MAX_INFLATED_BYTES`
+(1 MiB), so neither a huge body nor a compression bomb can take the exporter's memory; a
+value above `MAX_GRAMS_PER_KWH` or dated more than `FUTURE_TOLERANCE_SECONDS` ahead of the
+node's clock is refused. Each is a `malformed` fault: the last good value stays, `up` goes
+false, the fallback chain applies. JSON is parsed by `exporter.boundedjson` (issue 19): a body
+nested deeper than 64 levels is a `malformed` fault too, never a RecursionError. A redirect is
+followed on the API's origin only (`exporter.net`): one to another origin is an `http` fault,
+so a token never leaves the origin it was given for.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import logging
 import math
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 
-from exporter import __version__, boundedjson, logs
+from exporter import boundedjson, logs, net
 from exporter.carbon import MAX_GRAMS_PER_KWH, Intensity
 from exporter.intensity.credentials import Secret
 from exporter.intensity.faults import Fault as Fault
@@ -51,25 +52,6 @@ LOG_PERIOD_SECONDS = 3600.0
 fetch works again."""
 FAULT_KINDS = ("auth", "rate", "timeout", "network", "http", "malformed", "internal")
 
-MAX_BODY_BYTES = 1 << 20
-"""1 MiB: the most of an answer's body read off the wire (after chunked transfer coding, before
-gzip or deflate is undone). Real answers are under 2 KB (Electricity Maps `latest` about 300
-bytes, a WattTime forecast point about 500, its login token about 1 KB): 500 times that is
-room enough for any change of format, and a bound on what one answer can cost every node that
-polls the same API at once. A Content-Length above it is refused before reading."""
-MAX_INFLATED_BYTES = 1 << 20
-"""1 MiB: the most a gzip or deflate body may inflate to. Footprint inflates answers itself
-(aiohttp's auto-decompression is off), `INFLATE_CHUNK_BYTES` in and at most as much out at a
-time with `zlib.decompressobj().decompress(data, max_length)`, and stops one byte past this: a
-bomb (1 MB of gzip that inflates to 1 GiB) costs this plus a few chunks and zlib's 32 KiB
-window (1.1 MiB measured), never what it would inflate to."""
-READ_CHUNK_BYTES = 64 << 10
-"""Bodies are read this much at a time, counting against `MAX_BODY_BYTES` as they come."""
-INFLATE_CHUNK_BYTES = 16 << 10
-"""Bodies are inflated this much in, and at most this much out, at a time."""
-ACCEPT_ENCODING = "gzip, deflate"
-"""What Footprint can inflate itself (not aiohttp's default, which adds br and zstd when their
-modules are installed). Another Content-Encoding in an answer is a fault."""
 FUTURE_TOLERANCE_SECONDS = 600.0
 """A value may be dated at most 10 minutes ahead of the exporter's clock. A live value is for
 the past: Electricity Maps' `datetime` is the start of the hour the value is for, WattTime's
@@ -176,63 +158,13 @@ def check_reading(reading: IntensityReading, now_unix: float) -> IntensityReadin
     return reading
 
 
-def inflate(body: bytes, content_encoding: str | None, *,
-            limit: int = MAX_INFLATED_BYTES) -> bytes:
-    """`body` with its Content-Encoding (gzip, deflate or none) undone, never producing more
-    than `limit` bytes: Fault (malformed) when it would inflate beyond that, is cut off or
-    corrupt, or has another encoding."""
-    coding = (content_encoding or "").strip().lower()
-    if coding in ("", "identity"):
-        if len(body) > limit:
-            raise Fault("malformed", f"answered more than {_size(limit)}")
-        return body
-    if coding in ("gzip", "x-gzip"):
-        wbits = 16 + zlib.MAX_WBITS
-    elif coding == "deflate":
-        # RFC 9110 means zlib (RFC 1950); some servers send raw deflate (RFC 1951), which
-        # browsers and aiohttp accept too.
-        wbits = zlib.MAX_WBITS if _zlib_header(body) else -zlib.MAX_WBITS
-    else:
-        raise Fault("malformed", f"answered with Content-Encoding {coding[:40]!r}, not gzip "
-                                 "or deflate")
-    if not body:
-        return body
-    inflater = zlib.decompressobj(wbits)
-    parts: list[bytes] = []  # not a bytearray, which over-allocates as it grows
-    size = 0
-    view = memoryview(body)
-    pos = 0
-    pending: bytes | memoryview = b""
-    try:
-        while True:
-            # One chunk of input and at most one of output at a time, never more in all than
-            # the limit and a byte: a bomb costs the limit and a few chunks.
-            if not pending and pos < len(view):
-                pending = view[pos:pos + INFLATE_CHUNK_BYTES]
-                pos += INFLATE_CHUNK_BYTES
-            want = min(INFLATE_CHUNK_BYTES, limit + 1 - size)
-            data = inflater.decompress(pending, want)
-            pending = inflater.unconsumed_tail
-            parts.append(data)
-            size += len(data)
-            if size > limit:
-                raise Fault("malformed", f"answered a {coding} body that inflates to more "
-                                         f"than {_size(limit)}")
-            if inflater.eof or (not pending and pos >= len(view) and len(data) < want):
-                break  # the end, or cut off: all input read and no output held back
-    except zlib.error:
-        raise Fault("malformed", f"answered a {coding} body that does not inflate") from None
-    if not inflater.eof:
-        raise Fault("malformed", f"answered a {coding} body that is cut off")
-    return b"".join(parts)
-
-
 def parse_json_object(response: Response) -> Mapping[str, Any]:
-    """The body's JSON object, parsed within `MAX_INFLATED_BYTES` and
+    """The body's JSON object, parsed within `net.MAX_INFLATED_BYTES` and
     `boundedjson.DEFAULT_MAX_DEPTH` levels; Fault (malformed) for anything else (a body nested
     thousands of levels deep included, which json.loads alone turns into RecursionError)."""
     try:
-        body = boundedjson.loads(response.body, max_bytes=MAX_INFLATED_BYTES, what="its body")
+        body = boundedjson.loads(response.body, max_bytes=net.MAX_INFLATED_BYTES,
+                                 what="its body")
     except boundedjson.JsonError as exc:
         if exc.reason == "syntax":
             raise Fault("malformed", "answered HTTP 200 with a body that is not JSON") from None
@@ -412,27 +344,25 @@ class LiveProvider:
 
     async def _get(self, url: str, *, params: Mapping[str, str] | None = None,
                    headers: Mapping[str, str] | None = None) -> Response:
-        """One GET, its body read and inflated within `MAX_BODY_BYTES` and
-        `MAX_INFLATED_BYTES`; a transport failure becomes a Fault without the request's
-        headers."""
+        """One GET through `net.get`: its body read and inflated within `net.MAX_BODY_BYTES`
+        and `net.MAX_INFLATED_BYTES`, redirects followed on the same origin only, all of it
+        within the timeout; what fails becomes a Fault without the request's headers."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout_seconds),
-                headers={"User-Agent": f"footprint-exporter/{__version__}",
-                         "Accept-Encoding": ACCEPT_ENCODING},
-                auto_decompress=False, trust_env=self._trust_env)
+            self._session = net.client_session(timeout_seconds=self.timeout_seconds,
+                                               trust_env=self._trust_env)
         try:
-            async with self._session.get(url, params=params, headers=headers,
-                                         allow_redirects=False) as resp:
-                body = await _read_capped(resp)
-                return Response(resp.status,
-                                inflate(body, resp.headers.get("Content-Encoding")),
-                                resp.headers.get("Retry-After"))
+            answer = await net.get(self._session, url, params=params, headers=headers,
+                                   timeout_seconds=self.timeout_seconds)
+        except net.BodyError as exc:
+            raise Fault("malformed", f"answered {exc}") from None
+        except net.RedirectRefused as exc:
+            raise Fault("http", f"answered {exc}") from None
         except TimeoutError:
             raise Fault("timeout", f"did not answer within {self.timeout_seconds:g} s") from None
         except aiohttp.ClientError as exc:
             # Only the class name: some aiohttp errors carry the request, headers included.
             raise Fault("network", f"request failed ({type(exc).__name__})") from None
+        return Response(answer.status, answer.body, answer.headers.get("Retry-After"))
 
     def _check(self, response: Response) -> None:
         """Turn a non-200 answer into a Fault (401 and 403 are the caller's to explain)."""
@@ -511,37 +441,11 @@ class LiveProvider:
             await asyncio.sleep(max(0.0, min(delay, MAX_RETRY_AFTER_SECONDS)))
 
 
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    """The raw body, read `READ_CHUNK_BYTES` at a time; Fault once it passes `MAX_BODY_BYTES`
-    (or its Content-Length says it would), after closing the connection so that the rest is
-    never read."""
-    length = resp.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        resp.close()
-        raise Fault("malformed", f"answered more than {_size(MAX_BODY_BYTES)} "
-                                 f"(Content-Length {length})")
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(READ_CHUNK_BYTES):
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            resp.close()
-            raise Fault("malformed", f"answered more than {_size(MAX_BODY_BYTES)}")
-    return bytes(body)
-
-
-def _zlib_header(data: bytes) -> bool:
-    """A zlib (RFC 1950) header: deflate method, and the check bits."""
-    return len(data) >= 2 and data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
-
-
-def _size(limit: int) -> str:
-    return f"{limit >> 20} MiB" if limit and limit % (1 << 20) == 0 else f"{limit} bytes"
-
-
 def _api_message(response: Response) -> str:
     """The API's own short error text (`message` or `error`), if it sent one."""
     try:
-        body = boundedjson.loads(response.body, max_bytes=MAX_INFLATED_BYTES, what="its body")
+        body = boundedjson.loads(response.body, max_bytes=net.MAX_INFLATED_BYTES,
+                                 what="its body")
     except boundedjson.JsonError:
         return ""
     if isinstance(body, dict):

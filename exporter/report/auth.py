@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from exporter import secrets
 from exporter.report.common import CONTROL, ReportError, printable
 from exporter.schema import describe_secret, shown_path
 
@@ -61,24 +62,15 @@ class Connection:
 
 
 def read_secret_file(text: str, option: str, what: str) -> str:
-    """The content of the file named by `option`, stripped; ReportError (never the content, nor
-    a name that may be a pasted secret) when it cannot be read or is empty."""
-    path = Path(text)
+    """The secret in the file named by `option` (`exporter.secrets`' rule: whitespace around it
+    removed, one line, not empty); ReportError (never the content, nor a name that may be a
+    pasted secret) when it cannot be read or is not one secret."""
     fix = f"give {option} the path of a file that holds the {what}"
     try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ReportError(f"{option}: cannot read {shown_path(path)} ({reason.lower()}); "
-                          f"{fix}") from None
-    except (UnicodeDecodeError, ValueError):
-        raise ReportError(f"{option}: {shown_path(path)} is not UTF-8 text; {fix}") from None
-    if not value:
-        raise ReportError(f"{option}: {shown_path(path)} is empty; {fix}")
-    if "\n" in value or "\r" in value or "\0" in value:
-        raise ReportError(f"{option}: {shown_path(path)} holds more than one line; {fix}, "
-                          "alone on one line")
-    return value
+        return secrets.read_secret_file(Path(text))
+    except secrets.SecretError as exc:
+        alone = ", alone on one line" if exc.reason == "lines" else ""
+        raise ReportError(f"{option}: {exc}; {fix}{alone}") from None
 
 
 def parse_header(text: str) -> tuple[str, str]:

@@ -1,23 +1,22 @@
 """`footprint-exporter report`'s HTTP to Prometheus' `/api/v1/query`: one instant query at a
 time, bounded in time (from connecting to the last byte, issue 19) and in size (the body, its
-series, its nesting), redirects that keep the credentials to their origin, and one line for
-whatever goes wrong, with every secret redacted from what the server sent back."""
+series, its nesting), redirects followed only on their origin (`exporter.net`, shared with the
+live intensity providers), and one line for whatever goes wrong, with every secret redacted
+from what the server sent back."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import http.client
 import socket
 import ssl
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from exporter import boundedjson
+from exporter import boundedjson, net
+from exporter.net import READ_CHUNK_BYTES as READ_CHUNK_BYTES
 from exporter.report.auth import CREDENTIAL_OPTIONS, Connection
 from exporter.report.common import ReportError
 
@@ -33,30 +32,11 @@ before it is parsed: parsed, each series costs about 1.2 KB, so 100,000 take abo
 large cluster, is some ten thousand runs times four scopes."""
 MAX_ERROR_BODY_BYTES = 64 << 10
 """The most of an error answer (HTTP 4xx, 5xx) read for Prometheus' message."""
-READ_CHUNK_BYTES = 64 << 10
 NARROW = ("narrow the query: a shorter --since (or an earlier --until) covers fewer models "
           "and runs")
 
 Sample = tuple[Mapping[str, str], float]
 """One series of an instant vector: its labels and its value."""
-
-
-class _NoCredentialsAcrossOrigins(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect, but send the credentials and extra headers only to the origin they
-    were given for (a redirect elsewhere gets none)."""
-
-    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
-                         headers: Any, newurl: str) -> urllib.request.Request | None:
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        # The standard library reads the redirect's body whole to discard it, however large it
-        # is: closed here, that read reads nothing.
-        fp.close()
-        old_origin = urllib.parse.urlsplit(req.full_url)[:2]
-        if new is not None and urllib.parse.urlsplit(newurl)[:2] != old_origin:
-            for name in list(new.headers):
-                if name.lower() != "accept":
-                    del new.headers[name]
-        return new
 
 
 def _describe(reason: object, timeout: float, conn: Connection) -> str:
@@ -80,79 +60,6 @@ def _api_error(payload: object) -> str | None:
     return None
 
 
-# --- the deadline of one query ---------------------------------------------------------------
-
-class _Deadline:
-    """The deadline of one query, from name lookup and connecting to the last byte, redirects
-    included (issue 19: a per-read timeout alone lets a server that sends a byte now and then
-    hold the report for ever). The query runs in a worker thread that the caller waits for
-    until the deadline; then the sockets the query opened are shut down, which ends any read
-    in progress, and the worker stops at its next chunk."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.answered = False
-        """Prometheus' status line and headers have come: a timeout is a slow answer, not
-        none."""
-        self.expired = False
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-
-    def watch(self, sock: socket.socket) -> None:
-        """Shut `sock` down when the deadline passes (at once if it has)."""
-        with self._lock:
-            self._sockets.append(sock)
-            expired = self.expired
-        if expired:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-class _HTTPConnection(http.client.HTTPConnection):
-    """A connection whose socket the deadline watches once connected."""
-
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
-
-    def connect(self) -> None:
-        super().connect()
-        self._deadline.watch(self.sock)
-
-
-class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
-    """The same over TLS: `connect` is HTTPSConnection's (the TCP connection, then the TLS
-    handshake), and the socket watched the TLS one it leaves."""
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self._deadline = deadline
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(functools.partial(_HTTPConnection, deadline=self._deadline), req)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline, context: ssl.SSLContext | None) -> None:
-        super().__init__(context=context)
-        self._deadline = deadline
-        self._tls = context
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(functools.partial(_HTTPSConnection, deadline=self._deadline), req,
-                            context=self._tls)
-
-
 # --- one exchange ----------------------------------------------------------------------------
 
 def _too_large(base_url: str, what: str) -> ReportError:
@@ -160,27 +67,16 @@ def _too_large(base_url: str, what: str) -> ReportError:
                        f"report reads; {NARROW}")
 
 
-def _read_body(response: http.client.HTTPResponse, base_url: str, deadline: _Deadline) -> bytes:
+def _read_body(response: http.client.HTTPResponse, base_url: str,
+               deadline: net.Deadline) -> bytes:
     """The whole body, at most MAX_BODY_BYTES; ReportError past it, or when cut off."""
-    declared: int | None
     try:
-        declared = int(response.headers.get("Content-Length", ""))
-    except ValueError:
-        declared = None
-    if declared is not None and declared > MAX_BODY_BYTES:
-        raise _too_large(base_url, f"{declared / (1 << 20):,.0f} MiB (at most "
-                                   f"{MAX_BODY_BYTES >> 20} MiB)")
-    parts: list[bytes] = []
-    size = 0
-    while not deadline.expired and (chunk := response.read(READ_CHUNK_BYTES)):
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large(base_url, f"more than {MAX_BODY_BYTES >> 20} MiB")
-        parts.append(chunk)
-    if declared is not None and size < declared and not deadline.expired:
-        raise ReportError(f"Prometheus at {base_url} cut its answer off after {size:,} of "
-                          f"{declared:,} bytes; {FIX}")
-    return b"".join(parts)
+        return net.read_capped_sync(response, MAX_BODY_BYTES, stopped=lambda: deadline.expired)
+    except net.TooLarge as exc:
+        raise _too_large(base_url, str(exc)) from None
+    except net.CutOff as exc:
+        raise ReportError(f"Prometheus at {base_url} cut its answer off after "
+                          f"{exc.received:,} of {exc.declared:,} bytes; {FIX}") from None
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str | None:
@@ -196,13 +92,10 @@ def _error_message(exc: urllib.error.HTTPError) -> str | None:
 
 
 def _fetch(request: urllib.request.Request, base_url: str, timeout: float, conn: Connection,
-           deadline: _Deadline) -> bytes:
+           deadline: net.Deadline) -> bytes:
     """The body of a 200 answer to `request`; ReportError for anything else."""
-    opener = urllib.request.build_opener(
-        _HTTPHandler(deadline), _HTTPSHandler(deadline, conn.context),
-        _NoCredentialsAcrossOrigins())
     try:
-        with opener.open(request, timeout=timeout) as response:
+        with net.opener(deadline, conn.context).open(request, timeout=timeout) as response:
             deadline.answered = True
             return _read_body(response, base_url, deadline)
     except urllib.error.HTTPError as exc:
@@ -222,6 +115,9 @@ def _fetch(request: urllib.request.Request, base_url: str, timeout: float, conn:
                               "such as http://localhost:9090)") from None
         raise ReportError(f"Prometheus at {base_url} rejected the query: "
                           f"{conn.shown(message)}") from None
+    except net.RedirectRefused as exc:
+        raise ReportError(f"Prometheus at {base_url} answered {conn.shown(exc)}; if Prometheus "
+                          "is there, give that URL as --prometheus") from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ssl.SSLCertVerificationError):
             raise ReportError(f"Prometheus at {base_url} has a TLS certificate that does not "
@@ -238,30 +134,17 @@ def _fetch(request: urllib.request.Request, base_url: str, timeout: float, conn:
 def _within_deadline(request: urllib.request.Request, base_url: str, timeout: float,
                      conn: Connection) -> bytes:
     """`_fetch` in a worker thread, waited for at most `timeout` seconds in all."""
-    deadline = _Deadline(timeout)
-    outcome: list[bytes | BaseException] = []
-
-    def work() -> None:
-        try:
-            outcome.append(_fetch(request, base_url, timeout, conn, deadline))
-        except BaseException as exc:  # handed to the caller's thread
-            outcome.append(exc)
-
-    worker = threading.Thread(target=work, name="report-query", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if not outcome:
-        deadline.expire()
-        if deadline.answered:
+    deadline = net.Deadline(timeout)
+    try:
+        return net.run_within(deadline, lambda: _fetch(request, base_url, timeout, conn,
+                                                       deadline), name="report-query")
+    except net.DeadlineExpired as exc:
+        if exc.answered:
             raise ReportError(f"Prometheus at {base_url} did not finish its answer within "
                               f"{timeout:g} s (--timeout bounds each query, from connecting to "
-                              f"the last byte); give a longer --timeout, or {NARROW}")
+                              f"the last byte); give a longer --timeout, or {NARROW}") from None
         raise ReportError(f"cannot reach Prometheus at {base_url}: no answer within "
-                          f"{timeout:g} s; {FIX}")
-    result = outcome[0]
-    if isinstance(result, BaseException):
-        raise result
-    return result
+                          f"{timeout:g} s; {FIX}") from None
 
 
 # --- the answer ------------------------------------------------------------------------------
