@@ -12,9 +12,13 @@ process on its GPU with utilisation samples.
 The exporter is the project's real code, in this process: ``cli.build_sampler`` then
 ``server.serve`` on 127.0.0.1 with a 1 s tick. A driver thread advances every counter each
 second (RAPL ``energy_uj``, each container's ``usage_usec``, ``/proc/stat``, fake NVML time and
-samples). Ten scraper *processes* (one keep-alive connection each, Prometheus' ``Accept`` and
-``Accept-Encoding: gzip``) hammer ``/metrics`` back to back for the whole run, so their own CPU
-does not share this process' GIL.
+samples). The ``cpu.stat`` files are rewritten in place, as the kernel updates them, and the
+exporter is told to read them as it reads cgroupfs (``as_on_cgroupfs``: kept open, ``pread``
+only; on an ordinary disk it would also ``fstat`` each after reading, in case a file was replaced
+by a rename). Ten scraper *processes* (Prometheus' ``Accept`` and ``Accept-Encoding: gzip``)
+scrape back to back for the whole run, so their own CPU does not share this process' GIL; every
+other scrape of each goes to the exporter, the rest to the scrape floor (below), each over a
+keep-alive connection of its own.
 
 Measured:
 
@@ -24,11 +28,20 @@ Measured:
 - ``render_cpu_ms``: CPU time of each render of the exposition, which runs on the first scrape
   after a tick (exporter/exposition.py), not in the tick; with ten scrapers every tick is
   rendered, so a tick's whole CPU here is ``tick_cpu_ms`` + ``render_cpu_ms``;
-- ``floor_cpu_ms``: the floor of a tick, timed in the same run: the same 250 ``cpu.stat`` reads
-  and the same NVML calls on the fake (recorded from 20 real ticks and replayed), nothing else;
-  ``tick_to_floor_p50`` is the tick's p50 over the floor's, the figure to trust where the
-  machine's speed varies (goal: at most 2);
-- ``scrape_ms``: client-side latency of every scrape (send + read whole body), all scrapers;
+- ``floor_cpu_ms``: the floor of a tick, timed beside the ticks under the same load (a thread,
+  once a second, half a tick after the tick): the same 250 ``cpu.stat`` reads as the exporter
+  does them (``pread`` on descriptors kept open) and the same NVML calls on the fake (recorded
+  from the first 20 ticks, replayed in turn), nothing else; ``tick_to_floor_p50`` is the
+  tick's p50 over the floor's, the figure to trust where the machine's speed varies (goal: at
+  most 2). ``floor_open_read_close_cpu_ms``: the same reads opened and closed each time (the
+  floor as it was defined before the exporter kept its files open). ``quiet``: after the
+  scrapers stop, 20 ticks and floors in turn, the same ratio on an otherwise idle process;
+- ``scrape_ms``: client-side latency of every scrape of the exporter (send + read whole body),
+  all scrapers; ``scrape_ms.floor``: the same for the scrape floor, a second process running
+  the exporter's own HTTP server (``server.serve``) with one fixed, rendered exposition (the
+  exporter's first) and no tick, scraped in turn with the exporter by the same scrapers: what
+  the machine and the HTTP stack cost a scrape under this load. ``p99_to_floor`` is the
+  exporter's p99 over the floor's;
 - ``rss_mb``: VmRSS of this process at the end: it holds the exporter *and* the fake API
   server, the gRPC server, the fake NVML and the driver thread;
 - ``exporter_only``: a second pass running the exporter as its own process (``python -m
@@ -42,7 +55,7 @@ If a goal is missed, a cProfile of 30 ticks goes to stderr (top 15 by cumulative
 Run from the repository root::
 
     .venv/bin/python bench/node_scale.py                # 10 minutes, then a 60 s second pass
-    .venv/bin/python bench/node_scale.py --minutes 1
+    .venv/bin/python bench/node_scale.py --minutes 1 --exporter-only-seconds 0   # quick look
 
 Prints exactly one JSON line to stdout; progress and diagnostics go to stderr.
 """
@@ -110,6 +123,26 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_in_place(path: Path, text: str) -> None:
+    """As the kernel updates `cpu.stat`: the same inode, rewritten (tests/support.py's)."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def as_on_cgroupfs() -> None:
+    """The node's `cpu.stat` files are on this disk, not cgroupfs, but written in place as the
+    kernel does: let the exporter read them as it reads cgroupfs (kept open, `pread` only, no
+    fstat after each read; exporter/usage/cgroups.py, `CgroupReader.check_links`)."""
+    from exporter.usage import cgroups
+
+    cgroups.on_cgroupfs = lambda path: True
 
 
 def free_port() -> int:
@@ -187,7 +220,7 @@ class Node:
                 directory.mkdir(parents=True)
                 usec = 1_000_000 + index * 7919
                 stat = directory / "cpu.stat"
-                stat.write_text(self._stat_text(usec))
+                write_in_place(stat, self._stat_text(usec))
                 self.cpu_stat.append(stat)
                 self.usage_usec.append(usec)
                 for k in range(PIDS_PER_CONTAINER):
@@ -248,7 +281,7 @@ class Node:
             used = rng.randint(0, 40_000)
             self.usage_usec[i] += used
             total += used
-            write_atomic(path, self._stat_text(self.usage_usec[i]))
+            write_in_place(path, self._stat_text(self.usage_usec[i]))
         stat = self.root / "proc" / "stat"
         lines = stat.read_text().splitlines()
         fields = lines[0].split()
@@ -315,80 +348,142 @@ def exporter_argv(node: Node, config: Path, port: int) -> list[str]:
 # -- scrapers (child processes) ----------------------------------------------------------------
 
 
-def scraper(port: int, seconds: float, out: Path) -> int:
-    """Waits for /readyz, then scrapes back to back for `seconds`; latencies (ns) to `out`."""
-    deadline = time.monotonic() + 60
+def wait_ready(port: int, deadline: float) -> bool:
     while True:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/readyz")
             if conn.getresponse().status == 200:
-                break
+                return True
         except OSError:
             pass
         if time.monotonic() > deadline:
-            return 1
+            return False
         time.sleep(0.1)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    samples = array.array("q")
+
+
+def scraper(port: int, seconds: float, out: Path, floor_port: int = 0) -> int:
+    """Waits for /readyz, then scrapes back to back for `seconds`; latencies (ns) to `out`.
+    With a `floor_port`, every other scrape goes to that server (the scrape floor, same
+    headers, its own keep-alive connection) and its latencies to `<out>.floor.bin`."""
+    deadline = time.monotonic() + 60
+    ports = [port, floor_port] if floor_port else [port]
+    if not all(wait_ready(p, deadline) for p in ports):
+        return 1
+    conns = [http.client.HTTPConnection("127.0.0.1", p, timeout=30) for p in ports]
+    samples = [array.array("q") for _ in ports]
     connects = errors = 0
     body = b""
+    turn = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
+        which = turn % len(ports)
+        turn += 1
+        conn = conns[which]
         if conn.sock is None:
             connects += 1
         start = time.perf_counter_ns()
         try:
             conn.request("GET", "/metrics", headers=SCRAPE_HEADERS)
             resp = conn.getresponse()
-            body = resp.read()
+            got = resp.read()
         except (OSError, http.client.HTTPException):
             errors += 1
             conn.close()
             continue
-        samples.append(time.perf_counter_ns() - start)
+        samples[which].append(time.perf_counter_ns() - start)
+        if which == 0:
+            body = got
         if resp.status != 200 or resp.getheader("Content-Encoding") != "gzip":
             errors += 1
     with out.open("wb") as f:
-        samples.tofile(f)
+        samples[0].tofile(f)
+    if floor_port:
+        with out.with_suffix(".floor.bin").open("wb") as f:
+            samples[1].tofile(f)
     out.with_suffix(".json").write_text(json.dumps(
         {"connects": connects, "errors": errors, "wire_bytes": len(body)}))
     return 0
 
 
-def start_scrapers(port: int, seconds: float, tmp: Path, tag: str) -> list[tuple[Any, Path]]:
+class _FixedTicker:
+    """The scrape floor's tick: the same snapshot every time, already rendered."""
+
+    def __init__(self, text: bytes, openmetrics: bytes) -> None:
+        from exporter.exposition import Snapshot
+
+        self.snapshot = Snapshot(text=text, openmetrics=openmetrics)
+
+    def tick(self) -> Any:
+        return self.snapshot
+
+    def inputs(self) -> list[Any]:
+        return []
+
+
+def floor_server(port: int, text_file: Path, om_file: Path) -> int:
+    """The scrape floor: the exporter's own HTTP server (`server.serve`, its connection
+    handling and `/metrics` handler) serving one fixed, rendered exposition (the exporter's,
+    taken at the start of the run), in a process of its own: no tick, no render, no other
+    thread. Its latency is what the machine and the HTTP stack cost a scrape, under the same
+    load."""
+    from exporter.server import ExporterState, serve
+
+    state = ExporterState(sampler=_FixedTicker(text_file.read_bytes(), om_file.read_bytes()),
+                          telemetry_path="/metrics")
+    return asyncio.run(serve(state, listen_address=f"127.0.0.1:{port}", interval_seconds=1.0))
+
+
+def start_scrapers(port: int, seconds: float, tmp: Path, tag: str,
+                   floor_port: int = 0) -> list[tuple[Any, Path]]:
     procs = []
     for i in range(SCRAPERS):
         out = tmp / f"scrape-{tag}-{i}.bin"
         proc = subprocess.Popen([sys.executable, __file__, "--scraper", str(port),
-                                 str(seconds), str(out)], stdin=subprocess.DEVNULL)
+                                 str(seconds), str(out), str(floor_port)],
+                                stdin=subprocess.DEVNULL)
         procs.append((proc, out))
     return procs
 
 
+def read_latencies(path: Path) -> list[float]:
+    data = array.array("q")
+    data.frombytes(path.read_bytes())
+    return [ns / 1e6 for ns in data]
+
+
 def collect_scrapers(procs: list[tuple[Any, Path]], seconds: float) -> dict[str, Any]:
     samples: list[float] = []
+    floor: list[float] = []
     connects = errors = wire = 0
     for proc, out in procs:
         proc.wait()
         if proc.returncode != 0 or not out.exists():
             errors += 1
             continue
-        data = array.array("q")
-        data.frombytes(out.read_bytes())
-        samples.extend(ns / 1e6 for ns in data)
+        samples.extend(read_latencies(out))
+        if out.with_suffix(".floor.bin").exists():
+            floor.extend(read_latencies(out.with_suffix(".floor.bin")))
         meta = json.loads(out.with_suffix(".json").read_text())
         connects += meta["connects"]
         errors += meta["errors"]
         wire = meta["wire_bytes"]
     if not samples:
         raise RuntimeError("no scrape succeeded")
-    return {"scrapers": len(procs), "scrapes": len(samples),
-            "per_second": round(len(samples) / seconds, 1),
-            "p50_ms": round(percentile(samples, 50), 3),
-            "p99_ms": round(percentile(samples, 99), 3),
-            "max_ms": round(max(samples), 3), "connects": connects, "errors": errors,
-            "wire_bytes": wire}
+    out: dict[str, Any] = {
+        "scrapers": len(procs), "scrapes": len(samples),
+        "per_second": round(len(samples) / seconds, 1),
+        "p50_ms": round(percentile(samples, 50), 3),
+        "p99_ms": round(percentile(samples, 99), 3),
+        "max_ms": round(max(samples), 3), "connects": connects, "errors": errors,
+        "wire_bytes": wire}
+    if floor:
+        out["floor"] = {"scrapes": len(floor), "p50_ms": round(percentile(floor, 50), 3),
+                        "p99_ms": round(percentile(floor, 99), 3),
+                        "max_ms": round(max(floor), 3)}
+        out["p99_to_floor"] = round(out["p99_ms"] / out["floor"]["p99_ms"], 2)
+        out["p50_to_floor"] = round(out["p50_ms"] / out["floor"]["p50_ms"], 2)
+    return out
 
 
 # -- the exporter, in this process -------------------------------------------------------------
@@ -412,7 +507,7 @@ def series_counts(text: str) -> dict[str, Any]:
 
 
 async def serve_for(state: Any, port: int, seconds: float, tmp: Path,
-                    ready: threading.Event) -> dict[str, Any]:
+                    ready: threading.Event, floor: Floor) -> dict[str, Any]:
     from exporter.server import serve
 
     stop = asyncio.Event()
@@ -423,10 +518,25 @@ async def serve_for(state: Any, port: int, seconds: float, tmp: Path,
         if server.done():
             raise RuntimeError(f"serve() ended early: {server.result()}")
         await asyncio.sleep(0.05)
+    # the scrape floor serves the exporter's first exposition, fixed
+    first = state.snapshot
+    text_file, om_file = tmp / "floor.txt", tmp / "floor.om"
+    text_file.write_bytes(await asyncio.to_thread(lambda: first.text))
+    om_file.write_bytes(first.openmetrics)
+    floor_port = free_port()
+    floor_proc = subprocess.Popen([sys.executable, __file__, "--floor-server", str(floor_port),
+                                   str(text_file), str(om_file)], stdin=subprocess.DEVNULL)
     ready.set()
-    log(f"exporter serving on 127.0.0.1:{port}; {SCRAPERS} scrapers for {seconds:.0f} s")
-    procs = start_scrapers(port, seconds, tmp, "main")
-    await loop.run_in_executor(None, lambda: [proc.wait() for proc, _ in procs])
+    log(f"exporter serving on 127.0.0.1:{port}, the scrape floor on {floor_port}; "
+        f"{SCRAPERS} scrapers for {seconds:.0f} s, every other scrape to each")
+    floor.start()
+    procs = start_scrapers(port, seconds, tmp, "main", floor_port)
+    try:
+        await loop.run_in_executor(None, lambda: [proc.wait() for proc, _ in procs])
+    finally:
+        floor.halt()
+        floor_proc.send_signal(signal.SIGTERM)
+        await loop.run_in_executor(None, floor_proc.wait)
     memory = rss_mb()  # before the latencies are loaded into this process
     stop.set()
     code = await server
@@ -434,47 +544,104 @@ async def serve_for(state: Any, port: int, seconds: float, tmp: Path,
     return {"scrape": scrape, "memory": memory, "serve_exit": code}
 
 
-def measure_floor(node: Node, nvml: Any, tick: Any) -> list[float]:
-    """CPU ms of the floor of each of FLOOR_TICKS ticks: the ticks' NVML calls, recorded on
-    the fake and replayed, and one read of every container's cpu.stat, as the exporter reads
-    them (os.open, os.read, os.close)."""
-    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+def record_nvml_calls(nvml: Any, tick: Any, ticks: int) -> list[list[tuple[str, Any, Any]]]:
+    """The NVML calls each of `ticks` ticks makes on the fake, recorded (for the floor)."""
+    calls: list[list[tuple[str, Any, Any]]] = []
     names = [n for n in dir(type(nvml)) if n.startswith("nvml")]
 
     def recorder(name: str, call: Any) -> Any:
         def recorded(*args: Any, **kwargs: Any) -> Any:
-            calls.append((name, args, kwargs))
+            calls[-1].append((name, args, kwargs))
             return call(*args, **kwargs)
         return recorded
 
-    marks = []
     for name in names:
         setattr(nvml, name, recorder(name, getattr(nvml, name)))
     try:
-        for _ in range(FLOOR_TICKS):
-            marks.append(len(calls))
+        for _ in range(ticks):
+            calls.append([])
             tick()
             time.sleep(0.2)
-        marks.append(len(calls))
     finally:
         for name in names:
             delattr(nvml, name)
-    paths = [str(p) for p in node.cpu_stat]
-    floors = []
-    for i in range(FLOOR_TICKS):
+    return calls
+
+
+class Floor(threading.Thread):
+    """The floor of a tick, timed beside the ticks under the same load: once a second, half a
+    second after the tick (the tick is 1 s), one tick's NVML calls (recorded, replayed in
+    turn) and one read of every container's cpu.stat as the exporter reads it: `pread` on a
+    descriptor kept open (exporter/usage/cgroups.py). Each time, the same reads as `os.open`,
+    `os.read`, `os.close` (the floor before the descriptors were kept) are timed apart."""
+
+    def __init__(self, nvml: Any, paths: list[str], calls: list[list[tuple[str, Any, Any]]]
+                 ) -> None:
+        super().__init__(name="floor", daemon=True)
+        self.nvml, self.paths, self.calls = nvml, paths, calls
+        self.fds = [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in paths]
+        self.cpu_ms: list[float] = []
+        self.open_read_close_ms: list[float] = []
+        self.stop = threading.Event()
+        self.turn = 0
+
+    def once(self) -> tuple[float, float]:
+        """CPU ms of one floor (pread) and of the same reads opened and closed."""
+        calls = self.calls[self.turn % len(self.calls)]
+        self.turn += 1
+        nvml = self.nvml
         cpu = time.thread_time()
-        for path in paths:
+        for fd in self.fds:
+            os.pread(fd, 4096, 0)
+        for name, args, kwargs in calls:
+            with contextlib.suppress(Exception):  # an NVML error the tick met, met again
+                getattr(nvml, name)(*args, **kwargs)
+        floor = (time.thread_time() - cpu) * 1000
+        cpu = time.thread_time()
+        for path in self.paths:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 os.read(fd, 4096)
             finally:
                 os.close(fd)
-        for name, args, kwargs in calls[marks[i]:marks[i + 1]]:
-            with contextlib.suppress(Exception):  # an NVML error the tick met, met again
-                getattr(nvml, name)(*args, **kwargs)
-        floors.append((time.thread_time() - cpu) * 1000)
-        time.sleep(0.05)
-    return floors
+        return floor, (time.thread_time() - cpu) * 1000
+
+    def run(self) -> None:
+        next_at = time.monotonic() + 0.5
+        while not self.stop.wait(max(0.0, next_at - time.monotonic())):
+            floor, orc = self.once()
+            self.cpu_ms.append(floor)
+            self.open_read_close_ms.append(orc)
+            next_at += 1.0
+
+    def halt(self) -> None:
+        self.stop.set()
+        if self.is_alive():
+            self.join(5)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+def quiet_ticks(tick: Any, floor: Floor, count: int) -> tuple[list[float], list[float]]:
+    """`count` ticks and floors in turn with no scraper running: CPU ms of each (the tick's
+    thread and its read threads, as `timed_tick` counts them)."""
+    ticks, floors = [], []
+    for _ in range(count):
+        readers = reader_clocks()
+        before = {i: time.clock_gettime(c) for i, c in readers.items()}
+        cpu = time.thread_time()
+        tick()
+        used = time.thread_time() - cpu
+        for i, c in reader_clocks().items():
+            with contextlib.suppress(OSError):
+                used += time.clock_gettime(c) - before.get(i, 0.0)
+        ticks.append(used * 1000)
+        time.sleep(0.1)
+        floors.append(floor.once()[0])
+        time.sleep(0.1)
+    return ticks, floors
 
 
 def profile_ticks(tick: Any) -> str:
@@ -506,6 +673,7 @@ def child_exporter(argv: list[str], holders_json: str) -> int:
     nvml = make_nvml(holders)  # type: ignore[arg-type]
     sys.modules["pynvml"] = nvml
     Driver(None, nvml).start()
+    as_on_cgroupfs()
     from exporter import cli
 
     return cli.main(argv)
@@ -592,6 +760,7 @@ def run(minutes: float, child_seconds: float) -> dict[str, Any]:
             config = write_config(tmp, kubeconfig, pr_socket)
             os.environ["NODE_NAME"] = NODE
             port = free_port()
+            as_on_cgroupfs()
             settings = cli.parse_settings(exporter_argv(node, config, port))
             sampler = cli.build_sampler(settings, nvml_module=nvml)
             original_tick = sampler.tick
@@ -633,16 +802,25 @@ def run(minutes: float, child_seconds: float) -> dict[str, Any]:
                     raise RuntimeError("the pod watch never saw all pods")
                 time.sleep(0.05)
             driver.start()
+            # the first ticks (they walk the cgroup tree and read every pid's cgroup) record
+            # the NVML calls the floor replays
+            log(f"{FLOOR_TICKS} ticks with their NVML calls recorded for the floor")
+            calls = record_nvml_calls(nvml, sampler.tick, FLOOR_TICKS)
+            first = [t[0] for t in ticks[:WARMUP_TICKS]]
+            del ticks[:]
+            floor = Floor(nvml, [str(p) for p in node.cpu_stat], calls)
             state = ExporterState(sampler=sampler, telemetry_path="/metrics")
             ready = threading.Event()
-            served = asyncio.run(serve_for(state, port, seconds, tmp, ready))
+            served = asyncio.run(serve_for(state, port, seconds, tmp, ready, floor))
             assert state.snapshot is not None
             text = state.snapshot.text.decode()
             counts = series_counts(text)
-            measured = ticks[WARMUP_TICKS:]
+            measured = ticks[1:]  # the first one ran before the scrapers
             cpu = [t[0] for t in measured]
-            log(f"floor: {FLOOR_TICKS} ticks with their NVML calls recorded, then replayed")
-            floor = measure_floor(node, nvml, original_tick)
+            log(f"quiet: {FLOOR_TICKS} ticks and floors in turn, no scrapers")
+            quiet_cpu, quiet_floor = quiet_ticks(original_tick, floor, FLOOR_TICKS)
+            floor.close()
+            floor_cpu = floor.cpu_ms
             wall = [t[1] for t in measured]
             result: dict[str, Any] = {
                 "benchmark": "node_scale", "minutes": minutes,
@@ -654,15 +832,24 @@ def run(minutes: float, child_seconds: float) -> dict[str, Any]:
                 "tick_cpu_ms": {"p50": round(percentile(cpu, 50), 2),
                                 "p99": round(percentile(cpu, 99), 2),
                                 "max": round(max(cpu), 2),
-                                "first": [round(t[0], 1) for t in ticks[:WARMUP_TICKS]]},
+                                "first": [round(t, 1) for t in first]},
                 "tick_wall_ms": {"p50": round(percentile(wall, 50), 2),
                                  "p99": round(percentile(wall, 99), 2)},
                 "render_cpu_ms": {"p50": round(percentile(renders, 50), 2),
                                   "p99": round(percentile(renders, 99), 2),
                                   "renders": len(renders)},
-                "floor_cpu_ms": {"p50": round(percentile(floor, 50), 2),
-                                 "p99": round(percentile(floor, 99), 2)},
-                "tick_to_floor_p50": round(percentile(cpu, 50) / percentile(floor, 50), 2),
+                "floor_cpu_ms": {"p50": round(percentile(floor_cpu, 50), 2),
+                                 "p99": round(percentile(floor_cpu, 99), 2),
+                                 "floors": len(floor_cpu)},
+                "floor_open_read_close_cpu_ms": {
+                    "p50": round(percentile(floor.open_read_close_ms, 50), 2),
+                    "p99": round(percentile(floor.open_read_close_ms, 99), 2)},
+                "tick_to_floor_p50": round(percentile(cpu, 50) / percentile(floor_cpu, 50), 2),
+                "quiet": {"ticks": len(quiet_cpu),
+                          "tick_cpu_ms_p50": round(percentile(quiet_cpu, 50), 2),
+                          "floor_cpu_ms_p50": round(percentile(quiet_floor, 50), 2),
+                          "tick_to_floor_p50": round(percentile(quiet_cpu, 50)
+                                                     / percentile(quiet_floor, 50), 2)},
                 "scrape_ms": served["scrape"],
                 "rss_mb": served["memory"].get("VmRSS"),
                 "hwm_mb": served["memory"].get("VmHWM"),
@@ -705,7 +892,10 @@ def run(minutes: float, child_seconds: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--scraper"]:
-        return scraper(int(args[1]), float(args[2]), Path(args[3]))
+        return scraper(int(args[1]), float(args[2]), Path(args[3]),
+                       int(args[4]) if len(args) > 4 else 0)
+    if args[:1] == ["--floor-server"]:
+        return floor_server(int(args[1]), Path(args[2]), Path(args[3]))
     if args[:1] == ["--child-exporter"]:
         return child_exporter(args[3:], args[1])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)

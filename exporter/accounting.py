@@ -93,6 +93,9 @@ class ContainerLike(Protocol):
     @property
     def pod_uid(self) -> str: ...
 
+    @property  # (`label_<key>`, value) pairs its info series adds (exporter.podlabels)
+    def pod_labels(self) -> tuple[tuple[str, str], ...]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class IntensityInputs:

@@ -9,6 +9,7 @@ import functools
 import gc
 import math
 import os
+import resource
 import socket
 import sys
 import time
@@ -263,6 +264,8 @@ def connect_kubernetes(settings: Settings, *, gpus: bool) -> Kubernetes | None:
     (logged once) when no cluster is configured."""
     from exporter.kube.client import connect
     from exporter.kube.pods import PodWatcher, slim_pod
+    from exporter.metrics import CONTAINER_INFO
+    from exporter.podlabels import PodLabelAllowlist
     from exporter.usage.cgroups import CgroupReader
     from exporter.workloads import WorkloadTracker
 
@@ -278,11 +281,16 @@ def connect_kubernetes(settings: Settings, *, gpus: bool) -> Kubernetes | None:
     log.info(f"source kubernetes: on, {cluster.detail}, pods of node {settings.node_name}; "
              f"container CPU time from {cgroups.describe()}")
     rules = settings.file.models.effective_rules
+    labels = PodLabelAllowlist(k.pod_label_allowlist)  # published on footprint_container_info
+    if labels:
+        log.info(f"pod labels {', '.join(labels.patterns)} published on "
+                 f"{CONTAINER_INFO.name} as label_<key> (docs/chargeback.md)")
     watcher = PodWatcher(cluster.api, settings.node_name,
-                         slim=functools.partial(slim_pod, rules=rules),
+                         slim=functools.partial(slim_pod, rules=rules, labels=labels),
                          watch_timeout_seconds=k.watch_timeout_seconds,
                          backoff_max_seconds=k.backoff_max_seconds)
-    tracker = WorkloadTracker(procfs=settings.procfs, cgroups=cgroups, rules=rules)
+    tracker = WorkloadTracker(procfs=settings.procfs, cgroups=cgroups, rules=rules,
+                              labels=labels)
     podresources = slices = None
     if gpus:
         from exporter.kube.podresources import PodResourcesClient
@@ -320,6 +328,18 @@ def settle_memory() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
+def raise_open_file_limit() -> None:
+    """The soft RLIMIT_NOFILE up to the hard one, as the Go runtime does for node_exporter and
+    dcgm-exporter since Go 1.19: a container runtime's soft limit of 1,024 (containerd 2,
+    Docker 25) would otherwise cap the cpu.stat files kept open (exporter.usage.cgroups)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:  # a seccomp or a limit the kernel refuses: keep it
+        log.info(f"open-file limit left as it is: {exc}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["report"]:
@@ -333,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"footprint-exporter: error: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level, settings.log_format)
+    raise_open_file_limit()
     log.info(f"starting footprint-exporter {__version__} on node {settings.node_name}, "
              f"tick every {settings.interval_seconds:g} s")
     if settings.web_config_file is not None:

@@ -27,6 +27,7 @@ from exporter.models import (
     ModelRule,
     parse_rules,
 )
+from exporter.podlabels import ALLOWLIST_JSON_SCHEMA, parse_allowlist
 from exporter.schema import ConfigError as ConfigError
 from exporter.schema import (
     check_keys,
@@ -147,6 +148,11 @@ class KubernetesSettings:
     backoff_max_seconds: float = setting(
         30.0, minimum=0.1, maximum=600.0,
         doc="longest wait between retries while the API fails (from 0.5 s, doubling, jittered)")
+    pod_label_allowlist: tuple[str, ...] = setting(
+        (), parse=parse_allowlist, json_schema=ALLOWLIST_JSON_SCHEMA,
+        doc="pod label keys (team) or globs of them (cost-*) published as label_<key> on "
+            "each container's info series, named as kube-state-metrics names them; values "
+            "cut to 128 bytes (docs/chargeback.md)")
 
 
 RULES_JSON_SCHEMA: Mapping[str, Any] = {

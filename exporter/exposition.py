@@ -22,6 +22,7 @@ TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 NODE = "node"
+INF = float("inf")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,17 @@ class _NodeLabelled(Collector):
             out.samples = [Sample(s.name, {NODE: self._node, **s.labels}, s.value, s.timestamp,
                                   s.exemplar) for s in family.samples]
             yield out
+
+
+class _Collected:
+    """Metrics already collected, rendered by prometheus_client's `generate_latest` (which only
+    calls `collect()`) in both formats."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics
 
 
 class Snapshot:
@@ -142,7 +154,7 @@ class Renderer:
     def __init__(self, ledger: Ledger, *, node: str, process_metrics: bool) -> None:
         self._ledger = ledger
         self._node = node
-        self._lines: dict[tuple[str, tuple[str, ...]], tuple[float, str]] = {}
+        self._lines: dict[str, dict[tuple[str, ...], tuple[float, str, str]]] = {}
         """Each live series' last value and rendered line: an unchanged value is not
         formatted again."""
         self._lock = threading.Lock()
@@ -155,6 +167,10 @@ class Renderer:
             self._process.register(_NodeLabelled(ProcessCollector(registry=None), node))
 
     def _prefix(self, name: str, names: tuple[str, ...], values: tuple[str, ...]) -> str:
+        fixed = len(names)
+        if len(values) > fixed:  # (name, value) pairs of its own follow (Family.extra_labels)
+            names = (*names, *values[fixed::2])
+            values = (*values[:fixed], *values[fixed + 1::2])
         pairs = sorted(zip(names, values, strict=True))
         return name + "{" + ",".join(f'{k}="{_escape_value(v)}"' for k, v in pairs) + "}"
 
@@ -178,9 +194,10 @@ class Renderer:
         self.renders += 1
         text: list[bytes] = []
         om: list[bytes] = []
-        old: dict[tuple[str, tuple[str, ...]], tuple[float, str]] = self._lines
-        new: dict[tuple[str, tuple[str, ...]], tuple[float, str]] = {}
+        old = self._lines
+        new: dict[str, dict[tuple[str, ...], tuple[float, str, str]]] = {}
         node = self._node
+        prefix = self._prefix
         for name, spec in FAMILIES.items():
             store = counters if spec.kind == "counter" else gauges
             series = store.get(name)
@@ -193,20 +210,22 @@ class Renderer:
             unit = f"# UNIT {base} {spec.unit}\n" if spec.unit else ""
             om.append(f"# HELP {base} {_escape_help(spec.help, openmetrics=True)}\n"
                       f"# TYPE {base} {spec.kind}\n{unit}".encode())
-            lines = []
+            cached_of = old.get(name, {}).get
+            kept: dict[tuple[str, ...], tuple[float, str, str]] = {}
+            new[name] = kept
+            lines: list[str] = []
+            append = lines.append
             for labels, value in series.items():
-                key = (name, labels)
-                cached = old.get(key)
-                if cached is None:
-                    line = (f"{self._prefix(name, names, (node, *labels))} "
-                            f"{_number(value)}\n")
-                    cached = (value, line)
-                elif cached[0] != value or value != value:
-                    line = cached[1]
-                    line = f"{line[:line.rindex(' ')]} {_number(value)}\n"
-                    cached = (value, line)
-                new[key] = cached
-                lines.append(cached[1])
+                cached = cached_of(labels)
+                if cached is None or cached[0] != value or value != value:
+                    head = (prefix(name, names, (node, *labels)) + " " if cached is None
+                            else cached[1])
+                    # repr() is Go's formatting for every float in (-Inf, 1e6): most values
+                    number = (repr(value) if value.__class__ is float and -INF < value < 1e6
+                              else _number(value))
+                    cached = (value, head, head + number + "\n")
+                kept[labels] = cached
+                append(cached[2])
             body = "".join(lines).encode()  # once, for both formats
             text.append(body)
             om.append(body)  # a counter's samples keep `_total` in OpenMetrics too
@@ -224,8 +243,9 @@ class Renderer:
         text_bytes = b"".join(text)
         om_bytes = b"".join(om)
         if self._process is not None:
-            text_bytes += render_text(self._process)
-            process_om: bytes = render_openmetrics(self._process)  # type: ignore[no-untyped-call]
+            process = _Collected(list(self._process.collect()))  # /proc read once, not twice
+            text_bytes += render_text(process)
+            process_om: bytes = render_openmetrics(process)  # type: ignore[no-untyped-call]
             om_bytes += process_om
         else:
             om_bytes += b"# EOF\n"

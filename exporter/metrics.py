@@ -10,7 +10,9 @@ producing a series nobody can query.
 
 from __future__ import annotations
 
+import math
 import platform
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +31,7 @@ from exporter.config import ATTRIBUTED, COMPONENTS
 from exporter.facts import LifecycleFacts
 from exporter.intensity.forecast import HORIZONS, MIN_WINDOW, ForecastView
 from exporter.ledger import Labels, Ledger
+from exporter.podlabels import MAX_VALUE_BYTES
 from exporter.sources.base import Status
 from exporter.sources.gpu import GpuReading
 from exporter.sources.registry import SOURCES
@@ -57,7 +60,11 @@ class Family:
     """One metric family: its type, help text, label names (besides `node`), unit and its
     documentation (`doc`, the tables' row).
 
-    `unit` is the OpenMetrics unit (`# UNIT`), given where it is the end of the name."""
+    `unit` is the OpenMetrics unit (`# UNIT`), given where it is the end of the name.
+    `extra_labels`: where not empty, a series may follow its label values with (name, value)
+    pairs of labels of its own, each name this prefix then [a-z0-9_] (the pod labels of
+    `footprint_container_info`, exporter.podlabels); the renderer writes them beside the
+    others."""
 
     name: str
     kind: str
@@ -65,6 +72,7 @@ class Family:
     labels: tuple[str, ...] = ()
     unit: str = ""
     doc: Doc = field(default_factory=Doc, kw_only=True)
+    extra_labels: str = field(default="", kw_only=True)
 
     def __post_init__(self) -> None:
         base = self.name.removesuffix("_total") if self.kind == "counter" else self.name
@@ -76,9 +84,20 @@ class Family:
 
     def check(self, values: Labels) -> Labels:
         if len(values) != len(self.labels):
+            self._check_extra(values)
+        return values
+
+    def _check_extra(self, values: Labels) -> None:
+        """Values beyond the family's labels: (name, value) pairs, where it takes them."""
+        fixed = len(self.labels)
+        if not (self.extra_labels and len(values) > fixed and (len(values) - fixed) % 2 == 0):
             raise ValueError(f"{self.name}: {len(values)} label values {values!r} for "
                              f"labels {self.labels!r}")
-        return values
+        extra = values[fixed::2]
+        if len(set(extra)) != len(extra) or not all(
+                _EXTRA_NAME.fullmatch(n) and n.startswith(self.extra_labels) for n in extra):
+            raise ValueError(f"{self.name}: extra label names {extra!r} are not unique "
+                             f"names starting {self.extra_labels!r}")
 
     def labels_of(self, **values: str) -> Labels:
         """The label values in this family's order, given by name: `labels_of(component="cpu",
@@ -89,6 +108,11 @@ class Family:
             raise ValueError(f"{self.name}: labels {self.labels!r}; missing {missing!r}, "
                              f"unknown {unknown!r}")
         return tuple(values[name] for name in self.labels)
+
+
+_EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]*")
+"""A name `Family.extra_labels` allows after its prefix: a valid Prometheus label name that
+cannot start with the reserved `__`."""
 
 
 def _counter(name: str, help: str, labels: tuple[str, ...] = (), unit: str = "", *,
@@ -314,18 +338,23 @@ CONTAINER_ALLOCATION = _gauge(
         "by n) / GPUs on the node",
         summary="CPU requests / the node's allocatable CPU; the container's share of the "
         "node's GPUs"))
-CONTAINER_INFO = _gauge(
-    "footprint_container_info", "How the container was matched to a model.",
+CONTAINER_INFO = Family(
+    "footprint_container_info", "gauge", "How the container was matched to a model.",
     ("namespace", "pod", "container", "model", "model_source", "phase", "owner_kind",
-     "owner_name", "container_id", "uid"), doc=Doc(
-        type="gauge = 1", since="0.2 (`container_id`, `uid` 0.5.0)",
+     "owner_name", "container_id", "uid"), extra_labels="label_", doc=Doc(
+        type="gauge = 1", since="0.2 (`container_id`, `uid`, `label_<key>` 0.5.0)",
         meaning="how the container was matched to a model (docs/models.md); `model_source` is "
         "the winning rule's name, `owner` or `none`. `container_id` is the runtime's id "
         "without its `containerd://` prefix (Kepler's `container_id`; it changes when the "
         "container restarts) and `uid` the pod's `metadata.uid` (kube-state-metrics' `uid`), "
-        "to join with cAdvisor and kube-state-metrics series",
+        "to join with cAdvisor and kube-state-metrics series. Also `label_<key>` for each of "
+        "the pod's labels that `kubernetes.pod_label_allowlist` allows (none by default), "
+        "named as kube-state-metrics' `kube_pod_labels` names them (`team` -> `label_team`) "
+        f"and cut to {MAX_VALUE_BYTES} bytes; a relabelled pod's series is replaced "
+        "(docs/chargeback.md)",
         summary="which model a container serves or trains, and which rule said so "
-        "([docs/models.md](docs/models.md))"))
+        "([docs/models.md](docs/models.md)); `label_<key>` for each allow-listed pod label "
+        "([docs/chargeback.md](docs/chargeback.md))"))
 ERRORS = _counter(
     "footprint_exporter_errors_total",
     "Faults by source and reason: failed reads, bad pods, missing cgroups.", ("source", "reason"),
@@ -568,7 +597,7 @@ class Publisher:
             if previous is not None and previous.container is c and previous.ratio == ratio_value:
                 continue  # the same Container object: labels and value unchanged
             info = (*c.key, c.model, c.model_source, c.phase, c.owner_kind, c.owner_name,
-                    c.container_id, c.pod_uid)
+                    c.container_id, c.pod_uid, *(x for pair in c.pod_labels for x in pair))
             ratio = (*c.key, c.model, c.phase, "cpu")
             if previous is not None and (previous.info, previous.ratio_labels) != (info, ratio):
                 self._drop(CONTAINER_INFO, previous.info)
@@ -606,10 +635,22 @@ class Publisher:
         self._gpu_ratio_labels = published
 
     def attribution(self, result: TickResult) -> None:
+        """Each container's joules and grams: the tick's largest write (two series per
+        container, component and mode), so the two families' dicts are fetched once and each
+        row is written inline with the checks `Ledger.add` makes."""
+        joules = self.ledger.counters[CONTAINER_ENERGY.name]
+        grams = self.ledger.counters[CONTAINER_CO2E.name]
+        width = len(CONTAINER_ENERGY.labels)
+        isfinite = math.isfinite
         for c, component, mode, energy in result.containers:
             series = (*c.key, c.model, c.phase, component, mode)
-            self._add(CONTAINER_ENERGY, series, energy.joules)
-            self._add(CONTAINER_CO2E, series, energy.grams)
+            j, g = energy.joules, energy.grams
+            if not (j >= 0.0 and g >= 0.0 and isfinite(j) and isfinite(g)
+                    and len(series) == width):
+                self._add(CONTAINER_ENERGY, series, j)  # raises, naming the series
+                self._add(CONTAINER_CO2E, series, g)
+            joules[series] = joules.get(series, 0.0) + j
+            grams[series] = grams.get(series, 0.0) + g
         for component, mode, energy in result.unattributed:
             self._add(UNATTRIBUTED_ENERGY, (component, mode), energy.joules)
             self._add(UNATTRIBUTED_CO2E, (component, mode), energy.grams)

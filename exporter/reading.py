@@ -163,6 +163,8 @@ class Reader:
             if self.kubernetes.podresources is not None:
                 self.kubernetes.podresources.close()
         self._host_reads.close()
+        if self.kubernetes is not None and not self._host_reads.blocked:
+            self.kubernetes.tracker.close()  # its kept-open cpu.stat files
         for probed, guard in self.sources:
             guard.close()
             if guard.blocked:  # closing under a read that never returned could hang the exit

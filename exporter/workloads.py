@@ -9,7 +9,7 @@ cgroup, an unknown runtime) are reported once per container and reason.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from exporter.attribution import Workload
 from exporter.kube.pods import Pod, PodView, SlimPod, parse_cpu_quantity
 from exporter.metrics import ERRORS
 from exporter.models import ModelMatch, ModelRule, clean_label_value, match_pod
+from exporter.podlabels import PodLabelAllowlist, PublishedLabels
 from exporter.usage.cgroups import (
     CgroupReader,
     UnknownRuntime,
@@ -58,10 +59,25 @@ class Container:
     """The runtime's id, without its `containerd://` prefix: it changes when the container
     restarts."""
     pod_uid: str = ""
+    pod_labels: PublishedLabels = field(default=(), hash=False)
+    """The pod's allowed labels as published on its info series, (`label_<key>`, value)
+    pairs (exporter.podlabels); left out of the hash: the other fields identify the
+    container."""
+    key: tuple[str, str, str] = field(init=False, repr=False, compare=False, hash=False)
+    """(namespace, pod, container), made once."""
+    _hash: int = field(init=False, repr=False, compare=False, hash=False)
 
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.namespace, self.pod, self.container)
+    def __post_init__(self) -> None:
+        # A container is a dict key about eight times per tick (attribution, the GPU plan,
+        # publishing): its hash is computed once, not over eleven fields each time.
+        key = (self.namespace, self.pod, self.container)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "_hash", hash((
+            key, self.model, self.phase, self.model_source, self.owner_kind, self.owner_name,
+            self.cpu_request_cores, self.container_id, self.pod_uid)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +108,10 @@ def _requests(pod: Pod) -> dict[str, Any]:
     return out
 
 
-def containers_of(pod: Pod, match: ModelMatch) -> tuple[list[Container], list[Problem]]:
-    """The running containers of a pod that have an id, and what is wrong with the others."""
+def containers_of(pod: Pod, match: ModelMatch, pod_labels: PublishedLabels = ()
+                  ) -> tuple[list[Container], list[Problem]]:
+    """The running containers of a pod that have an id, and what is wrong with the others;
+    each carries `pod_labels`, the pod's published labels."""
     problems: list[Problem] = []
     metadata = pod.get("metadata")
     status = pod.get("status")
@@ -135,18 +153,21 @@ def containers_of(pod: Pod, match: ModelMatch) -> tuple[list[Container], list[Pr
             model=match.model, phase=match.phase, model_source=match.model_source,
             owner_kind=match.owner_kind, owner_name=match.owner_name,
             cpu_request_cores=request, container_id=container_id,
-            pod_uid=clean_label_value(str(metadata.get("uid") or ""))))
+            pod_uid=clean_label_value(str(metadata.get("uid") or "")), pod_labels=pod_labels))
     return out, problems
 
 
 class WorkloadTracker:
     """Turns a PodView into one tick's workloads; keeps per-container CPU counters between ticks."""
 
-    def __init__(self, *, procfs: Path, cgroups: CgroupReader,
-                 rules: Sequence[ModelRule]) -> None:
+    def __init__(self, *, procfs: Path, cgroups: CgroupReader, rules: Sequence[ModelRule],
+                 labels: PodLabelAllowlist | None = None) -> None:
+        """`labels`: the pod labels published (`kubernetes.pod_label_allowlist`), for pods
+        that are not a SlimPod (which carries them already)."""
         self._procfs = procfs
         self._cgroups = cgroups
         self._rules = rules
+        self._labels = labels or PodLabelAllowlist()
         self._pods: dict[str, tuple[str, list[Container], list[Problem]]] = {}
         """Pod uid -> (resourceVersion, containers, problems), recomputed when the pod changes."""
         self._cpu: dict[str, float] = {}
@@ -158,6 +179,10 @@ class WorkloadTracker:
     def describe(self) -> str:
         """Where container CPU time is read from, for logs."""
         return self._cgroups.describe()
+
+    def close(self) -> None:
+        """Close the usage files kept open (exporter.usage.cgroups)."""
+        self._cgroups.close()
 
     def containers_of_pids(self, pids: set[int],
                            containers: Sequence[Container]) -> dict[int, Container]:
@@ -200,8 +225,12 @@ class WorkloadTracker:
             live.add(uid)
             cached = self._pods.get(uid)
             if cached is None or cached[0] != rv:
-                match = pod.match if isinstance(pod, SlimPod) else match_pod(pod, self._rules)
-                found, wrong = containers_of(pod, match)
+                if isinstance(pod, SlimPod):
+                    match, labels = pod.match, pod.pod_labels
+                else:
+                    match = match_pod(pod, self._rules)
+                    labels = self._labels.publish((pod.get("metadata") or {}).get("labels"))
+                found, wrong = containers_of(pod, match, labels)
                 cached = (rv, found, wrong)
                 self._pods[uid] = cached
             containers.extend(cached[1])

@@ -35,6 +35,7 @@ from tests.support import (
     stop_process,
     wait_http_ok,
     write_atomic,
+    write_in_place,
     zone_dir,
 )
 
@@ -126,8 +127,8 @@ def build_node(tmp_path: Path, pods: list[Workload]) -> tuple[Path, FakeNvml, li
         pod_dir = (root / "sys" / "fs" / "cgroup" / "kubepods" / "burstable" /
                    f"pod0e2e0000-0000-4000-8000-{n:012x}")
         (pod_dir / w.container_id).mkdir(parents=True)
-        write_atomic(pod_dir / "cpu.stat", "usage_usec 0\nuser_usec 0\nsystem_usec 0\n")
-        write_atomic(pod_dir / w.container_id / "cpu.stat",
+        write_in_place(pod_dir / "cpu.stat", "usage_usec 0\nuser_usec 0\nsystem_usec 0\n")
+        write_in_place(pod_dir / w.container_id / "cpu.stat",
                      "usage_usec 1000000\nuser_usec 900000\nsystem_usec 100000\n")
         if w.gpus:
             cgroup = root / "proc" / str(w.pid) / "cgroup"
@@ -218,7 +219,7 @@ class Driver:
             for w in self.pods:
                 used = self._usage_us[w.container_id] + round(w.cpu_seconds_per_second * 1e6)
                 self._usage_us[w.container_id] = used
-                write_atomic(self._paths[w.container_id],
+                write_in_place(self._paths[w.container_id],
                              f"usage_usec {used}\nuser_usec {used}\nsystem_usec 0\n")
             self.nvml.advance(1.0)
             self.vllm.one_second()

@@ -48,6 +48,22 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_in_place(path: Path, text: str) -> None:
+    """Rewrite a file in place, keeping its inode, as the kernel updates a cgroup's `cpu.stat`
+    or `cpuacct.usage`: the exporter keeps those files open and re-reads them with `pread`
+    (exporter/usage/cgroups.py), so a file replaced by a rename (write_atomic) is one it would
+    have to notice and open again, which cgroupfs never needs. One `pwrite` then a truncate to
+    the new length: a concurrent reader sees the old text or the new one (or, if the new one is
+    shorter, the new one followed by the old one's tail for a moment)."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
 def read_uj(root: Path, zone: str) -> int:
     return int((zone_dir(root, zone) / "energy_uj").read_text())
 

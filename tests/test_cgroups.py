@@ -3,6 +3,9 @@ from them."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
 import logging
 import os
 import shutil
@@ -19,7 +22,7 @@ from exporter.usage.cgroups import (
     container_id_of_pid,
     parse_container_id,
 )
-from tests.support import FIXTURES, write_atomic
+from tests.support import FIXTURES, write_atomic, write_in_place
 
 CGROUP_FIXTURES = FIXTURES / "cgroup"
 VARIANTS = ("v2-systemd-containerd", "v2-systemd-crio", "v2-cgroupfs-containerd",
@@ -253,7 +256,7 @@ def test_garbage_usage_is_skipped_and_logged_once(
     garbage = ["nr_periods 0\nusage_usec lots\n", "", "user_usec 5\n"] if variant[1] == "2" else [
         "lots\n", "", "-5\n", "12 34\n"]
     for text in garbage:
-        write_atomic(path, text)
+        write_in_place(path, text)
         usage = reader.cpu_seconds([cid("2"), cid("3")])
         assert usage.keys() == {cid("3")}
         assert reader.missing() == {cid("2")}
@@ -265,7 +268,7 @@ def test_garbage_usage_is_skipped_and_logged_once(
                                                .split(f"{path} ", 1)[1]}
     assert f" source=cgroups container={cid('2')} path={path} err=" in (
         logs.LogfmtFormatter().format(faults[0]))
-    write_atomic(path, usage_text(variant, 900_000_000))
+    write_in_place(path, usage_text(variant, 900_000_000))
     assert reader.cpu_seconds([cid("2")])[cid("2")].seconds == 900.0
     assert any("readable again" in r.getMessage() for r in caplog.records)
 
@@ -280,6 +283,243 @@ def test_unreadable_usage_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert reader.missing() == {cid("3")}
     assert any(str(path) in r.getMessage() for r in caplog.records)
     assert reader.cpu_seconds([cid("3")]) == {}, "still there: stays indexed, no raise"
+
+
+# usage files kept open (read again with pread)
+
+def open_usage_files() -> list[str]:
+    """The usage files this process has open, by /proc/self/fd."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.endswith(("/cpu.stat", "/cpuacct.usage")):
+                found.append(target.removesuffix(" (deleted)"))
+    return found
+
+
+@pytest.fixture
+def opens(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every usage file opened (by the reader: nothing else opens them), in order."""
+    seen: list[str] = []
+    real = os.open
+
+    def counting(path: str, flags: int, *args: int, **kwargs: int) -> int:
+        if isinstance(path, str) and path.endswith(("/cpu.stat", "/cpuacct.usage")):
+            seen.append(path)
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(cgroups.os, "open", counting)
+    yield seen
+
+
+@pytest.mark.parametrize("variant", ["v2-systemd-containerd", "v1-cgroupfs-containerd"])
+def test_usage_files_are_opened_once_and_read_again(
+        tmp_path: Path, variant: str, opens: list[str]) -> None:
+    root = tree(tmp_path, variant)
+    reader = CgroupReader(root / "sys")
+    reader.check_links = False  # as on cgroupfs: the fixture is written in place
+    assert reader.cpu_seconds([cid("2"), cid("3")]).keys() == {cid("2"), cid("3")}
+    assert reader.open_files() == 2
+    assert len(opens) == 2
+    path = container_dir(root, cid("2")) / usage_file(variant)
+    for usec in (900_000_000, 900_000_001):
+        write_in_place(path, usage_text(variant, usec))
+        usage = reader.cpu_seconds([cid("2"), cid("3")])
+        assert usage[cid("2")].seconds == usec / 1e6
+        assert usage[cid("3")].seconds == expected_seconds(variant, cid("3"))
+    assert len(opens) == 2, "read again, not opened again"
+    assert sorted(open_usage_files()) == sorted(
+        str(container_dir(root, c) / usage_file(variant)) for c in (cid("2"), cid("3")))
+    reader.close()
+    assert reader.open_files() == 0
+    assert open_usage_files() == []
+    assert reader.cpu_seconds([cid("2")])[cid("2")].seconds == 900_000_001 / 1e6
+    assert reader.open_files() == 1, "opened again"
+
+
+def test_kept_file_with_garbage_is_left_out_then_recovers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="footprint")
+    root = tree(tmp_path, "v2-cgroupfs-containerd")
+    reader = CgroupReader(root / "sys")
+    reader.check_links = False
+    path = container_dir(root, cid("2")) / "cpu.stat"
+    assert reader.cpu_seconds([cid("2"), cid("3")]).keys() == {cid("2"), cid("3")}
+    for text in ("usage_usec lots\n", "usage_usec 5", "", "nr_periods 0\nusage_usec 5\n"):
+        write_in_place(path, text)
+        usage = reader.cpu_seconds([cid("2"), cid("3")])
+        # usage_usec not first, or with no newline: read the slow way, still read
+        if text.startswith("nr_periods") or text == "usage_usec 5":
+            assert usage[cid("2")].seconds == 5e-6
+        else:
+            assert usage.keys() == {cid("3")}
+    write_in_place(path, usage_text("v2", 9_000_000))
+    assert reader.cpu_seconds([cid("2"), cid("3")])[cid("2")].seconds == 9.0
+    messages = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert len([m for m in messages if "left out" in m]) == 2, messages  # each fault once
+    assert len([m for m in messages if "readable again" in m]) == 2, messages
+    assert reader.open_files() == 2
+
+
+def test_replaced_usage_file_is_opened_again_off_cgroupfs(tmp_path: Path) -> None:
+    """Off cgroupfs (a copied tree, a fixture) a file may be replaced by a rename, which an
+    open descriptor would not see: the reader checks for it after each read."""
+    root = tree(tmp_path, "v2-cgroupfs-containerd")
+    reader = CgroupReader(root / "sys")
+    assert reader.check_links, "a temp dir is not cgroupfs"
+    path = container_dir(root, cid("2")) / "cpu.stat"
+    assert reader.cpu_seconds([cid("2")])[cid("2")].seconds == USEC[cid("2")] / 1e6
+    write_atomic(path, usage_text("v2", 7_000_000))
+    assert reader.cpu_seconds([cid("2")])[cid("2")].seconds == 7.0
+    assert open_usage_files() == [str(path)]
+
+
+@pytest.mark.parametrize("cgroupfs", [True, False], ids=["enodev", "unlinked"])
+def test_recreated_cgroup_is_read_from_its_new_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opens: list[str], cgroupfs: bool
+        ) -> None:
+    """A container's cgroup removed and made again (a new directory, a new cpu.stat): read
+    from the new file. On cgroupfs the kept descriptor answers ENODEV once its cgroup is gone
+    (simulated here); off it, the old file has no link left."""
+    root = tree(tmp_path, "v2-cgroupfs-containerd")
+    reader = CgroupReader(root / "sys")
+    directory = container_dir(root, cid("3"))
+    assert reader.cpu_seconds([cid("2"), cid("3")])[cid("3")].seconds == USEC[cid("3")] / 1e6
+    [old_fd] = [fd for c, (fd, _) in reader._kept.items() if c == cid("3")]
+    if cgroupfs:
+        reader.check_links = False
+        real_pread, real_close, removed_fds = os.pread, os.close, {old_fd}
+
+        def removed(fd: int, size: int, offset: int) -> bytes:
+            if fd in removed_fds:
+                raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+            return real_pread(fd, size, offset)
+
+        def close(fd: int) -> None:
+            removed_fds.discard(fd)  # the number is free again, for the new file maybe
+            real_close(fd)
+
+        monkeypatch.setattr(cgroups.os, "pread", removed)
+        monkeypatch.setattr(cgroups.os, "close", close)
+    shutil.rmtree(directory)
+    directory.mkdir()
+    write_in_place(directory / "cpu.stat", usage_text("v2", 3_000_000))
+    opens.clear()
+    usage = reader.cpu_seconds([cid("2"), cid("3")])
+    assert usage[cid("3")].seconds == 3.0
+    assert usage[cid("2")].seconds == USEC[cid("2")] / 1e6
+    assert opens == [str(directory / "cpu.stat")], "only the re-created one is opened again"
+    assert reader.open_files() == 2
+    monkeypatch.undo()
+    write_in_place(directory / "cpu.stat", usage_text("v2", 4_000_000))
+    assert reader.cpu_seconds([cid("3")])[cid("3")].seconds == 4.0
+
+
+def test_vanished_containers_files_are_closed(tmp_path: Path) -> None:
+    root = tree(tmp_path, "v2-systemd-containerd")
+    reader = CgroupReader(root / "sys")
+    reader.cpu_seconds(USEC)
+    assert reader.open_files() == len(USEC)
+    gone = container_dir(root, cid("3")) / "cpu.stat"
+    assert str(gone) in open_usage_files()
+    # a container no longer asked for (it exited; its cgroup may linger a moment)
+    reader.cpu_seconds([c for c in USEC if c != cid("3")])
+    assert reader.open_files() == len(USEC) - 1
+    assert str(gone) not in open_usage_files()
+    # a container whose cgroup is removed while still asked for
+    removed = container_dir(root, cid("2"))
+    shutil.rmtree(removed)
+    assert cid("2") not in reader.cpu_seconds([c for c in USEC if c != cid("3")])
+    assert reader.open_files() == len(USEC) - 2
+    assert not [p for p in open_usage_files() if p.startswith(str(removed))]
+    # and once the reader is gone, so are its descriptors
+    del reader
+    gc.collect()
+    assert not [p for p in open_usage_files() if p.startswith(str(root))]
+
+
+def test_above_the_cap_files_are_opened_at_each_read(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, opens: list[str]) -> None:
+    caplog.set_level(logging.INFO, logger="footprint")
+    root = tree(tmp_path, "v2-systemd-containerd")
+    reader = CgroupReader(root / "sys", max_open=2)
+    reader.check_links = False
+    for tick in range(3):
+        usage = reader.cpu_seconds(USEC)
+        assert {c: u.seconds for c, u in usage.items()} == {c: USEC[c] / 1e6 for c in USEC}
+        assert reader.open_files() == 2
+        assert len(open_usage_files()) == 2
+        assert len(opens) == len(USEC) + tick * (len(USEC) - 2)
+    # kept or not, every file is read afresh
+    for c in USEC:
+        write_in_place(container_dir(root, c) / "cpu.stat", usage_text("v2", 1_000_000))
+    assert {u.seconds for u in reader.cpu_seconds(USEC).values()} == {1.0}
+    capped = [r for r in caplog.records if "kept open" in r.getMessage()]
+    assert len(capped) == 1, "logged once"
+    assert "2 containers' usage files are kept open" in capped[0].getMessage()
+
+
+def test_the_cap_follows_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = {"soft": 1024}
+    monkeypatch.setattr(cgroups.resource, "getrlimit",
+                        lambda _: (limits["soft"], cgroups.resource.RLIM_INFINITY))
+    assert cgroups.keep_open_limit() == 512
+    limits["soft"] = 1 << 20
+    assert cgroups.keep_open_limit() == cgroups.KEEP_OPEN_MAX
+    limits["soft"] = cgroups.resource.RLIM_INFINITY
+    assert cgroups.keep_open_limit() == cgroups.KEEP_OPEN_MAX
+
+
+def writable_cgroupfs() -> Path | None:
+    """A cgroup hierarchy this process may make cgroups in (root on a host that mounts one
+    read-write), with the file the reader reads there; None elsewhere."""
+    for mount, name in ((Path("/sys/fs/cgroup"), "cpu.stat"),
+                        (Path("/sys/fs/cgroup/unified"), "cpu.stat"),
+                        (Path("/sys/fs/cgroup/cpu,cpuacct"), "cpuacct.usage"),
+                        (Path("/sys/fs/cgroup/cpuacct"), "cpuacct.usage")):
+        if ((mount / name).is_file() or (mount / "cgroup.controllers").is_file()) \
+                and cgroups.on_cgroupfs(mount) and os.access(mount, os.W_OK):
+            return mount
+    return None
+
+
+@pytest.mark.skipif(writable_cgroupfs() is None, reason="no writable cgroup hierarchy (root)")
+def test_on_real_cgroupfs_a_recreated_cgroup_is_opened_again(tmp_path: Path) -> None:
+    """The kernel's own behaviour, where it can be had: a kept file of a removed cgroup answers
+    ENODEV, and the reader opens the re-created cgroup's new file; once removed for good, the
+    container is missing and its file closed. Makes (and removes) one empty cgroup."""
+    mount = writable_cgroupfs()
+    assert mount is not None
+    top = mount / f"kubepods-footprint-test-{os.getpid()}"
+    directory = top / "pod0" / cid("7")
+    (tmp_path / "fs").mkdir()
+    (tmp_path / "fs" / "cgroup").symlink_to(mount)
+    directory.mkdir(parents=True)
+    try:
+        reader = CgroupReader(tmp_path)
+        assert not reader.check_links
+        assert cid("7") in reader.cpu_seconds([cid("7")])
+        [(old_fd, _)] = reader._kept.values()
+        old_inode = os.fstat(old_fd).st_ino
+        directory.rmdir()
+        directory.mkdir()
+        assert cid("7") in reader.cpu_seconds([cid("7")])
+        [(fd, _)] = reader._kept.values()
+        assert os.fstat(fd).st_ino != old_inode
+        directory.rmdir()
+        assert reader.cpu_seconds([cid("7")]) == {}
+        assert reader.missing() == {cid("7")}
+        assert reader.open_files() == 0
+    finally:
+        for leftover in (directory, directory.parent, top):
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
+
+
+def test_fixture_trees_are_not_cgroupfs(tmp_path: Path) -> None:
+    assert not cgroups.on_cgroupfs(tmp_path)
+    assert not cgroups.on_cgroupfs(tmp_path / "missing")
 
 
 def test_v1_cpuacct_mounted_alone(tmp_path: Path) -> None:

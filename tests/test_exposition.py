@@ -113,3 +113,20 @@ def test_cached_lines_follow_changing_values(data: st.DataObject) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(Reference(ledger, "n", stats))
         assert renderer.render(stats).text == generate_latest(registry)
+
+
+GAUGE = next(name for name, spec in SPECS.items() if spec.kind == "gauge")
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.floats(max_value=1e6) | st.integers(-10**6, 10**18) | st.sampled_from(
+    [-0.0, 999999.9999999999, 1e6, 1000000.5, 5e-324, -1e22, float("-inf"), float("inf"),
+     float("nan")]))
+def test_rendered_values_are_floattogostring(value: float) -> None:
+    """The renderer writes most values with repr() (every float below 1e6): the same text as
+    prometheus_client's floatToGoString, negative, tiny and infinite values included."""
+    ledger = Ledger()
+    ledger.gauges[GAUGE][("x",) * len(SPECS[GAUGE].labels)] = value
+    text = Renderer(ledger, node="n", process_metrics=False).render(TickStats()).text.decode()
+    [line] = [line for line in text.splitlines() if line.startswith(GAUGE + "{")]
+    assert line.rsplit(" ", 1)[1] == floatToGoString(value)

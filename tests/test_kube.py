@@ -30,6 +30,7 @@ from tests.support import (
     total,
     value,
     write_atomic,
+    write_in_place,
 )
 
 NODE = "node-a"
@@ -112,7 +113,7 @@ def add_cpu(root: Path, container_id: str, seconds: float) -> None:
         if key == "usage_usec":
             line = f"usage_usec {int(number) + round(seconds * 1e6)}"
         out.append(line)
-    write_atomic(path, "\n".join(out) + "\n")
+    write_in_place(path, "\n".join(out) + "\n")  # as the kernel updates cpu.stat
 
 
 def add_busy(root: Path, seconds: float) -> None:

@@ -23,6 +23,9 @@ RUNBOOK_BASE = "https://github.com/footprint-exporter/footprint/blob/main/docs/r
 """The one base address of every alert's runbook_url (docs/rules.md, Knobs)."""
 CLUSTER = 'cluster="c1"'
 BUDGETS = REPO / "rules" / "budgets.example.yaml"
+CHARGEBACK_BUDGETS = REPO / "rules" / "chargeback-budgets.example.yaml"
+EXAMPLES = (BUDGETS, CHARGEBACK_BUDGETS)
+"""The per-install budget groups the chart generates, as examples (rules/README.md)."""
 UNIT_TESTS = sorted((REPO / "tests" / "rules").glob("*.yaml"))
 RUNBOOKS = REPO / "docs" / "runbooks.md"
 RULES_DOC = REPO / "docs" / "rules.md"
@@ -41,6 +44,23 @@ CONTRACT_RECORDS = {
     "namespace:footprint_co2e_grams:increase1d",
     "model:footprint_co2e_grams_per_1k_tokens:rate5m",
     "model:footprint_co2e_grams_per_request:rate5m",
+    # Chargeback (issue 22): per namespace and per team (the default key, label_team).
+    "namespace:footprint_energy_joules:rate5m",
+    "namespace:footprint_energy_joules:increase1d",
+    "namespace:footprint_co2e_grams:increase30d",
+    "label_team:footprint_co2e_grams:rate5m",
+    "label_team:footprint_energy_joules:rate5m",
+    "label_team:footprint_water_liters:rate5m",
+    "label_team:footprint_co2e_grams:increase1d",
+    "label_team:footprint_energy_joules:increase1d",
+    "label_team:footprint_water_liters:increase1d",
+    "label_team:footprint_co2e_grams:increase30d",
+}
+CHARGEBACK_BUDGET_NAMES = {
+    "namespace:footprint_co2e_daily_budget_grams",
+    "namespace:footprint_co2e_monthly_budget_grams",
+    "label_team:footprint_co2e_daily_budget_grams",
+    "label_team:footprint_co2e_monthly_budget_grams",
 }
 CONTRACT_ALERTS = {
     "FootprintModelDailyEmissionsOverBudget",
@@ -49,6 +69,10 @@ CONTRACT_ALERTS = {
     "FootprintPowerSourceDown",
     "FootprintGridIntensityStale",
     "FootprintEnergyUnattributedHigh",
+    "FootprintNamespaceDailyEmissionsOverBudget",
+    "FootprintNamespaceMonthlyEmissionsOverBudget",
+    "FootprintTeamDailyEmissionsOverBudget",
+    "FootprintTeamMonthlyEmissionsOverBudget",
 }
 SCOPES = {"operational", "infrastructure", "embodied", "total"}
 
@@ -113,7 +137,7 @@ def gen_rules() -> ModuleType:
 
 
 def test_promtool_checks_the_rule_files() -> None:
-    result = promtool("check", "rules", str(RULES), str(BUDGETS))
+    result = promtool("check", "rules", str(RULES), *map(str, EXAMPLES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -139,7 +163,7 @@ def test_promtool_unit_tests_pass(path: Path) -> None:
 
 
 def test_groups_leave_the_interval_to_prometheus() -> None:
-    for path in (RULES, BUDGETS):
+    for path in (RULES, *EXAMPLES):
         for group in load(path)["groups"]:
             assert "interval" not in group, (path.name, group["name"])
     alert_groups = [g["name"] for g in load(RULES)["groups"]
@@ -154,11 +178,16 @@ def test_contract_names_are_recorded() -> None:
     assert alerts >= CONTRACT_ALERTS, CONTRACT_ALERTS - alerts
     budgets = {rule["record"] for rule in rules(BUDGETS)}
     assert budgets == {"model:footprint_co2e_daily_budget_grams"}
-    assert "model:footprint_co2e_daily_budget_grams" not in recorded, "budgets are per install"
+    assert {rule["record"] for rule in rules(CHARGEBACK_BUDGETS)} == CHARGEBACK_BUDGET_NAMES
+    assert not recorded & (budgets | CHARGEBACK_BUDGET_NAMES), "budgets are per install"
+    assert [g["name"] for g in load(CHARGEBACK_BUDGETS)["groups"]] == [
+        "footprint.chargeback.budgets"]
 
 
 @pytest.mark.parametrize("name", ["container:footprint_co2e_grams:rate5m",
-                                  "node_namespace_model:footprint_co2e_grams:increase1d"])
+                                  "node_namespace_model:footprint_co2e_grams:increase1d",
+                                  "node_label_team:footprint_co2e_grams:rate5m",
+                                  "node_label_team:footprint_co2e_grams:increase1d"])
 def test_every_scope_is_recorded(name: str) -> None:
     scopes = {rule["labels"]["scope"] for rule in rules(RULES) if rule.get("record") == name}
     assert scopes == SCOPES
@@ -167,7 +196,7 @@ def test_every_scope_is_recorded(name: str) -> None:
 def test_every_recorded_name_is_documented_and_tested() -> None:
     doc = RULES_DOC.read_text()
     tests = "\n".join(path.read_text() for path in UNIT_TESTS)
-    for rule in rules(RULES) + rules(BUDGETS):
+    for rule in rules(RULES) + [r for path in EXAMPLES for r in rules(path)]:
         name = rule.get("record") or rule["alert"]
         assert f"`{name}`" in doc, f"{name} missing from docs/rules.md"
         if "record" in rule:
@@ -211,6 +240,60 @@ def test_the_runbook_base_is_stated_in_the_docs() -> None:
     assert RUNBOOK_BASE in RULES.read_text().split("groups:")[0], "state it in the header"
 
 
+LONG_RANGE = re.compile(r"\[(\d+[dw]|[2-9]\d+h|\d{3,}h)[:\]]")
+"""A range or subquery of a day or more."""
+
+
+def test_no_rule_reads_per_container_series_over_a_day() -> None:
+    """The daily and 30-day rules integrate recorded per node series (docs/scale.md): none
+    reads the exporter's per-container series, nor the per-container records, over a day."""
+    for rule in rules(RULES):
+        if LONG_RANGE.search(rule["expr"]):
+            name = rule.get("record") or rule["alert"]
+            assert "footprint_container_" not in rule["expr"], name
+            assert "container:" not in rule["expr"], name
+    assert LONG_RANGE.search("x[1d:5m]") and LONG_RANGE.search("x[30d:1d]")
+    assert LONG_RANGE.search("x[24h]") and not LONG_RANGE.search("x[5m]")
+    assert not LONG_RANGE.search("x[1h]")
+
+
+def test_the_label_team_rules_are_one_chargeback_key() -> None:
+    """Every rule that names label_team is a template the chart renders once per key of
+    prometheusRule.chargeback.labels (label_team -> label_<key>): its record is named after
+    the key, and an alert's text names the team as `Team {{ $labels.label_team }}`, the phrase
+    the chart rewords for another key. No other rule names it."""
+    keyed = [r for r in rules(RULES) if "label_team" in r["expr"] or
+             "label_team" in r.get("record", "")]
+    assert {r.get("record") for r in keyed} >= {
+        name for name in CONTRACT_RECORDS if name.startswith("label_team:")}
+    for rule in keyed:
+        if "record" in rule:
+            assert rule["record"].split(":")[0] in ("label_team", "node_label_team"), rule
+        else:
+            assert rule["alert"].startswith("FootprintTeam"), rule["alert"]
+            for field in ("summary", "description"):
+                text = rule["annotations"][field]
+                assert text.startswith("Team {{ $labels.label_team }}"), (rule["alert"], field)
+                assert text.count("Team") == 1, (rule["alert"], field)
+    for rule in rules(RULES):
+        if rule not in keyed:
+            assert "label_team" not in str(rule), rule.get("record") or rule["alert"]
+
+
+def test_the_chargeback_groups_follow_their_inputs() -> None:
+    """Groups in the order their records are computed (the unit tests' group_eval_order):
+    the per team 5-minute records after the container ones, the daily ones after them."""
+    names = [g["name"] for g in load(RULES)["groups"]]
+    assert names.index("footprint.rate5m") < names.index("footprint.chargeback") < names.index(
+        "footprint.increase1d") < names.index("footprint.chargeback1d") < names.index(
+        "footprint.alerts")
+    for path in UNIT_TESTS:
+        order = load(path).get("group_eval_order", [])
+        if "footprint.chargeback" in order:
+            assert order.index("footprint.rate5m") < order.index("footprint.chargeback")
+            assert order.index("footprint.chargeback1d") < order.index("footprint.alerts")
+
+
 # ---------------------------------------------------------------------------------------------
 # The cluster-label variant (scripts/gen_rules.py -> rules/footprint.rules.cluster.yaml)
 
@@ -222,7 +305,7 @@ def test_the_cluster_variant_is_generated() -> None:
 
 
 def test_promtool_checks_the_cluster_variant() -> None:
-    result = promtool("check", "rules", str(CLUSTER_RULES), str(BUDGETS))
+    result = promtool("check", "rules", str(CLUSTER_RULES), *map(str, EXAMPLES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -230,12 +313,24 @@ def test_the_cluster_variant_keeps_the_label_in_every_aggregation() -> None:
     plain, variant = rules(RULES), rules(CLUSTER_RULES)
     assert [{k: v for k, v in r.items() if k != "expr"} for r in plain] == [
         {k: v for k, v in r.items() if k != "expr"} for r in variant]
+    module = gen_rules()
+    budget_match = re.compile(r"on \((\w+)\) group_left \(\)\s*(\w+):footprint_co2e_\w+")
     for rule in variant:
-        lists = re.findall(r"\b(by|on) \(([^)]*)\)", rule["expr"])
+        # A budget (no cluster label) is matched on its own key alone.
+        for key, level in budget_match.findall(rule["expr"]):
+            assert key == level, rule.get("alert")
+        rest = budget_match.sub("", rule["expr"])
+        lists = re.findall(r"\b(by|on) \(([^)]*)\)", rest)
         for keyword, labels in lists:
             names = [n.strip() for n in labels.split(",")]
-            assert "cluster" in names or names == ["model"], (rule.get("record"), keyword, labels)
-    module = gen_rules()
+            assert "cluster" in names, (rule.get("record"), keyword, labels)
+    budgeted = [r["alert"] for r in variant if "_budget_grams" in r["expr"]]
+    assert len(budgeted) == 6, budgeted
+    assert all(module.BUDGET.match(n) for n in CHARGEBACK_BUDGET_NAMES)
+    assert module.add_cluster_label("x > on (label_cost_center) label_cost_center:"
+                                    "footprint_co2e_monthly_budget_grams") == (
+        "x > on (label_cost_center) group_left () label_cost_center:"
+        "footprint_co2e_monthly_budget_grams")
     assert module.add_cluster_label("sum by () (x) / on (a) y") == (
         "sum by (cluster) (x) / on (cluster, a) y")
     assert module.add_cluster_label("sum without (a) (x) * ignoring (b) group_left (c) y",
@@ -254,10 +349,11 @@ def with_cluster(series: str) -> str:
 
 
 def keeps_cluster(labels: dict[str, Any] | str) -> bool:
-    """Whether a result carries the cluster label: the budgets do not (one budget per model
-    in every cluster), nor absent()'s series (FootprintExporterDown with no target at all)."""
+    """Whether a result carries the cluster label: the budgets do not (one budget per model,
+    namespace or team in every cluster), nor absent()'s series (FootprintExporterDown with no
+    target at all)."""
     if isinstance(labels, str):
-        return not labels.startswith("model:footprint_co2e_daily_budget_grams")
+        return not gen_rules().BUDGET.match(labels.partition("{")[0])
     return not set(labels) <= {"severity", "job"}
 
 

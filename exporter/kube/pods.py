@@ -3,8 +3,10 @@ own labels, read again after each list.
 
 A pod is kept slim (`slim_pod`): its model is matched once from the whole object as it arrives,
 then only what attribution reads is kept (names, uid, resourceVersion, each container's name and
-CPU request, each status's id and whether it runs). Args, env, annotations and managedFields,
-which a pod may carry by the megabyte, are never held (docs/performance.md#pods)."""
+CPU request, each status's id and whether it runs), and of its labels only those
+`kubernetes.pod_label_allowlist` publishes (exporter.podlabels). Args, env, annotations and
+managedFields, which a pod may carry by the megabyte, are never held
+(docs/performance.md#pods)."""
 
 from __future__ import annotations
 
@@ -15,19 +17,23 @@ from typing import Any
 from exporter import boundedjson
 from exporter.kube.reflector import MAX_OBJECT_BYTES, Reflector, _describe, _read_bounded, _Stopped
 from exporter.models import ModelMatch, ModelRule, match_pod
+from exporter.podlabels import PodLabelAllowlist, PublishedLabels
 
 Pod = Mapping[str, Any]
 
 
 class SlimPod(dict[str, Any]):
-    """A pod reduced to what the exporter reads, in the API's own shape, and the model it was
-    matched to from the whole object."""
+    """A pod reduced to what the exporter reads, in the API's own shape, the model it was
+    matched to from the whole object, and the labels its containers publish."""
 
-    __slots__ = ("match",)
+    __slots__ = ("match", "pod_labels")
 
-    def __init__(self, fields: Mapping[str, Any], match: ModelMatch) -> None:
+    def __init__(self, fields: Mapping[str, Any], match: ModelMatch,
+                 pod_labels: PublishedLabels = ()) -> None:
         super().__init__(fields)
         self.match = match
+        self.pod_labels = pod_labels
+        """(`label_<key>`, value) pairs of the allowed labels (exporter.podlabels)."""
 
 
 def _strings(source: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
@@ -56,11 +62,15 @@ def _status(cs: object) -> object:
     return kept
 
 
-def slim_pod(obj: Mapping[str, Any], rules: Sequence[ModelRule] = ()) -> SlimPod:
-    """The model `obj` matches (exporter.models.match_pod), and only the fields that
-    exporter.workloads reads; what is malformed stays malformed (None) so it is still reported."""
+def slim_pod(obj: Mapping[str, Any], rules: Sequence[ModelRule] = (),
+             labels: PodLabelAllowlist | None = None) -> SlimPod:
+    """The model `obj` matches (exporter.models.match_pod), the labels `labels` publishes, and
+    only the fields that exporter.workloads reads; what is malformed stays malformed (None) so
+    it is still reported."""
     match = match_pod(obj, rules)
     meta, spec, status = obj.get("metadata"), obj.get("spec"), obj.get("status")
+    published = (labels.publish(meta.get("labels"))
+                 if labels and isinstance(meta, Mapping) else ())
     fields: dict[str, Any] = {
         "metadata": _strings(meta, ("namespace", "name", "uid", "resourceVersion"))
         if isinstance(meta, Mapping) else None}
@@ -76,7 +86,7 @@ def slim_pod(obj: Mapping[str, Any], rules: Sequence[ModelRule] = ()) -> SlimPod
             _status(cs) for cs in (statuses if isinstance(statuses, list) else ())]}
     elif status is not None:
         fields["status"] = None
-    return SlimPod(fields, match)
+    return SlimPod(fields, match, published)
 
 
 @dataclass(frozen=True, slots=True)

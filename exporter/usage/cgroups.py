@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
+import resource
+import weakref
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,15 +89,63 @@ MAX_USAGE_BYTES = 4096
 """cgroup v2 cpu.stat is under 300 bytes (6 lines, 9 with the cpu controller's throttling
 fields); v1 cpuacct.usage one number. A larger file is never read whole."""
 
+KEEP_OPEN_MAX = 4096
+"""The most usage files kept open, whatever the descriptor limit: a node runs a few hundred
+containers (110 pods by default); above the cap the rest are opened at each read."""
+
+_REOPEN = (errno.ENODEV, errno.ENOENT, errno.ESTALE, errno.EBADF)
+"""What a read of a kept-open usage file raises when it should be opened again: cgroupfs answers
+ENODEV once the cgroup is removed (a new cgroup of that name is a new file)."""
+
+
+def keep_open_limit() -> int:
+    """How many usage files may be kept open: half the soft RLIMIT_NOFILE (the rest for sockets
+    and everything else, and below 1024 for anything that still uses select()), at most
+    KEEP_OPEN_MAX. A DaemonSet under containerd 2 or Docker 25 inherits a soft limit of 1024:
+    512 kept open."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return 0
+    if soft == resource.RLIM_INFINITY:
+        return KEEP_OPEN_MAX
+    return max(0, min(KEEP_OPEN_MAX, soft // 2))
+
+
+def on_cgroupfs(path: Path) -> bool:
+    """Whether `path` is on a cgroup filesystem (cgroup or cgroup2, by its device in
+    /proc/self/mountinfo, so a bind mount at /host/sys counts). There a file is never replaced
+    while its cgroup lives, and a kept-open one fails once the cgroup is removed; anywhere else
+    (a copied tree, a test fixture) a file may be replaced by a rename, which an open descriptor
+    does not see."""
+    try:
+        device = os.stat(path).st_dev
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 3 and fields[2] == wanted and " - " in line:
+            fstype = line.split(" - ", 1)[1].split(" ", 1)[0]
+            return fstype in ("cgroup", "cgroup2")
+    return False
+
 
 class _Garbage(Exception):
     """A usage file that holds no counter."""
 
 
-def _v2_seconds(text: str) -> float:
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "usage_usec":
+def _v2_seconds(data: bytes) -> float:
+    if data.startswith(b"usage_usec "):  # the kernel writes it first: the common case
+        end = data.find(b"\n")
+        value = data[11:end] if end >= 0 else data[11:]
+        if value.isdigit():  # bytes: ASCII digits only, what int() takes
+            return int(value) / 1e6
+    for line in data.splitlines():
+        key, _, value = line.partition(b" ")
+        if key == b"usage_usec":
             value = value.strip()
             if value.isdigit():
                 return int(value) / 1e6
@@ -101,17 +153,36 @@ def _v2_seconds(text: str) -> float:
     raise _Garbage("no usage_usec counter")
 
 
-def _v1_seconds(text: str) -> float:
-    value = text.strip()
+def _v1_seconds(data: bytes) -> float:
+    value = data.strip()
     if not value.isdigit():
-        raise _Garbage(f"holds {value[:40]!r}, not a counter in nanoseconds")
+        shown = value[:40].decode("ascii", errors="replace")
+        raise _Garbage(f"holds {shown!r}, not a counter in nanoseconds")
     return int(value) / 1e9
 
 
-class CgroupReader:
-    """Reads per-container CPU time under `<sysfs>/fs/cgroup`, cgroup v2 or v1."""
+def _close_all(kept: dict[str, tuple[int, str]]) -> None:
+    for fd, _ in kept.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    kept.clear()
 
-    def __init__(self, sysfs: Path) -> None:
+
+class CgroupReader:
+    """Reads per-container CPU time under `<sysfs>/fs/cgroup`, cgroup v2 or v1.
+
+    Each container's usage file is opened once and kept open; a tick reads it again with
+    `pread`, one system call instead of open, read and close. Up to `max_open` are kept (None:
+    `keep_open_limit()`, asked at each walk of the tree); above that the rest are opened at each
+    read, and that is logged once. A kept file is opened again when its read fails (cgroupfs
+    answers ENODEV once the cgroup is gone) and closed when its container is no longer asked
+    for or no longer in the tree. Off cgroupfs (`check_links`) a read is also followed by an
+    fstat, and a file with no link left (replaced by a rename, or its directory removed) is
+    opened again. The descriptors belong to the thread that reads (a tick's host reads);
+    `close()` them when done, or they close when the reader is collected.
+    """
+
+    def __init__(self, sysfs: Path, *, max_open: int | None = None) -> None:
         mount = sysfs / "fs" / "cgroup"
         self.version: int | None = None
         self._root = mount
@@ -124,11 +195,22 @@ class CgroupReader:
                     self.version, self._root = 1, mount / name
                     break
         self._file = "cpu.stat" if self.version == 2 else "cpuacct.usage"
+        self._parse = _v2_seconds if self.version == 2 else _v1_seconds
         self._index: dict[str, str] = {}
         """Container id -> its usage file (a str: a Path per read costs more than the read),
         from the last walk of the kubepods subtree."""
+        self._kept: dict[str, tuple[int, str]] = {}
+        """Container id -> the open descriptor of its usage file, and that file's path."""
+        self._max_open = max_open
+        self._limit = max_open if max_open is not None else keep_open_limit()
+        self._over_limit_logged = False
+        self.check_links = self.version is not None and not on_cgroupfs(self._root)
+        """Whether a kept file may be replaced while its cgroup lives (not on cgroupfs)."""
         self._missing: frozenset[str] = frozenset()
+        self._faulty: set[str] = set()
+        """Usage files whose fault was logged and not yet their recovery (read the slow way)."""
         self._throttle = logs.Throttle(log, source="cgroups")
+        self._finalizer = weakref.finalize(self, _close_all, self._kept)
 
     def describe(self) -> str:
         """One line for the start-up log."""
@@ -143,6 +225,14 @@ class CgroupReader:
         """The ids asked for in the last cpu_seconds() call that had no readable cgroup."""
         return self._missing
 
+    def open_files(self) -> int:
+        """How many usage files are kept open now."""
+        return len(self._kept)
+
+    def close(self) -> None:
+        """Close every kept usage file (the next read opens them again)."""
+        _close_all(self._kept)
+
     def cpu_seconds(self, container_ids: Collection[str]) -> dict[str, CpuUsage]:
         """Cumulative CPU seconds for each id whose cgroup was found; ids with no cgroup are
         left out."""
@@ -151,42 +241,104 @@ class CgroupReader:
         if self.version is not None:
             if not wanted <= self._index.keys():
                 self._reindex()  # once per call, however many ids are new
+            kept = self._kept
+            if len(kept) > len(wanted):  # containers no longer asked for (exited)
+                for cid in kept.keys() - wanted:
+                    self._forget(cid)
             index = self._index
+            read = self._read
+            fast = not self.check_links and self.version == 2
+            faulty = self._faulty
+            pread = os.pread
             for cid in wanted:
+                entry = kept.get(cid) if fast else None
+                if entry is not None and not (faulty and entry[1] in faulty):
+                    # The common case inline (a kept cpu.stat, usage_usec first, digits): a
+                    # function call per container costs a third of the read.
+                    try:
+                        data = pread(entry[0], MAX_USAGE_BYTES, 0)
+                    except OSError:
+                        data = b""
+                    end = data.find(b"\n")
+                    if end > 11 and data.startswith(b"usage_usec "):
+                        value = data[11:end]
+                        if value.isdigit():
+                            usage[cid] = CpuUsage(int(value) / 1e6, entry[1])
+                            continue
                 path = index.get(cid)
                 if path is not None:
-                    seconds = self._read(cid, path)
+                    seconds = read(cid, path)  # everything else, and again after a failure
                     if seconds is not None:
                         usage[cid] = CpuUsage(seconds, path)
         self._missing = frozenset(wanted - usage.keys())
         return usage
 
-    def _read(self, cid: str, path: str) -> float | None:
-        """One read of at most MAX_USAGE_BYTES: os.open and os.read on a str path, the cheapest
-        way Python has (a tick reads one file per container)."""
-        key = path
+    def _forget(self, cid: str) -> None:
+        entry = self._kept.pop(cid, None)
+        if entry is not None:
+            with contextlib.suppress(OSError):
+                os.close(entry[0])
+
+    def _open_and_read(self, cid: str, path: str) -> bytes:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                data = os.read(fd, MAX_USAGE_BYTES)
-            finally:
-                os.close(fd)
-            text = data.decode("ascii", errors="replace")
-            seconds = _v2_seconds(text) if self.version == 2 else _v1_seconds(text)
+            data = os.pread(fd, MAX_USAGE_BYTES, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        if len(self._kept) < self._limit:
+            self._kept[cid] = (fd, path)
+        else:
+            os.close(fd)
+            if not self._over_limit_logged:
+                self._over_limit_logged = True
+                log.info(f"{self._limit} containers' usage files are kept open (half the "
+                         "open-file limit, RLIMIT_NOFILE, at most "
+                         f"{KEEP_OPEN_MAX}); the others are opened at each read")
+        return data
+
+    def _read(self, cid: str, path: str) -> float | None:
+        """One read of at most MAX_USAGE_BYTES: `pread` on the kept-open file, or open (and
+        keep) it first."""
+        try:
+            entry = self._kept.get(cid)
+            if entry is None:
+                data = self._open_and_read(cid, path)
+            else:
+                fd = entry[0]
+                try:
+                    data = os.pread(fd, MAX_USAGE_BYTES, 0)
+                    stale = self.check_links and os.fstat(fd).st_nlink == 0
+                except OSError as exc:
+                    if exc.errno not in _REOPEN:
+                        raise
+                    stale = True
+                if stale:  # removed, or replaced: the file now at `path`, if any
+                    self._forget(cid)
+                    data = self._open_and_read(cid, path)
+            seconds = self._parse(data)
         except OSError as exc:
+            self._forget(cid)
             if not os.path.isdir(os.path.dirname(path)):
                 del self._index[cid]  # the container exited: its cgroup is gone, not faulty
+                self._faulty.discard(path)
                 return None
-            self._throttle.fault(key, f"container {cid} left out: cannot read {path}: "
-                                      f"{exc.strerror or exc}",
-                                 container=cid, path=path, err=exc.strerror or exc)
+            self._fault(path, f"container {cid} left out: cannot read {path}: "
+                              f"{exc.strerror or exc}",
+                        container=cid, path=path, err=exc.strerror or exc)
             return None
         except _Garbage as exc:
-            self._throttle.fault(key, f"container {cid} left out: {path} {exc}",
-                                 container=cid, path=path, err=exc)
+            self._fault(path, f"container {cid} left out: {path} {exc}",
+                        container=cid, path=path, err=exc)
             return None
-        self._throttle.recovered(key, f"{path} readable again", container=cid, path=path)
+        if self._faulty and path in self._faulty:
+            self._faulty.discard(path)
+            self._throttle.recovered(path, f"{path} readable again", container=cid, path=path)
         return seconds
+
+    def _fault(self, key: str, message: str, **facts: object) -> None:
+        self._faulty.add(key)
+        self._throttle.fault(key, message, **facts)
 
     def _reindex(self) -> None:
         index: dict[str, str] = {}
@@ -203,6 +355,13 @@ class CgroupReader:
         for top in tops:
             self._walk(top, 1, index)
         self._index = index
+        if self._faulty:  # bounded by the files in the tree
+            self._faulty.intersection_update(index.values())
+        for cid, (_, path) in list(self._kept.items()):
+            if index.get(cid) != path:  # gone from the tree, or found elsewhere now
+                self._forget(cid)
+        if self._max_open is None:
+            self._limit = keep_open_limit()
 
     def _walk(self, directory: Path, depth: int, index: dict[str, str]) -> None:
         try:
