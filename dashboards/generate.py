@@ -1,5 +1,7 @@
 """Writes Footprint's Grafana dashboards as JSON: `python dashboards/generate.py [--out DIR]`.
 
+`--check` writes nothing and exits 1 if the committed files are not what it would write.
+
 Built with grafana-foundation-sdk's typed builders (pinned in pyproject.toml), serialized with
 its JSONEncoder, then a few documented post-processing steps (`postprocess`). The output is
 deterministic (sorted keys), so the committed JSON files must equal what this script writes
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -298,8 +301,8 @@ def container_variables() -> list[dashboard_b.QueryVariable]:
 
 
 def dashboard(uid: str, title: str, description: str,
-              variables: list[dashboard_b.QueryVariable], rows: Rows, *,
-              time_from: str = "now-24h") -> dashboard_b.Dashboard:
+              variables: list[Any], rows: Rows, *,
+              time_from: str = "now-24h", timezone: str = "browser") -> dashboard_b.Dashboard:
     board = (dashboard_b.Dashboard(title).uid(uid).description(description).editable()
              .fiscal_year_start_month(0).tooltip(dm.DashboardCursorSync.CROSSHAIR)
              .annotation(dashboard_b.AnnotationQuery().built_in(1)
@@ -311,7 +314,7 @@ def dashboard(uid: str, title: str, description: str,
                    .tags(TAGS).target_blank(False).tooltip(""))
              .refresh("1m").tags(TAGS)
              .variables([datasource_variable(), *variables])
-             .time(time_from, "now").timezone("browser").version(1).week_start(""))
+             .time(time_from, "now").timezone(timezone).version(1).week_start(""))
     return layout(board, rows)
 
 
@@ -822,10 +825,247 @@ def exporter() -> dashboard_b.Dashboard:
         rows, time_from="now-6h")
 
 
+# ---------------------------------------------------------------------------------------------
+# Footprint / Chargeback
+
+
+CHARGEBACK_KEYS = (("Team", "label_team"), ("Namespace", "namespace"))
+"""(text, label) of the keys the `key` variable offers, the default first. The rule pack records
+both: `label_team:footprint_...` for the pod label `team` and `namespace:footprint_...`. A chart
+key such as cost-center (`label_cost_center:footprint_...`, docs/rules.md "Chargeback keys")
+can be typed into the variable (it accepts custom values)."""
+KEY_SEL = f'{CLUSTER_SEL}, $key=~"$value"'
+"""The recorded per-key series of the selected clusters and values; "All" (`.*`) also matches
+the series without the label (pods without a team: label_team="")."""
+BUDGET_SEL = 'cluster=~"$cluster|", $key=~"$value"'
+"""Budgets are configuration: the chart records them without a cluster label (also in the
+cluster-label variant), so they match the selected clusters or no cluster at all."""
+RIEMANN_STEP = 300
+"""The step of the month-to-date subqueries, the records' 5 minutes: sum_over_time of the
+g/s (W, L/s) record every 5 minutes, x 300 s, as `footprint-exporter report` integrates."""
+
+
+def key_variable() -> dashboard_b.CustomVariable:
+    """`key`: the label charged to, whose records the panels read (`$key:footprint_...`)."""
+    options = [dm.VariableOption(text=text, value=value, selected=i == 0)
+               for i, (text, value) in enumerate(CHARGEBACK_KEYS)]
+    return (dashboard_b.CustomVariable("key").label("Charge to")
+            .description("The label emissions are charged to: label_team (the pod label team, "
+                         "as the exporter publishes it) or namespace. Another key the chart "
+                         "records (label_cost_center, ...) can be typed in.")
+            .values(",".join(f"{text} : {value}" for text, value in CHARGEBACK_KEYS))
+            .options(options).current(options[0]).multi(False).include_all(False)
+            .allow_custom_value(True).hide(dm.VariableHide.DONT_HIDE))
+
+
+def per_key(expr: str, *, by: str = "$key", scale: str = "") -> str:
+    """`expr` summed per key (and `by`'s other labels), the empty value (pods without the
+    label) named "unassigned"."""
+    return (f"label_replace(sum by ({by}) ({expr}){scale}, "
+            '"$key", "unassigned", "$key", "")')
+
+
+def month_to_date(record: str, selector: str) -> str:
+    """The Riemann sum over the dashboard's time range of a per-second record, one series per
+    input series (x RIEMANN_STEP outside: grams, joules or litres)."""
+    return f"sum_over_time($key:{record}:rate5m{{{selector}}}[$__range:5m])"
+
+
+def chargeback() -> dashboard_b.Dashboard:
+    def co2e_mtd(scope: str) -> str:
+        return month_to_date("footprint_co2e_grams", f'{KEY_SEL}, scope="{scope}"')
+
+    energy_mtd = month_to_date("footprint_energy_joules", KEY_SEL)
+    water_mtd = month_to_date("footprint_water_liters", KEY_SEL)
+    step = f" * {RIEMANN_STEP}"
+    kwh = f" * {RIEMANN_STEP} / {JOULES_PER_KWH}"
+    total_mtd = per_key(co2e_mtd("total"), scale=step)
+    energy_per_key = per_key(energy_mtd, scale=kwh)
+    water_per_key = per_key(water_mtd, scale=step)
+    everyone = month_to_date("footprint_co2e_grams", f'{CLUSTER_SEL}, scope="total"')
+    share = per_key(co2e_mtd("total"), scale=f" / scalar(sum({everyone}))")
+
+    def total(window: str) -> str:
+        return (f"sum by ($key) ($key:footprint_co2e_grams:{window}"
+                f'{{{KEY_SEL}, scope="total"}})')
+
+    def budget(period: str) -> str:
+        return f"sum by ($key) ($key:footprint_co2e_{period}_budget_grams{{{BUDGET_SEL}}})"
+
+    def used(actual: str, period: str) -> str:
+        return f"{actual} / on ($key) {budget(period)}"
+
+    dashed = [override("/ budget$/", ("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
+                       regex=True)]
+    unassigned = ("Pods without the label are charged to the empty value, shown as "
+                  "\"unassigned\".")
+    rows: Rows = [
+        ("Month to date (the time range: this month so far)", [
+            (stat("CO2e, month to date",
+                  "Emissions of the selected teams or namespaces over the dashboard's time "
+                  "range (default: this month so far, UTC), every scope: the 5-minute record "
+                  "$key:footprint_co2e_grams:rate5m{scope=\"total\"} summed every 5 minutes x "
+                  "300 s, as footprint-exporter report integrates it.",
+                  [target(f"sum({co2e_mtd('total')}){step}", "CO2e", instant=True)], "massg",
+                  decimals=1, graph=False), 6, 4),
+            (stat("Energy, month to date",
+                  "Energy attributed to the selected teams or namespaces over the time range "
+                  "(cpu, dram and gpu, idle and dynamic, before PUE): the Riemann sum of "
+                  "$key:footprint_energy_joules:rate5m, in kWh.",
+                  [target(f"sum({energy_mtd}){kwh}", "energy", instant=True)], "kwatth",
+                  decimals=2, graph=False), 6, 4),
+            (stat("Water, month to date",
+                  "Water consumed for the selected teams or namespaces over the time range, on "
+                  "site (cooling: energy x WUE) plus off site (generating the electricity: "
+                  "energy x PUE x the grid's litres per kWh): the Riemann sum of "
+                  "$key:footprint_water_liters:rate5m (docs/lifecycle.md, Water).",
+                  [target(f"sum({water_mtd}){step}", "water", instant=True)], "litre",
+                  decimals=1, graph=False), 6, 4),
+            (stat("Emission rate now, per hour",
+                  "Current emissions of the selected teams or namespaces, every scope: the "
+                  "5-minute record $key:footprint_co2e_grams:rate5m (grams per second) x 3600, "
+                  "shown in g, kg or t per hour.",
+                  [target(f'sum($key:footprint_co2e_grams:rate5m{{{KEY_SEL}, scope="total"}})'
+                          " * 3600", "CO2e per hour")], "massg", decimals=2), 6, 4),
+            (bargauge("CO2e per team or namespace, month to date",
+                      "Each team's or namespace's emissions over the time range, every scope "
+                      "(the Riemann sum of the 5-minute record). " + unassigned,
+                      [target(total_mtd, "{{$key}}", instant=True)], "massg", decimals=1), 8, 9),
+            (bargauge("Energy per team or namespace, month to date",
+                      "Each team's or namespace's energy over the time range, before PUE. "
+                      + unassigned,
+                      [target(energy_per_key, "{{$key}}", instant=True)], "kwatth",
+                      decimals=2), 8, 9),
+            (bargauge("Water per team or namespace, month to date",
+                      "Each team's or namespace's water over the time range, on site plus off "
+                      "site. " + unassigned,
+                      [target(water_per_key, "{{$key}}", instant=True)], "litre",
+                      decimals=1), 8, 9),
+            (table("Chargeback, month to date",
+                   "One row per team or namespace, the columns of footprint-exporter report: "
+                   "grams CO2e over the time range by scope (operational, infrastructure = the "
+                   "PUE overhead, embodied = the hardware's manufacture amortised), their total, "
+                   "the energy, the water (on site + off site), and the row's share of the "
+                   "selected clusters' total (every team or namespace, selected or not). Each "
+                   "is the Riemann sum of the 5-minute record over the time range. "
+                   + unassigned,
+                   [target(per_key(co2e_mtd("operational"), scale=step), ref="A", instant=True,
+                           table=True),
+                    target(per_key(co2e_mtd("infrastructure"), scale=step), ref="B",
+                           instant=True, table=True),
+                    target(per_key(co2e_mtd("embodied"), scale=step), ref="C", instant=True,
+                           table=True),
+                    target(total_mtd, ref="D", instant=True, table=True),
+                    target(energy_per_key, ref="E", instant=True, table=True),
+                    target(water_per_key, ref="F", instant=True, table=True),
+                    target(share, ref="G", instant=True, table=True)],
+                   "massg", decimals=1,
+                   transformations=[
+                       transformation("merge", {}),
+                       transformation("organize", {
+                           "excludeByName": {"Time": True},
+                           "renameByName": {
+                               "label_team": "Team", "namespace": "Namespace",
+                               "Value #A": "Operational", "Value #B": "Infrastructure",
+                               "Value #C": "Embodied", "Value #D": "Total",
+                               "Value #E": "Energy", "Value #F": "Water",
+                               "Value #G": "Share of total"},
+                           "indexByName": {"label_team": 0, "namespace": 0, "Value #A": 1,
+                                           "Value #B": 2, "Value #C": 3, "Value #D": 4,
+                                           "Value #E": 5, "Value #F": 6, "Value #G": 7},
+                       }),
+                   ],
+                   footer=("sum",),
+                   overrides=[override("Energy", ("unit", "kwatth"), ("decimals", 2)),
+                              override("Water", ("unit", "litre")),
+                              override("Share of total", ("unit", "percentunit"))]), 24, 10),
+        ]),
+        ("Last 24 hours against the daily budget", [
+            (bargauge("Daily budget used",
+                      "Each team's or namespace's CO2e over the last 24 hours, every scope "
+                      "($key:footprint_co2e_grams:increase1d), as a share of its daily budget "
+                      "($key:footprint_co2e_daily_budget_grams, from the chart's "
+                      "prometheusRule.chargeback values). Over 100% fires "
+                      "FootprintTeamDailyEmissionsOverBudget or "
+                      "FootprintNamespaceDailyEmissionsOverBudget. Those without a budget are "
+                      "not shown.",
+                      [target(used(total("increase1d"), "daily"), "{{$key}}", instant=True)],
+                      "percentunit", maximum=1.5, steps=((0.8, "orange"), (1, "red"))), 12, 9),
+            (timeseries("Daily CO2e against budget",
+                        "Rolling 24-hour CO2e, every scope (solid), and the daily budget "
+                        "(dashed), for each team or namespace that has a budget.",
+                        [target(f"{total('increase1d')} and on ($key) {budget('daily')}",
+                                "{{$key}} actual"),
+                         target(budget("daily"), "{{$key}} budget", "B")],
+                        "massg", overrides=dashed), 12, 9),
+        ]),
+        ("30 days and the month against the monthly budget", [
+            (bargauge("Monthly budget used, 30 days",
+                      "Each team's or namespace's CO2e over the 30 whole UTC days ending at the "
+                      "last midnight ($key:footprint_co2e_grams:increase30d; it changes once a "
+                      "day) as a share of its monthly budget "
+                      "($key:footprint_co2e_monthly_budget_grams). Over 100% fires "
+                      "FootprintTeamMonthlyEmissionsOverBudget or "
+                      "FootprintNamespaceMonthlyEmissionsOverBudget.",
+                      [target(used(total("increase30d"), "monthly"), "{{$key}}", instant=True)],
+                      "percentunit", maximum=1.5, steps=((0.8, "orange"), (1, "red"))), 6, 9),
+            (bargauge("Monthly budget used, month to date",
+                      "Each team's or namespace's CO2e over the time range (default: this month "
+                      "so far), every scope, as a share of its monthly budget: how much of the "
+                      "month's budget is spent. The budget is for 30 days; no alert reads this.",
+                      [target(used(f"sum by ($key) ({co2e_mtd('total')}){step}", "monthly"),
+                              "{{$key}}", instant=True)],
+                      "percentunit", maximum=1.5, steps=((0.8, "orange"), (1, "red"))), 6, 9),
+            (timeseries("30-day CO2e against budget",
+                        "CO2e over the 30 whole UTC days ending at the last midnight, every "
+                        "scope (solid; a step each midnight), and the monthly budget (dashed), "
+                        "for each team or namespace that has a budget.",
+                        [target(f"{total('increase30d')} and on ($key) {budget('monthly')}",
+                                "{{$key}} actual"),
+                         target(budget("monthly"), "{{$key}} budget", "B")],
+                        "massg", overrides=dashed), 12, 9),
+        ]),
+        ("Over time", [
+            (timeseries("Emission rate per team or namespace, per hour",
+                        "Each team's or namespace's emissions, every scope: the 5-minute record "
+                        "$key:footprint_co2e_grams:rate5m (grams per second) x 3600, stacked "
+                        "(shown in g, kg or t per hour). " + unassigned,
+                        [target(per_key(f'$key:footprint_co2e_grams:rate5m{{{KEY_SEL}, '
+                                        'scope="total"}', scale=" * 3600"), "{{$key}}")],
+                        "massg", stack=True), 12, 8),
+            (timeseries("Power per team or namespace",
+                        "Power drawn by each team's or namespace's containers "
+                        "($key:footprint_energy_joules:rate5m: joules per second = watts), cpu "
+                        "+ dram + gpu, before PUE, stacked. " + unassigned,
+                        [target(per_key(f"$key:footprint_energy_joules:rate5m{{{KEY_SEL}}}"),
+                                "{{$key}}")], "watt", stack=True), 12, 8),
+            (timeseries("Daily CO2e by scope",
+                        "Rolling 24-hour emissions per team or namespace, stacked by scope: "
+                        "operational, infrastructure (the PUE overhead) and embodied "
+                        "($key:footprint_co2e_grams:increase1d). Each bar is the 24 hours ending "
+                        "at that time.",
+                        [target(per_key(f"$key:footprint_co2e_grams:increase1d{{{KEY_SEL}, "
+                                        'scope!="total"}', by="$key, scope"),
+                                "{{$key}} {{scope}}")],
+                        "massg", stack=True, bars=True, interval="1h"), 24, 9),
+        ]),
+    ]
+    return dashboard(
+        "footprint-chargeback", "Footprint / Chargeback",
+        "Who pays for what: CO2e (every scope), energy and water per team or namespace, month "
+        "to date, against daily and monthly budgets. Needs the rule pack's chargeback groups "
+        "(rules/footprint.rules.yaml) and, for the budgets, the chargeback budgets group.",
+        [cluster_variable("namespace:footprint_co2e_grams:rate5m"), key_variable(),
+         query_variable("value", "Team or namespace",
+                        f"label_values($key:footprint_co2e_grams:rate5m{{{CLUSTER_SEL}}}, $key)")],
+        rows, time_from="now/M", timezone="utc")
+
+
 DASHBOARDS = {
     "footprint-models.json": models,
     "footprint-nodes.json": nodes,
     "footprint-exporter.json": exporter,
+    "footprint-chargeback.json": chargeback,
 }
 
 
@@ -872,14 +1112,34 @@ def write(out: Path) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> None:
+def stale(out: Path) -> list[str]:
+    """The files in `out` that differ from what this script writes, are missing, or are
+    `footprint-*.json` files it does not write."""
+    wrong = [name for name, build in DASHBOARDS.items()
+             if not (out / name).is_file()
+             or (out / name).read_text(encoding="utf-8") != render(build())]
+    extra = [p.name for p in sorted(out.glob("footprint-*.json")) if p.name not in DASHBOARDS]
+    return wrong + extra
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
                         help="folder to write the JSON files to (default: this script's)")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if a file in the folder is not what this "
+                             "script writes (stale, missing, or one it does not write)")
     args = parser.parse_args(argv)
+    if args.check:
+        wrong = stale(args.out)
+        for name in wrong:
+            print(f"{args.out / name}: stale, missing or unknown: run python "
+                  "dashboards/generate.py", file=sys.stderr)
+        return 1 if wrong else 0
     for path in write(args.out):
         print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

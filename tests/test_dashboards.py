@@ -1,14 +1,17 @@
 """The Grafana dashboards (dashboards/*.json) stay true: they are what dashboards/generate.py
 writes, every query parses as PromQL (promtool), and every metric they query is one the
-exporter publishes, the rule pack records, or a known external name."""
+exporter publishes, the rule pack records, or a known external name. The chargeback
+dashboard's queries also run on a real Prometheus over synthetic records (slow), with the
+values they must give."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,10 @@ from exporter.metrics import TICK_DURATION as SUMMARY
 from tests.support import REPO, require_binary
 
 DASHBOARDS = REPO / "dashboards"
-NAMES = ("footprint-models.json", "footprint-nodes.json", "footprint-exporter.json")
+NAMES = ("footprint-models.json", "footprint-nodes.json", "footprint-exporter.json",
+         "footprint-chargeback.json")
 RULES = REPO / "rules" / "footprint.rules.yaml"
+CHARGEBACK_BUDGETS = REPO / "rules" / "chargeback-budgets.example.yaml"
 
 EXTERNAL = frozenset({
     # Prometheus itself
@@ -71,7 +76,7 @@ GRAFANA_BUILTINS = {
 """Concrete values for Grafana's interval variables (all used where PromQL wants a duration)."""
 
 VARIABLE_REF = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
-LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$", re.S)
+LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\$?\w+|\$\{\w+\})\)$", re.S)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,28 +94,71 @@ def all_panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", [])  # a collapsed row holds its panels
 
 
-def queries(board: dict[str, Any]) -> Iterator[tuple[str, str]]:
+def custom_values(var: dict[str, Any]) -> list[str]:
+    """A custom variable's values (its options; test_chargeback_variables checks that they
+    are what Grafana makes of its query)."""
+    return [option["value"] for option in var.get("options", [])]
+
+
+def referenced(text: str) -> set[str]:
+    return {m.group(1) or m.group(2) for m in VARIABLE_REF.finditer(text)}
+
+
+def queries(board: dict[str, Any], values: Mapping[str, str] | None = None
+            ) -> Iterator[tuple[str, str]]:
     """(where, PromQL) for every panel target and every query variable's selector, with
-    Grafana's variables replaced by concrete values."""
-    variables = {v["name"] for v in board.get("templating", {}).get("list", [])}
+    Grafana's variables replaced by concrete values: `values` where given, each value of a
+    custom variable in turn (a query that names the chargeback dashboard's `$key` comes once
+    with label_team and once with namespace), else a placeholder."""
+    for where, text, fixed in expansions(board):
+        if text.startswith("label_values("):
+            selector, _ = label_values(board, text, where, {**(values or {}), **fixed})
+            if selector:
+                yield where, selector
+        else:
+            yield where, concrete(text, board, where, {**(values or {}), **fixed})
+
+
+def expansions(board: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """(where, query text, custom variable values) for every panel target and query
+    variable, once per combination of the values of the custom variables it names."""
+    templating = board.get("templating", {}).get("list", [])
+    custom = {v["name"]: custom_values(v) for v in templating if v.get("type") == "custom"}
+    texts: list[tuple[str, str]] = []
     for panel in all_panels(board):
         for t in panel.get("targets", []):
-            where = f"{board.get('uid')}: panel {panel.get('title')!r} target {t.get('refId')}"
-            yield where, concrete(t["expr"], variables, where)
-    for var in board.get("templating", {}).get("list", []):
-        if var.get("type") != "query":
-            continue
-        where = f"{board.get('uid')}: variable {var['name']!r}"
-        query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
-        match = LABEL_VALUES.match(query.strip())
-        assert match, f"{where}: only label_values(selector, label) is supported: {query!r}"
-        if match.group(1):
-            yield where, concrete(match.group(1), variables, where)
+            texts.append((f"{board.get('uid')}: panel {panel.get('title')!r} target "
+                          f"{t.get('refId')}", t["expr"]))
+    for var in templating:
+        if var.get("type") == "query":
+            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+            texts.append((f"{board.get('uid')}: variable {var['name']!r}", query.strip()))
+    for where, text in texts:
+        named = sorted(referenced(text) & set(custom))
+        for combination in itertools.product(*(custom[name] for name in named)):
+            fixed = dict(zip(named, combination, strict=True))
+            yield where + "".join(f" [{k}={v}]" for k, v in fixed.items()), text, fixed
 
 
-def concrete(expr: str, variables: set[str], where: str) -> str:
+def label_values(board: dict[str, Any], query: str, where: str, values: Mapping[str, str]
+                 ) -> tuple[str | None, str]:
+    """The selector (None for label_values(label)) and the label of a query variable."""
+    match = LABEL_VALUES.match(query)
+    assert match, f"{where}: only label_values(selector, label) is supported: {query!r}"
+    label = concrete(match.group(2), board, where, values)
+    assert re.fullmatch(r"[A-Za-z_]\w*", label), f"{where}: not a label name: {label!r}"
+    selector = concrete(match.group(1), board, where, values) if match.group(1) else None
+    return selector, label
+
+
+def concrete(expr: str, board: dict[str, Any], where: str,
+             values: Mapping[str, str] | None = None) -> str:
+    variables = {v["name"] for v in board.get("templating", {}).get("list", [])}
+
     def value(m: re.Match[str]) -> str:
         name = m.group(1) or m.group(2)
+        if values and name in values:
+            return values[name]
         if name in GRAFANA_BUILTINS:
             return GRAFANA_BUILTINS[name]
         assert name in variables, f"{where}: ${name} is not a variable of the dashboard"
@@ -530,3 +578,307 @@ def test_models_dashboard_has_the_container_variables_and_top_k() -> None:
         if panel["type"] != "row" and panel["title"].startswith("Top 10 "):
             expr = panel["targets"][0]["expr"]
             assert expr.startswith("topk(10, ") and 'pod=~"$pod"' in expr
+
+
+# ---------------------------------------------------------------------------------------------
+# Footprint / Chargeback
+
+CHARGEBACK = "footprint-chargeback.json"
+KEYS = ("label_team", "namespace")
+"""The `key` variable's values: the pod label team as the exporter publishes it, and namespace."""
+
+
+def grafana_custom_options(query: str) -> list[tuple[str, str]]:
+    """(text, value) of a custom variable's query as Grafana splits it: values separated by
+    commas (`\\,` escapes one), `text : value` pairs."""
+    out = []
+    for item in re.findall(r"(?:\\,|[^,])+", query):
+        item = item.replace("\\,", ",")
+        pair = re.match(r"^\s*(.+)\s:\s(.+)$", item)
+        out.append((pair.group(1).strip(), pair.group(2).strip()) if pair
+                   else (item.strip(), item.strip()))
+    return out
+
+
+def test_chargeback_variables() -> None:
+    board = load(CHARGEBACK)
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert list(variables) == ["datasource", "cluster", "key", "value"]
+    key = variables["key"]
+    assert key["type"] == "custom" and not key["multi"] and not key["includeAll"]
+    assert grafana_custom_options(key["query"]) == [(o["text"], o["value"])
+                                                    for o in key["options"]]
+    assert sorted(custom_values(key)) == sorted(KEYS)
+    assert key["current"]["value"] == "label_team"
+    value = variables["value"]
+    assert value["multi"] and value["includeAll"] and value["allValue"] == ".*"
+    assert value["query"] == ('label_values($key:footprint_co2e_grams:rate5m'
+                              '{cluster=~"$cluster"}, $key)')
+
+
+def test_chargeback_defaults_to_this_month() -> None:
+    board = load(CHARGEBACK)
+    assert board["time"] == {"from": "now/M", "to": "now"}
+    assert board["timezone"] == "utc"
+
+
+def chargeback_targets(board: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for panel in all_panels(board):
+        for t in panel.get("targets", []):
+            yield panel, t
+
+
+def test_chargeback_reads_only_chargeback_records() -> None:
+    """Every name it queries, $key as label_team and as namespace, is recorded by the rule
+    pack's chargeback groups or is a chargeback budget (rules/chargeback-budgets.example.yaml),
+    and every query is per key."""
+    board = load(CHARGEBACK)
+    pack, budgets = records(RULES), records(CHARGEBACK_BUDGETS)
+    used: set[str] = set()
+    for where, expr in queries(board):
+        names = metric_names(expr)
+        assert names, where
+        for name in names:
+            assert name in (budgets if "_budget_grams" in name else pack), f"{where}: {name}"
+        used |= names
+    for key in KEYS:
+        assert {f"{key}:footprint_co2e_grams:rate5m", f"{key}:footprint_co2e_grams:increase1d",
+                f"{key}:footprint_co2e_grams:increase30d", f"{key}:footprint_energy_joules:rate5m",
+                f"{key}:footprint_water_liters:rate5m", f"{key}:footprint_co2e_daily_budget_grams",
+                f"{key}:footprint_co2e_monthly_budget_grams"} <= used, key
+    for panel, t in chargeback_targets(board):
+        assert "$key:footprint_" in t["expr"] and '$key=~"$value"' in t["expr"], panel["title"]
+
+
+def test_chargeback_month_to_date_is_the_riemann_sum_of_the_5m_records() -> None:
+    """Over the time range, as footprint-exporter report: sum_over_time of a rate5m record
+    every 5 minutes, x 300; never increase() or a daily record over $__range."""
+    board = load(CHARGEBACK)
+    riemann = re.compile(r"sum_over_time\(\$key:footprint_\w+:rate5m\{[^{}]*\}\[\$__range:5m\]\)")
+    ranged = 0
+    for panel, t in chargeback_targets(board):
+        expr = t["expr"]
+        if "$__range" not in expr:
+            continue
+        ranged += 1
+        assert expr.count("$__range") == len(riemann.findall(expr)), panel["title"]
+        if "scalar(" not in expr:  # the share of total: the 300 s cancel out
+            assert " * 300" in expr, panel["title"]
+        assert t["instant"], panel["title"]
+    assert ranged >= 10
+
+
+def test_chargeback_table_has_the_reports_columns() -> None:
+    (table,) = [p for p in all_panels(load(CHARGEBACK)) if p["type"] == "table"]
+    organize = next(t for t in table["transformations"] if t["id"] == "organize")["options"]
+    renamed = organize["renameByName"]
+    index = organize["indexByName"]
+    columns = [renamed[name] for name in sorted(index, key=lambda n: (index[n], n))
+               if name not in KEYS]
+    assert columns == ["Operational", "Infrastructure", "Embodied", "Total", "Energy", "Water",
+                       "Share of total"]
+    assert {renamed["label_team"], renamed["namespace"]} == {"Team", "Namespace"}
+    refs = {t["refId"]: t["expr"] for t in table["targets"]}
+    for ref, scope in zip("ABCD", ("operational", "infrastructure", "embodied", "total"),
+                          strict=True):
+        assert f'scope="{scope}"' in refs[ref]
+    assert "footprint_energy_joules" in refs["E"] and "/ 3.6e6" in refs["E"]
+    assert "footprint_water_liters" in refs["F"] and "scalar(sum(" in refs["G"]
+
+
+# --- on a real Prometheus (slow) ---------------------------------------------------------------
+
+T0 = 1_699_999_200  # 2023-11-14T22:00:00Z, on the 5-minute grid
+SPAN = 3 * 3600
+END = T0 + 2 * 3600 + 32 * 60 + 30
+"""Off the 5-minute grid: the subquery [2h:5m] takes 24 points, on every Prometheus."""
+MTD_RANGE = "2h"
+RANGE_SECONDS = 7200
+SHARES = {"operational": 1.0, "infrastructure": 0.25, "embodied": 0.5}
+"""Each scope's grams per second as a multiple of a value's base rate."""
+BASE = {
+    ("c1", "label_team"): {"vision": 0.02, "speech": 0.01, "": 0.004},
+    ("c1", "namespace"): {"vision-prod": 0.022, "speech-prod": 0.012},
+    ("c2", "label_team"): {"vision": 0.005},
+    ("c2", "namespace"): {"vision-prod": 0.005},
+}
+"""Base g/s per cluster, key and value ("" = pods without the team label)."""
+WATTS_PER_GRAM_PER_S = 5000.0
+WUE, GRID_WATER = 1.8, 3.0
+BUDGETS = {
+    ("label_team", "daily"): {"vision": 2000.0, "speech": 500.0},
+    ("label_team", "monthly"): {"vision": 40000.0},
+    ("namespace", "daily"): {"vision-prod": 3000.0, "speech-prod": 1000.0},
+    ("namespace", "monthly"): {"vision-prod": 60000.0, "speech-prod": 20000.0},
+}
+"""Grams, recorded without a cluster label, as the chart records budgets."""
+
+
+def synthetic_records() -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Each record name's series (labels, constant value) for the synthetic hours."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+
+    def add(name: str, labels: dict[str, str], value: float) -> None:
+        out.setdefault(name, []).append(({k: v for k, v in labels.items() if v}, value))
+
+    for (cluster, key), rates in BASE.items():
+        for who, rate in rates.items():
+            labels = {"cluster": cluster, key: who}
+            for scope, share in [*SHARES.items(), ("total", sum(SHARES.values()))]:
+                add(f"{key}:footprint_co2e_grams:rate5m", {**labels, "scope": scope},
+                    rate * share)
+                add(f"{key}:footprint_co2e_grams:increase1d", {**labels, "scope": scope},
+                    rate * share * 86400)
+                add(f"{key}:footprint_co2e_grams:increase30d", {**labels, "scope": scope},
+                    rate * share * 86400 * 30)
+            watts = rate * WATTS_PER_GRAM_PER_S
+            add(f"{key}:footprint_energy_joules:rate5m", labels, watts)
+            add(f"{key}:footprint_water_liters:rate5m", {**labels, "scope": "water_onsite"},
+                watts / 3.6e6 * WUE)
+            add(f"{key}:footprint_water_liters:rate5m", {**labels, "scope": "water_offsite"},
+                watts / 3.6e6 * GRID_WATER)
+    for (key, period), budgets in BUDGETS.items():
+        for who, grams in budgets.items():
+            add(f"{key}:footprint_co2e_{period}_budget_grams", {key: who}, grams)
+    return out
+
+
+@pytest.fixture(scope="module")
+def chargeback_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.backfill import BlockPrometheus, OpenMetricsWriter, backfill_openmetrics
+
+    work = tmp_path_factory.mktemp("chargeback")
+    source = work / "records.om"
+    known = records(RULES) | records(CHARGEBACK_BUDGETS)
+    with source.open("w") as out:
+        writer = OpenMetricsWriter(out)
+        for name, series in sorted(synthetic_records().items()):
+            assert name in known, name
+            writer.family(name, "gauge")
+            for labels, value in series:
+                writer.series(name, labels, ((t, value) for t in range(T0, T0 + SPAN + 1, 60)))
+        writer.close()
+    backfill_openmetrics(source, work / "data")
+    with BlockPrometheus(work / "data") as prometheus:
+        prometheus.start()
+        yield prometheus
+
+
+def chargeback_exprs(key: str, cluster: str = ".*", value: str = ".*"
+                     ) -> dict[tuple[str, str], str]:
+    """(panel title, refId): PromQL, as Grafana sends it with these selections and a 2 h
+    range."""
+    board = load(CHARGEBACK)
+    values = {"key": key, "cluster": cluster, "value": value, "__range": MTD_RANGE}
+    return {(p["title"], t["refId"]): concrete(t["expr"], board, p["title"], values)
+            for p, t in chargeback_targets(board)}
+
+
+def expected_rates(key: str, clusters: tuple[str, ...] = ("c1", "c2")) -> dict[str, float]:
+    """Base g/s per value (as the dashboard names it) over the clusters."""
+    out: dict[str, float] = {}
+    for cluster in clusters:
+        for who, rate in BASE.get((cluster, key), {}).items():
+            name = who or "unassigned"
+            out[name] = out.get(name, 0.0) + rate
+    return out
+
+
+def by_key(prometheus: Any, expr: str, key: str) -> dict[str, float]:
+    result = prometheus.query(expr, END)["result"]
+    out = {s["metric"].get(key, ""): float(s["value"][1]) for s in result}
+    assert len(out) == len(result), result
+    return out
+
+
+def close(got: dict[str, float], want: dict[str, float]) -> bool:
+    return set(got) == set(want) and all(
+        abs(got[k] - want[k]) <= 1e-9 * max(1.0, abs(want[k])) for k in want)
+
+
+@pytest.mark.slow(seconds=10)
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("cluster", [".*", "c1"])
+def test_chargeback_queries_run_on_prometheus(chargeback_prometheus: Any, key: str,
+                                              cluster: str) -> None:
+    """Each query runs and returns series, for both keys, all clusters and one."""
+    for (title, ref), expr in chargeback_exprs(key, cluster).items():
+        result = chargeback_prometheus.query(expr, END)["result"]
+        assert result, f"{title} {ref} [key={key}, cluster={cluster}]: no data\n{expr}"
+
+
+@pytest.mark.slow(seconds=5)
+@pytest.mark.parametrize("key", KEYS)
+def test_chargeback_table_values(chargeback_prometheus: Any, key: str) -> None:
+    exprs = chargeback_exprs(key)
+    rates = expected_rates(key)
+    table = {ref: by_key(chargeback_prometheus, expr, key)
+             for (title, ref), expr in exprs.items() if title == "Chargeback, month to date"}
+    for ref, share in zip("ABCD", [*SHARES.values(), sum(SHARES.values())], strict=True):
+        assert close(table[ref], {k: r * share * RANGE_SECONDS for k, r in rates.items()}), ref
+    watts = {k: r * WATTS_PER_GRAM_PER_S for k, r in rates.items()}
+    assert close(table["E"], {k: w * RANGE_SECONDS / 3.6e6 for k, w in watts.items()})
+    assert close(table["F"], {k: w / 3.6e6 * (WUE + GRID_WATER) * RANGE_SECONDS
+                              for k, w in watts.items()})
+    assert close(table["G"], {k: r / sum(rates.values()) for k, r in rates.items()})
+    if key == "label_team":
+        assert "unassigned" in table["D"]
+    (stat,) = [e for (title, _), e in exprs.items() if title == "CO2e, month to date"]
+    assert close(by_key(chargeback_prometheus, stat, key),
+                 {"": sum(rates.values()) * sum(SHARES.values()) * RANGE_SECONDS})
+
+
+@pytest.mark.slow(seconds=5)
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("cluster", [".*", "c1"])
+def test_chargeback_budgets(chargeback_prometheus: Any, key: str, cluster: str) -> None:
+    """Budget shares against the budgets, which have no cluster label, also with a cluster
+    selected; only those with a budget."""
+    exprs = chargeback_exprs(key, cluster)
+    clusters = ("c1", "c2") if cluster == ".*" else (cluster,)
+    total = {k: r * sum(SHARES.values()) for k, r in expected_rates(key, clusters).items()}
+    daily, monthly = BUDGETS[(key, "daily")], BUDGETS[(key, "monthly")]
+    cases = {
+        "Daily budget used": {k: total[k] * 86400 / b for k, b in daily.items()},
+        "Monthly budget used, 30 days": {k: total[k] * 86400 * 30 / b
+                                         for k, b in monthly.items()},
+        "Monthly budget used, month to date": {k: total[k] * RANGE_SECONDS / b
+                                               for k, b in monthly.items()},
+    }
+    for title, want in cases.items():
+        assert close(by_key(chargeback_prometheus, exprs[(title, "A")], key), want), title
+    assert close(by_key(chargeback_prometheus, exprs[("Daily CO2e against budget", "A")], key),
+                 {k: total[k] * 86400 for k in daily})
+    assert close(by_key(chargeback_prometheus, exprs[("Daily CO2e against budget", "B")], key),
+                 daily)
+
+
+@pytest.mark.slow(seconds=5)
+def test_chargeback_value_and_cluster_filters(chargeback_prometheus: Any) -> None:
+    one = chargeback_exprs("label_team", cluster="c2", value="vision")
+    got = by_key(chargeback_prometheus, one[("Chargeback, month to date", "D")], "label_team")
+    assert close(got, {"vision": 0.005 * sum(SHARES.values()) * RANGE_SECONDS})
+    # the share stays of every team of the selected clusters, selected or not
+    share = by_key(chargeback_prometheus, one[("Chargeback, month to date", "G")], "label_team")
+    assert close(share, {"vision": 1.0})
+    some = chargeback_exprs("label_team", value="(vision|speech)")
+    share = by_key(chargeback_prometheus, some[("Chargeback, month to date", "G")], "label_team")
+    rates = expected_rates("label_team")
+    assert close(share, {k: rates[k] / sum(rates.values()) for k in ("vision", "speech")})
+
+
+@pytest.mark.slow(seconds=5)
+def test_chargeback_variables_list_the_values(chargeback_prometheus: Any) -> None:
+    """The variables' label_values, as Grafana asks for them (/api/v1/series)."""
+    board = load(CHARGEBACK)
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    want = {("cluster", "label_team"): {"c1", "c2"}, ("cluster", "namespace"): {"c1", "c2"},
+            ("value", "label_team"): {"vision", "speech"},
+            ("value", "namespace"): {"vision-prod", "speech-prod"}}
+    for (name, key), values in want.items():
+        selector, label = label_values(board, variables[name]["query"], name,
+                                       {"key": key, "cluster": ".*"})
+        assert selector
+        series = chargeback_prometheus.api("/api/v1/series", {
+            "match[]": selector, "start": str(END - RANGE_SECONDS), "end": str(END)})["data"]
+        assert {s[label] for s in series if label in s} == values, (name, key)
