@@ -93,8 +93,9 @@ def _listen_address(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="footprint-exporter",
                 description="Energy and CO2e of a Kubernetes node's workloads, for Prometheus.",
-                epilog="commands:\n  report    a life-cycle table per model (or namespace) "
-                       "from Prometheus: footprint-exporter report --help (docs/report.md)",
+                epilog="commands:\n  report    a life-cycle table per model, training run, "
+                       "namespace or team (pod label) from\n            Prometheus: "
+                       "footprint-exporter report --help (docs/report.md)",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--web.listen-address", dest="listen_address", type=_listen_address,
                    default=DEFAULT_LISTEN_ADDRESS,

@@ -83,6 +83,8 @@ class FakePrometheus:
     co2e: tuple[int, Any] = (200, CO2E_DATA)
     energy: tuple[int, Any] = (200, ENERGY_DATA)
     water: tuple[int, Any] = (200, WATER_DATA)
+    by_rule: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    """Answers to the queries that name these records, before the three above."""
     delay: float = 0.0
     requests: list[dict[str, str]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -95,8 +97,9 @@ class FakePrometheus:
         self.headers.append({k.lower(): v for k, v in request.headers.items()})
         await asyncio.sleep(self.delay)
         query = params.get("query", "")
-        status, body = (self.co2e if CO2E in query else self.water if WATER in query
-                        else self.energy)
+        status, body = next(
+            (answer for rule, answer in self.by_rule.items() if rule in query),
+            self.co2e if CO2E in query else self.water if WATER in query else self.energy)
         if isinstance(body, str):
             return web.Response(status=status, text=body)
         return web.json_response(body, status=status)
@@ -926,6 +929,8 @@ class RunPod:
     end: float
     phase: str = "training"
     container: str = "trainer"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Pod labels as the exporter publishes them on footprint_container_info (`label_team`)."""
 
 
 def write_exporter_series(path: Path, nodes: Mapping[str, NodeFacts], pods: Sequence[RunPod],
@@ -991,7 +996,7 @@ def write_exporter_series(path: Path, nodes: Mapping[str, NodeFacts], pods: Sequ
             k: v for k, v in {**base, "model_source": "kubeflow-training",
                               "owner_kind": p.owner_kind, "owner_name": p.owner_name,
                               "container_id": f"containerd://{p.pod}", "uid": f"uid-{p.pod}"
-                              }.items() if k != "phase"} | {"phase": p.phase},
+                              }.items() if k != "phase"} | {"phase": p.phase} | dict(p.labels),
                [(t, 1.0) for t in times])
     with path.open("w") as out:
         writer = OpenMetricsWriter(out)

@@ -7,6 +7,7 @@ exporter's families come from `exporter.metrics`, the one module that names them
 
 from __future__ import annotations
 
+import datetime
 import re
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from exporter.metrics import (
     PUE,
     WUE,
 )
+from exporter.podlabels import is_label_key, label_name
 from exporter.report.common import JOULES_PER_KWH
 
 # --- the rule pack's recording rules that the report reads (rules/footprint.rules.yaml) -----
@@ -34,9 +36,31 @@ CONTAINER_ENERGY_RULE = "container:footprint_energy_joules:rate5m"
 """Watts per container (node, namespace, pod, container, model, phase)."""
 CLEANEST_HOUR_RULE = "node:footprint_grid_intensity_cleanest_hour_grams_per_kwh:min1d"
 """Each node's cleanest clock hour of the last day (the lowest hourly mean), gCO2e per kWh."""
+NAMESPACE_CO2E_RULE = "namespace:footprint_co2e_grams:rate5m"
+"""Grams CO2e per second, labels namespace, scope."""
+NAMESPACE_ENERGY_RULE = "namespace:footprint_energy_joules:rate5m"
+"""Watts, label namespace."""
+NAMESPACE_WATER_RULE = "namespace:footprint_water_liters:rate5m"
+"""Litres per second, labels namespace, scope (water_onsite, water_offsite)."""
+TEAM_LABEL = "label_team"
+"""The pack's chargeback key `team`, as the exporter publishes it (exporter.podlabels)."""
+TEAM_CO2E_RULE = "label_team:footprint_co2e_grams:rate5m"
+"""Grams CO2e per second, labels label_team, scope. The chart records the same for each key of
+prometheusRule.chargeback.labels, named after its label (`label_rule`)."""
+TEAM_ENERGY_RULE = "label_team:footprint_energy_joules:rate5m"
+"""Watts, label label_team."""
+TEAM_WATER_RULE = "label_team:footprint_water_liters:rate5m"
+"""Litres per second, labels label_team, scope."""
 RULES = (CO2E_RULE, ENERGY_RULE, WATER_RULE, CONTAINER_CO2E_RULE, CONTAINER_ENERGY_RULE,
-         CLEANEST_HOUR_RULE)
-"""Every recording rule the report reads."""
+         CLEANEST_HOUR_RULE, NAMESPACE_CO2E_RULE, NAMESPACE_ENERGY_RULE, NAMESPACE_WATER_RULE,
+         TEAM_CO2E_RULE, TEAM_ENERGY_RULE, TEAM_WATER_RULE)
+"""Every recording rule the report reads (the team's stand for every chargeback key's)."""
+
+
+def label_rule(team_rule: str, label: str) -> str:
+    """One of the TEAM_* records for another chargeback label: `label_team` replaced by `label`
+    (`label_cost_center:footprint_co2e_grams:rate5m`), as the chart renders it."""
+    return label + team_rule.removeprefix(TEAM_LABEL)
 
 # --- durations --------------------------------------------------------------------------------
 
@@ -70,12 +94,127 @@ def parse_duration(text: str) -> Duration:
     return Duration(text, ms / 1000)
 
 
-# --- per model and phase (--by model) --------------------------------------------------------
+def duration_of_ms(ms: int) -> Duration:
+    """`ms` milliseconds (> 0) as a Prometheus duration in days, hours, minutes, seconds and
+    milliseconds: 2591999999 -> `29d23h59m59s999ms`."""
+    if ms <= 0:
+        raise ValueError(f"expected a duration above zero, got {ms} ms")
+    parts, rest = [], ms
+    for unit in ("d", "h", "m", "s", "ms"):
+        count, rest = divmod(rest, _UNITS_MS[unit])
+        if count:
+            parts.append(f"{count}{unit}")
+    return Duration("".join(parts), ms / 1000)
+
+
+# --- the period ------------------------------------------------------------------------------
+
+DEFAULT_STEP = Duration("5m", 300.0)
+"""The Riemann sum's step unless --step says otherwise (or --since is shorter)."""
+
+_MONTH = re.compile(r"(\d{4})-(\d{2})")
+
+
+def parse_month(text: str) -> tuple[int, int]:
+    """`2026-11` as (2026, 11); ValueError for anything else."""
+    match = _MONTH.fullmatch(text)
+    if match is None or not 1 <= int(match[2]) <= 12 or int(match[1]) < 1970:
+        raise ValueError(f"expected a calendar month as YYYY-MM, such as 2026-11; got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def month_bounds(year: int, month: int) -> tuple[int, int]:
+    """The month's first and last instant in UTC, as Unix milliseconds: [start, end)."""
+    start = datetime.datetime(year, month, 1, tzinfo=datetime.UTC)
+    after = datetime.datetime(year + month // 12, month % 12 + 1, 1, tzinfo=datetime.UTC)
+    return int(start.timestamp()) * 1000, int(after.timestamp()) * 1000
+
+
+@dataclass(frozen=True)
+class Period:
+    """What every query of one report covers: the Riemann sum's points at the multiples of
+    `step` in `[until - since, until]`, evaluated at `until` (Unix seconds)."""
+
+    since: Duration
+    step: Duration
+    until: float
+    until_given: bool = False
+    """Whether --until (or --month) set `until` (the title then shows it)."""
+    month: str | None = None
+    """--month's YYYY-MM: the points in (the month's start, `until`]."""
+    to_date: bool = False
+    """The month is not over: `until` is now."""
+
+
+def month_period(year: int, month: int, step: Duration | None, now: float) -> Period:
+    """The calendar month in UTC: evaluated at its end (or now, where it is not over), over
+    its length less a millisecond, so that the point at its first instant, which holds the 5
+    minutes before it, is left out on every Prometheus (2.x includes a range's left edge):
+    consecutive months then add up to their span exactly. ValueError for a month that has not
+    begun."""
+    start, end = month_bounds(year, month)
+    name = f"{year:04d}-{month:02d}"
+    now_ms = int(now * 1000)
+    if now_ms - start <= 1:
+        raise ValueError(f"--month {name} has not begun yet; give a month up to the current "
+                         "one")
+    until = min(end, now_ms)
+    since = duration_of_ms(until - start - 1)
+    return Period(since, step or min(DEFAULT_STEP, since, key=lambda d: d.seconds),
+                  until / 1000, until_given=True, month=name, to_date=until < end)
+
+
+# --- per model and phase (--by model), namespace and label ----------------------------------
 
 def _model_sum(rule: str, by: str, since: Duration, step: Duration) -> str:
     """The Riemann sum of `rule`, per `by`, over the period."""
     return (f"sum by ({by}) (sum_over_time({rule}[{since.text}:{step.text}]))"
             f" * {step.promql_seconds()}")
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """What a life-cycle table is per (--by model, namespace or label:KEY): the three records
+    it sums and the labels that key its rows."""
+
+    labels: tuple[str, ...]
+    """The labels a row is per: (model, phase), (namespace,), (label_team,)."""
+    co2e: str
+    energy: str
+    water: str
+    key: str | None = None
+    """For --by label:KEY, the pod label key as given (team, cost-center)."""
+
+    @property
+    def noun(self) -> str:
+        """What a row is, for titles and messages: model and phase, namespace, team."""
+        return self.key if self.key is not None else " and ".join(self.labels)
+
+
+BY_MODEL = Grouping(("model", "phase"), CO2E_RULE, ENERGY_RULE, WATER_RULE)
+BY_NAMESPACE = Grouping(("namespace",), NAMESPACE_CO2E_RULE, NAMESPACE_ENERGY_RULE,
+                        NAMESPACE_WATER_RULE)
+
+
+def by_label(key: str) -> Grouping:
+    """--by label:KEY: the records of the pod label `key` (a Kubernetes label key), named after
+    its label as the exporter and kube-state-metrics name it (`cost-center` ->
+    `label_cost_center`); ValueError for a string that is no label key."""
+    if not is_label_key(key):
+        raise ValueError(f"expected label:KEY with a pod label key (label:team, "
+                         f"label:cost-center, label:example.com/team); got {key!r}")
+    name = label_name(key)
+    return Grouping((name,), label_rule(TEAM_CO2E_RULE, name),
+                    label_rule(TEAM_ENERGY_RULE, name), label_rule(TEAM_WATER_RULE, name), key)
+
+
+def grouped_queries(grouping: Grouping, since: Duration, step: Duration) -> dict[str, str]:
+    """The instant queries of a life-cycle table, by name: grams per row and scope, joules per
+    row, litres per row and scope."""
+    by = ", ".join(grouping.labels)
+    return {"co2e": _model_sum(grouping.co2e, f"{by}, scope", since, step),
+            "energy": _model_sum(grouping.energy, by, since, step),
+            "water": _model_sum(grouping.water, f"{by}, scope", since, step)}
 
 
 def co2e_query(since: Duration, step: Duration) -> str:

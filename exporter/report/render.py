@@ -1,7 +1,7 @@
 """`footprint-exporter report`'s output: the aligned table (g/kg/t), Markdown, and JSON and CSV
-in base units, per model and phase or per training run. Every text cell that came from
-Prometheus is `printable`; a CSV text cell is also neutralised where a spreadsheet would read
-it as a formula."""
+in base units, per model and phase, namespace or pod label value, or per training run. Every
+text cell that came from Prometheus is `printable`; a CSV text cell is also neutralised where a
+spreadsheet would read it as a formula."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from exporter.report.common import printable
-from exporter.report.queries import Duration
+from exporter.report.queries import BY_MODEL, Grouping, Period
 from exporter.report.rows import SCOPES, WATER_SCOPES, Row, RunRow, run_totals, totals
 
 TOTAL_LABEL = "TOTAL"
 """The totals row's model in the table and CSV (JSON says null)."""
 NO_MODEL = "(none)"
-"""How the table shows containers matched to no model (label model="")."""
+"""How the table shows containers matched to no model (label model=""), and pods without the
+label of --by label:KEY (its value "")."""
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 """A CSV cell starting with one of these is a formula to a spreadsheet (OWASP, CSV Injection):
 a text cell that does is written with a single quote before it."""
@@ -95,23 +96,51 @@ def markdown(header: Sequence[str], body: Sequence[Sequence[str]], last: Sequenc
     return "\n".join([line(header), line(align), *map(line, body), line(bold)]) + "\n"
 
 
-# --- per model and phase ---------------------------------------------------------------------
+def describe_period(period: Period) -> str:
+    """The period in a title: `last 7d (step 5m)`, `last 7h until 2023-11-15T05:17:00Z (step
+    5m)`, `2026-11 UTC (step 5m)`, or `2026-11 to date, until ... (step 5m)`."""
+    step = f"step {period.step.text}"
+    if period.month is not None:
+        if period.to_date:
+            return f"{period.month} to date, until {iso(period.until)} ({step})"
+        return f"{period.month} UTC ({step})"
+    end = f" until {iso(period.until)}" if period.until_given else ""
+    return f"last {period.since.text}{end} ({step})"
 
-FIELDS = ("model", "phase", "operational_grams", "infrastructure_grams", "embodied_grams",
-          "total_grams", "operational_share", "infrastructure_share", "embodied_share",
-          "energy_joules", "energy_kwh", "water_onsite_liters", "water_offsite_liters")
-"""JSON keys and CSV columns, in base units: grams, joules (and kWh), litres, shares as 0..1;
-the water is null (empty) where the rule pack recorded none."""
-HEADER = ("MODEL", "PHASE", "OPERATIONAL", "INFRASTRUCTURE", "EMBODIED", "TOTAL",
-          "OPER%", "INFRA%", "EMB%", "ENERGY kWh", "ENERGY J", "WATER ON-SITE L",
-          "WATER OFF-SITE L")
+
+# --- per model and phase, namespace or label value ------------------------------------------
+
+NUMBER_FIELDS = ("operational_grams", "infrastructure_grams", "embodied_grams", "total_grams",
+                 "operational_share", "infrastructure_share", "embodied_share",
+                 "energy_joules", "energy_kwh", "water_onsite_liters", "water_offsite_liters")
+"""After the row's labels, in base units: grams, joules (and kWh), litres, shares as 0..1; the
+water is null (empty) where the rule pack recorded none."""
+FIELDS = ("model", "phase", *NUMBER_FIELDS)
+"""JSON keys and CSV columns of --by model."""
+NUMBER_HEADER = ("OPERATIONAL", "INFRASTRUCTURE", "EMBODIED", "TOTAL", "OPER%", "INFRA%",
+                 "EMB%", "ENERGY kWh", "ENERGY J", "WATER ON-SITE L", "WATER OFF-SITE L")
+HEADER = ("MODEL", "PHASE", *NUMBER_HEADER)
 LEFT = 2
-"""The first LEFT columns are text (left-aligned); the others numbers (right-aligned)."""
+"""The first LEFT columns of --by model are text (left-aligned); the others numbers."""
 
 
-def _record(row: Row) -> dict[str, str | float | None]:
+def fields(grouping: Grouping = BY_MODEL) -> tuple[str, ...]:
+    """JSON keys and CSV columns: the row's labels (model and phase, namespace, label_team),
+    then NUMBER_FIELDS."""
+    return (*grouping.labels, *NUMBER_FIELDS)
+
+
+def header(grouping: Grouping = BY_MODEL) -> tuple[str, ...]:
+    """The table's header: the labels upper-cased (the pod label key for --by label:KEY:
+    TEAM), then NUMBER_HEADER."""
+    names = grouping.labels if grouping.key is None else (grouping.key,)
+    return (*(printable(n).upper() for n in names), *NUMBER_HEADER)
+
+
+def _record(row: Row, grouping: Grouping) -> dict[str, str | float | None]:
+    key = row.key if row.key is not None else (None,) * len(grouping.labels)
     return {
-        "model": row.model, "phase": row.phase,
+        **dict(zip(grouping.labels, key, strict=True)),
         **{f"{s}_grams": row.grams[s] for s in SCOPES},
         "total_grams": row.total_grams,
         **{f"{s}_share": row.share(s) for s in SCOPES},
@@ -120,37 +149,45 @@ def _record(row: Row) -> dict[str, str | float | None]:
     }
 
 
-def render_json(rows: Sequence[Row]) -> str:
-    return json.dumps([_record(r) for r in [*rows, totals(rows)]], indent=2) + "\n"
+def render_json(rows: Sequence[Row], grouping: Grouping = BY_MODEL) -> str:
+    return json.dumps([_record(r, grouping) for r in [*rows, totals(rows)]], indent=2) + "\n"
 
 
-def render_csv(rows: Sequence[Row]) -> str:
-    total: dict[str, str | float | None] = {"model": TOTAL_LABEL, "phase": ""}
-    return _csv(FIELDS, [_record(r) | (total if r.model is None else {})
-                         for r in [*rows, totals(rows)]])
+def render_csv(rows: Sequence[Row], grouping: Grouping = BY_MODEL) -> str:
+    first, *rest = grouping.labels
+    total: dict[str, str | float | None] = {first: TOTAL_LABEL, **dict.fromkeys(rest, "")}
+    return _csv(fields(grouping), [_record(r, grouping) | (total if r.key is None else {})
+                                   for r in [*rows, totals(rows)]])
 
 
-def _cells(row: Row) -> list[str]:
-    model = TOTAL_LABEL if row.model is None else printable(row.model) or NO_MODEL
-    return [model, printable(row.phase or ""),
+def _cells(row: Row, width: int) -> list[str]:
+    if row.key is None:
+        names = [TOTAL_LABEL, *[""] * (width - 1)]
+    else:
+        first, *rest = row.key
+        names = [printable(first) or NO_MODEL, *map(printable, rest)]
+    return [*names,
             *(grams(row.grams[s]) for s in SCOPES), grams(row.total_grams),
             *(percent(row.share(s)) for s in SCOPES),
             significant(row.energy_kwh), significant(row.energy_joules),
             *(_maybe(row.water_liters[s]) for s in WATER_SCOPES)]
 
 
-def _title(since: Duration, step: Duration) -> str:
-    return f"CO2e per model and phase, last {since.text} (step {step.text})"
+def _title(period: Period, grouping: Grouping) -> str:
+    return f"CO2e per {printable(grouping.noun)}, {describe_period(period)}"
 
 
-def render_table(rows: Sequence[Row], *, since: Duration, step: Duration) -> str:
-    return _aligned(_title(since, step), [list(HEADER), *(_cells(r) for r in rows)],
-                    _cells(totals(rows)), LEFT)
+def render_table(rows: Sequence[Row], period: Period, grouping: Grouping = BY_MODEL) -> str:
+    width = len(grouping.labels)
+    return _aligned(_title(period, grouping),
+                    [list(header(grouping)), *(_cells(r, width) for r in rows)],
+                    _cells(totals(rows), width), width)
 
 
-def render_markdown(rows: Sequence[Row], *, since: Duration, step: Duration) -> str:
-    return f"{_title(since, step)}\n\n" + markdown(HEADER, [_cells(r) for r in rows],
-                                                   _cells(totals(rows)), LEFT)
+def render_markdown(rows: Sequence[Row], period: Period, grouping: Grouping = BY_MODEL) -> str:
+    width = len(grouping.labels)
+    return f"{_title(period, grouping)}\n\n" + markdown(
+        header(grouping), [_cells(r, width) for r in rows], _cells(totals(rows), width), width)
 
 
 # --- per training run (--by run) -------------------------------------------------------------
@@ -208,19 +245,16 @@ def _run_cells(row: RunRow) -> list[str]:
             _maybe(row.water_offsite_liters), _maybe(row.shiftable_grams, grams)]
 
 
-def _run_title(since: Duration, step: Duration, until: float | None) -> str:
-    end = "" if until is None else f" until {iso(until)}"
-    return f"CO2e per training run, last {since.text}{end} (step {step.text})"
+def _run_title(period: Period) -> str:
+    return f"CO2e per training run, {describe_period(period)}"
 
 
-def render_runs_table(rows: Sequence[RunRow], *, since: Duration, step: Duration,
-                      until: float | None = None) -> str:
-    return _aligned(_run_title(since, step, until),
+def render_runs_table(rows: Sequence[RunRow], period: Period) -> str:
+    return _aligned(_run_title(period),
                     [list(RUN_HEADER), *(_run_cells(r) for r in rows)],
                     _run_cells(run_totals(rows)), RUN_LEFT)
 
 
-def render_runs_markdown(rows: Sequence[RunRow], *, since: Duration, step: Duration,
-                         until: float | None = None) -> str:
-    return f"{_run_title(since, step, until)}\n\n" + markdown(
+def render_runs_markdown(rows: Sequence[RunRow], period: Period) -> str:
+    return f"{_run_title(period)}\n\n" + markdown(
         RUN_HEADER, [_run_cells(r) for r in rows], _run_cells(run_totals(rows)), RUN_LEFT)

@@ -1,6 +1,7 @@
 """The answers of `footprint-exporter report`'s queries turned into life-cycle rows: per model
-and phase, or per training run, the operational, infrastructure and embodied grams, their
-total, each scope's share, the energy and the water; and the totals row of each."""
+and phase, namespace or pod label value, or per training run, the operational, infrastructure
+and embodied grams, their total, each scope's share, the energy and the water; and the totals
+row of each."""
 
 from __future__ import annotations
 
@@ -30,14 +31,17 @@ def _scoped_grams(by_scope: Mapping[str, float]) -> tuple[dict[str, float], floa
     return grams, by_scope.get(TOTAL_SCOPE, math.fsum(grams.values()))
 
 
-# --- per model and phase ---------------------------------------------------------------------
+# --- per model and phase, namespace or label value ------------------------------------------
+
+MODEL_LABELS = ("model", "phase")
+
 
 @dataclass
 class Row:
-    """One (model, phase), or the totals (model None)."""
+    """One row of a life-cycle table: the values of its labels (model and phase, namespace, or
+    a pod label's value), or the totals (key None)."""
 
-    model: str | None
-    phase: str | None
+    key: tuple[str, ...] | None
     grams: dict[str, float]
     """Per scope in SCOPES."""
     total_grams: float
@@ -45,6 +49,16 @@ class Row:
     water_liters: dict[str, float | None] = field(
         default_factory=lambda: dict.fromkeys(WATER_SCOPES))
     """Per scope in WATER_SCOPES; None where the rule pack recorded no water (no gauges)."""
+
+    @property
+    def model(self) -> str | None:
+        """The first label's value (the model, with --by model); None for the totals."""
+        return None if self.key is None else self.key[0]
+
+    @property
+    def phase(self) -> str | None:
+        """The second label's value (the phase, with --by model)."""
+        return None if self.key is None or len(self.key) < 2 else self.key[1]
 
     @property
     def energy_kwh(self) -> float:
@@ -56,46 +70,48 @@ class Row:
 
 
 def build_rows(co2e: Iterable[Sample], energy: Iterable[Sample], *,
-               model: str | None = None, water: Iterable[Sample] = ()) -> list[Row]:
-    """Rows sorted by model and phase. The total is the rule pack's scope="total" where it is
-    there, else the sum of the three scopes. Non-finite values are left out, with a warning."""
-    scoped: dict[tuple[str, str], dict[str, float]] = {}
-    joules: dict[tuple[str, str], float] = {}
+               model: str | None = None, water: Iterable[Sample] = (),
+               labels: Sequence[str] = MODEL_LABELS) -> list[Row]:
+    """Rows per value of `labels`, sorted; `model` keeps only that model's (with --by model).
+    The total is the rule pack's scope="total" where it is there, else the sum of the three
+    scopes. Non-finite values are left out, with a warning."""
+    scoped: dict[tuple[str, ...], dict[str, float]] = {}
+    joules: dict[tuple[str, ...], float] = {}
 
-    def keep(labels: Mapping[str, str], value: float) -> tuple[str, str] | None:
-        key = (labels.get("model", ""), labels.get("phase", ""))
-        if model is not None and key[0] != model:
+    def keep(series: Mapping[str, str], value: float) -> tuple[str, ...] | None:
+        key = tuple(series.get(name, "") for name in labels)
+        if model is not None and series.get("model", "") != model:
             return None
         if not math.isfinite(value):
-            eprint(f"{PROG}: warning: leaving out {value} for model={key[0]!r} "
-                   f"phase={key[1]!r} {dict(labels)}")
+            which = " ".join(f"{name}={v!r}" for name, v in zip(labels, key, strict=True))
+            eprint(f"{PROG}: warning: leaving out {value} for {which} {dict(series)}")
             return None
         return key
 
-    for labels, value in co2e:
-        key = keep(labels, value)
-        scope = labels.get("scope", "")
+    for series, value in co2e:
+        key = keep(series, value)
+        scope = series.get("scope", "")
         if key is not None and scope in (*SCOPES, TOTAL_SCOPE):
             scoped.setdefault(key, {})[scope] = value
-    for labels, value in energy:
-        key = keep(labels, value)
+    for series, value in energy:
+        key = keep(series, value)
         if key is not None:
             joules[key] = value
-    liters: dict[tuple[str, str], dict[str, float]] = {}
-    for labels, value in water:
-        key = keep(labels, value)
-        if key is not None and labels.get("scope") in WATER_SCOPES:
-            liters.setdefault(key, {})[labels["scope"]] = value
+    liters: dict[tuple[str, ...], dict[str, float]] = {}
+    for series, value in water:
+        key = keep(series, value)
+        if key is not None and series.get("scope") in WATER_SCOPES:
+            liters.setdefault(key, {})[series["scope"]] = value
     rows = []
     for key in sorted(scoped.keys() | joules.keys()):
         grams, total = _scoped_grams(scoped.get(key, {}))
-        rows.append(Row(key[0], key[1], grams, total, joules.get(key, 0.0),
+        rows.append(Row(key, grams, total, joules.get(key, 0.0),
                         {s: liters.get(key, {}).get(s) for s in WATER_SCOPES}))
     return rows
 
 
 def totals(rows: Sequence[Row]) -> Row:
-    return Row(None, None, {s: math.fsum(r.grams[s] for r in rows) for s in SCOPES},
+    return Row(None, {s: math.fsum(r.grams[s] for r in rows) for s in SCOPES},
                math.fsum(r.total_grams for r in rows), math.fsum(r.energy_joules for r in rows),
                {s: _sum_or_none(r.water_liters[s] for r in rows) for s in WATER_SCOPES})
 
