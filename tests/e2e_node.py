@@ -89,7 +89,10 @@ class Workload:
 
 def workloads() -> list[Workload]:
     """50 pods: 7 hold the 8 GPUs (two vLLM, one KServe, one explicit, three Kubeflow
-    workers), 43 run on CPU only (20 of an explicitly labelled model, 23 of none)."""
+    workers), 43 run on CPU only (20 of an explicitly labelled model, 23 of none). A `team`
+    label (chargeback, docs/chargeback.md) on 13 of them: `vision` on the explicit and the
+    KServe GPU pods and 10 of the CPU model's, `speech` on the Kubeflow workers; none on the
+    rest."""
     out: list[Workload] = []
 
     def add(name: str, request: str, busy: float, **kw: Any) -> None:
@@ -101,16 +104,20 @@ def workloads() -> list[Workload]:
     for i in range(2):
         add(f"llama-7c9f8d6b5-x{i}", "4", 1.0, image="vllm/vllm-openai:v0.6.3",
             args=vllm_args, labels={"app": "llama"}, gpus=(i,))
-    add("mixtral-0", "4", 1.0, labels={"footprint.dev/model": "mixtral-8x7b"}, gpus=(2, 3))
+    add("mixtral-0", "4", 1.0, labels={"footprint.dev/model": "mixtral-8x7b", "team": "vision"},
+        gpus=(2, 3))
     add("sentiment-predictor-00001-deployment-6f7d9c8b4-qwert", "4", 1.0,
-        labels={"serving.kserve.io/inferenceservice": "sentiment", "component": "predictor"},
+        labels={"serving.kserve.io/inferenceservice": "sentiment", "component": "predictor",
+                "team": "vision"},
         gpus=(4,))
     for i in range(3):
         add(f"bert-finetune-worker-{i}", "4", 1.0,
             labels={"training.kubeflow.org/job-name": "bert-finetune",
-                    "training.kubeflow.org/replica-type": "worker"}, gpus=(5 + i,))
+                    "training.kubeflow.org/replica-type": "worker", "team": "speech"},
+            gpus=(5 + i,))
     for i in range(20):
-        add(f"embedder-{i:02d}", "500m", 0.25, labels={"footprint.dev/model": "e5-large"})
+        add(f"embedder-{i:02d}", "500m", 0.25,
+            labels={"footprint.dev/model": "e5-large", **({"team": "vision"} if i < 10 else {})})
     for i in range(23):
         add(f"web-{i:02d}", "500m", 0.25, labels={"app": "web"}, namespace="web")
     return out
@@ -412,10 +419,20 @@ BUDGET_ALERT = "FootprintModelDailyEmissionsOverBudget"
 BUDGET_ALERT_FOR = "10s"
 
 
+CHARGEBACK_BUDGETS = {
+    "label_team:footprint_co2e_daily_budget_grams": ("label_team", "vision", 1e9),
+    "label_team:footprint_co2e_monthly_budget_grams": ("label_team", "vision", 1e9),
+    "namespace:footprint_co2e_daily_budget_grams": ("namespace", "ml", 1e9),
+    "namespace:footprint_co2e_monthly_budget_grams": ("namespace", "ml", 1e9),
+}
+"""A chargeback budget of each kind (rules/chargeback-budgets.example.yaml), never exceeded:
+the chargeback dashboard's budget panels have a budget to show."""
+
+
 def rules_files(tmp_path: Path, budgets: dict[str, float]) -> list[Path]:
     """The rule pack, with the budget alert's `for` shortened so it can fire within the test's
-    minute (its 5 m `for` is promtool-tested in tests/rules/alerts.yaml), and a budgets group
-    like rules/budgets.example.yaml."""
+    minute (its 5 m `for` is promtool-tested in tests/rules/alerts.yaml), a budgets group
+    like rules/budgets.example.yaml, and a chargeback budgets group (CHARGEBACK_BUDGETS)."""
     pack = yaml.safe_load((REPO / "rules" / "footprint.rules.yaml").read_text())
     (alert,) = [r for g in pack["groups"] for r in g["rules"] if r.get("alert") == BUDGET_ALERT]
     alert["for"] = BUDGET_ALERT_FOR
@@ -427,4 +444,10 @@ def rules_files(tmp_path: Path, budgets: dict[str, float]) -> list[Path]:
     path.write_text(yaml.safe_dump({"groups": [{"name": "footprint.budgets", "rules": [
         {"record": "model:footprint_co2e_daily_budget_grams", "expr": terms}]}]},
         sort_keys=False))
-    return [pack_path, path]
+    chargeback = tmp_path / "chargeback-budgets.yaml"
+    chargeback.write_text(yaml.safe_dump({"groups": [{
+        "name": "footprint.chargeback.budgets", "rules": [
+            {"record": record,
+             "expr": f'label_replace(vector({grams!r}), "{key}", "{value}", "", "")'}
+            for record, (key, value, grams) in CHARGEBACK_BUDGETS.items()]}]}, sort_keys=False))
+    return [pack_path, path, chargeback]

@@ -1,14 +1,17 @@
 """End to end: the exporter (in-process, its real HTTP server) on a fixture GPU node with 50
 pods, scraped every second by Debian's real Prometheus running the rule pack and a budget;
-energy, emissions, conservation, the recorded rules, every dashboard query and the budget alert
-checked through Prometheus' HTTP API against the amounts a driver thread fed in.
+energy, emissions, conservation, the recorded rules (chargeback by team included), every
+dashboard query and the budget alert checked through Prometheus' HTTP API against the amounts a
+driver thread fed in.
 
 The node: RAPL (intel-2s), /proc/stat, a cgroup v2 tree with one directory per container,
 eight fake H100s (NVML fake) held whole by seven pods through a real pod-resources gRPC server,
-and the fake API server. Everything listens on 127.0.0.1."""
+and the fake API server; the exporter publishes the pods' `team` label
+(`kubernetes.pod_label_allowlist: [team]`). Everything listens on 127.0.0.1."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -89,14 +92,17 @@ def exporter_series(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], fl
         return {}
 
 
-def concrete(expr: str, variables: set[str], where: str) -> str:
-    """`expr` with Grafana's interval variables set to a minute and every dashboard variable,
-    which must sit in a regex matcher, set to `.*`."""
+def concrete(expr: str, variables: set[str], chosen: dict[str, str], where: str) -> str:
+    """`expr` with Grafana's interval variables set to a minute, each custom variable in
+    `chosen` set to its value there, and every other dashboard variable, which must sit in a
+    regex matcher, set to `.*`."""
 
     def substitute(m: re.Match[str]) -> str:
         name = m.group(1) or m.group(2)
         if name in GRAFANA:
             return GRAFANA[name]
+        if name in chosen:
+            return chosen[name]
         assert name in variables, f"{where}: ${name} is no variable"
         assert expr[:m.start()].endswith(('=~"', "=~'")), (
             f"{where}: ${name} is not in a regex matcher: {expr}")
@@ -107,17 +113,27 @@ def concrete(expr: str, variables: set[str], where: str) -> str:
 
 def dashboard_queries() -> list[tuple[str, str]]:
     """(panel, PromQL) for every panel target of dashboards/*.json (as tests/test_dashboards.py
-    walks them), Grafana variables replaced."""
+    walks them), Grafana variables replaced: a query that names a custom variable (the
+    chargeback dashboard's `$key`) comes once per value of it."""
     out: list[tuple[str, str]] = []
     for path in sorted((REPO / "dashboards").glob("*.json")):
         board = json.loads(path.read_text(encoding="utf-8"))
-        variables = {v["name"] for v in board.get("templating", {}).get("list", [])}
+        listed = board.get("templating", {}).get("list", [])
+        variables = {v["name"] for v in listed}
+        custom = {v["name"]: [o["value"] for o in v.get("options", [])]
+                  for v in listed if v.get("type") == "custom"}
         panels = [p for top in board.get("panels", [])
                   for p in (top, *top.get("panels", []))]
         for panel in panels:
             for target in panel.get("targets", []):
-                where = f"{board.get('uid')}: {panel.get('title')} [{target.get('refId')}]"
-                out.append((where, concrete(target["expr"], variables, where)))
+                expr = target["expr"]
+                named = {m.group(1) or m.group(2) for m in VARIABLE_REF.finditer(expr)}
+                used = [name for name in custom if name in named]
+                for values in itertools.product(*(custom[name] for name in used)):
+                    chosen = dict(zip(used, values, strict=True))
+                    where = (f"{board.get('uid')}: {panel.get('title')} [{target.get('refId')}]"
+                             + "".join(f" ${k}={v}" for k, v in chosen.items()))
+                    out.append((where, concrete(expr, variables, chosen, where)))
     assert out, "no dashboard queries found"
     return out
 
@@ -153,6 +169,7 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         config.write_text(
             f"kubernetes:\n  kubeconfig: {api.write_kubeconfig(tmp_path / 'kubeconfig')}\n"
             f"  pod_resources_socket: {tmp_path / 'pr.sock'}\n"
+            "  pod_label_allowlist: [team]\n"
             "attribution:\n  idle_watts: {cpu: %g, dram: %g, gpu: %g}\n"
             % (IDLE_WATTS["cpu"], IDLE_WATTS["dram"], IDLE_WATTS["gpu"])
             + "carbon:\n  provider: electricitymaps\n  zone: NL\n"
@@ -248,6 +265,12 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         uid_of = {p["metadata"]["name"]: p["metadata"]["uid"] for p in api.pods()}
         assert {(r["metric"]["pod"], r["metric"]["container_id"], r["metric"]["uid"])
                 for r in info} == {(w.name, w.container_id, uid_of[w.name]) for w in pods}
+        # the allow-listed pod label, named as kube-state-metrics names it; none where the pod
+        # has no `team` label
+        team_of = {w.name: w.labels.get("team", "") for w in pods}
+        assert set(team_of.values()) == {"vision", "speech", ""}
+        assert {r["metric"]["pod"]: r["metric"].get("label_team", "") for r in info} == team_of
+        assert not any("label_app" in r["metric"] for r in info)  # not on the allow-list
         node_info = prometheus.query("footprint_node_info", at)[0]["metric"]
         assert (node_info["topology_zone"], node_info["topology_region"],
                 node_info["instance_type"]) == ("europe-west4-a", "europe-west4", "a3-highgpu-8g")
@@ -331,6 +354,61 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
             parts = sum(scopes[s][model] for s in ("operational", "infrastructure", "embodied"))
             assert close(scopes["total"][model], parts, 1e-6), model
 
+        # chargeback (group footprint.chargeback): at the timestamp of one of its evaluations,
+        # each team's record (every scope) equals the sum of its containers' records joined to
+        # their `label_team`, as read at that time. Groups evaluate at their own offsets within
+        # the second: the chargeback group read the container records' latest evaluation
+        # (group footprint.rate5m) at or before its own, or, when that one was still being
+        # written, the one before; whichever it read matches to 1e-9, and the rates of two
+        # evaluations differ by far more (the window slides over counters that stopped).
+        scope_names = ("operational", "infrastructure", "embodied", "total")
+        (stamp,) = prometheus.query(
+            'timestamp(label_team:footprint_co2e_grams:rate5m{label_team="vision",scope="total"})',
+            past)
+        evaluated = float(stamp["value"][1])
+        teams = {scope: sampled(prometheus.query(
+            f'label_team:footprint_co2e_grams:rate5m{{scope="{scope}"}}', evaluated),
+            "label_team") for scope in scope_names}
+        for scope in scope_names:
+            assert set(teams[scope]) == {"vision", "speech", ""}, (scope, teams[scope])
+            assert all(v > 0 for v in teams[scope].values()), (scope, teams[scope])
+
+        def joined(t: float) -> dict[str, dict[str, float]]:
+            """team -> scope -> grams/s of its containers' records at `t`."""
+            out: dict[str, dict[str, float]] = defaultdict(dict)
+            for r in prometheus.query(
+                    "sum by (label_team, scope) (container:footprint_co2e_grams:rate5m"
+                    " * on (node, namespace, pod, container) group_left (label_team)"
+                    " footprint_container_info)", t):
+                out[r["metric"].get("label_team", "")][r["metric"]["scope"]] = float(
+                    r["value"][1])
+            return out
+
+        def exact(a: float, b: float) -> bool:
+            return math.isclose(a, b, rel_tol=1e-9)
+
+        containers_at = max(float(r["value"][1]) for r in prometheus.query(
+            "timestamp(container:footprint_co2e_grams:rate5m)", evaluated))
+        candidates = {t: joined(t) for t in (evaluated, containers_at - 0.5)}
+        read = [t for t, by_team in candidates.items()
+                if all(exact(teams[s][team], by_team[team][s])
+                       for s in scope_names for team in teams[s])]
+        assert read, ("no team record equals its containers' join", teams, candidates)
+        # the vision team's, as docs/chargeback.md writes the join
+        for scope in scope_names:
+            (vision,) = prometheus.query(
+                f"sum by (scope) (container:footprint_co2e_grams:rate5m{{scope=\"{scope}\"}}"
+                " * on (node, namespace, pod, container) group_left (label_team)"
+                ' footprint_container_info{label_team="vision"})', read[0])
+            assert exact(teams[scope]["vision"], float(vision["value"][1])), (scope, vision)
+        # the teams (unlabelled pods as "") add up to the models (group footprint.rate5m, the
+        # same evaluation as the container records read)
+        model_totals = sampled(prometheus.query(
+            "sum by (scope) (model:footprint_co2e_grams:rate5m)", read[0]), "scope")
+        for scope in scope_names:
+            assert exact(sum(teams[scope].values()), model_totals[scope]), (
+                scope, teams[scope], model_totals[scope])
+
         # per token and per request (group footprint.inference, one evaluation): only the vLLM
         # pod that publishes counters is divided by them
         inference = {name: sampled(prometheus.query(f"model:footprint_{name}:rate5m", past),
@@ -353,11 +431,15 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         # step (`[1d:5m]`, docs/rules.md): its points sit on 5-minute boundaries, so a daily
         # figure exists only once a 5-minute record was made before a boundary, up to 5
         # minutes after the start. The daily panels and the budget alert wait for it.
-        wait_for(lambda: bool(prom.query('model:footprint_co2e_grams:increase1d{scope="total"}')),
+        wait_for(lambda: all(prom.query(f'{name}:footprint_co2e_grams:increase1d{{scope="total"}}')
+                             for name in ("model", "label_team")),
                  "the daily rules' first point, after the next 5-minute boundary", 330)
         now = time.time()
         queries = dict(dashboard_queries())
-        empty = [where for where, expr in queries.items() if not prometheus.query(expr, now)]
+        # A 30-day figure sums the daily records at the last 30 UTC midnights: none was
+        # recorded at a midnight in a test that starts its history now.
+        empty = [where for where, expr in queries.items()
+                 if ":increase30d" not in expr and not prometheus.query(expr, now)]
         assert not empty, "dashboard panels without data:\n" + "\n".join(empty)
 
         # -- 6. the budget alert --------------------------------------------------------------
