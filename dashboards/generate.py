@@ -56,6 +56,10 @@ CLUSTER_SEL = 'cluster=~"$cluster"'
 """Series carry `cluster` only where Prometheus adds it (a scrape relabel; external labels are
 not seen by queries): with "All" (`.*`) the matcher also matches series without the label."""
 MODEL_SEL = f'{CLUSTER_SEL}, model=~"$model", phase=~"$phase"'
+BUDGET_CLUSTER_SEL = 'cluster=~"$cluster|"'
+"""Budgets are configuration: the chart records them without a cluster label (also in the
+cluster-label variant), so they match the selected clusters or no cluster at all; with one
+cluster picked, `cluster=~"$cluster"` alone would hide every budget."""
 """The recorded per-model series (model, phase, scope) have no namespace, pod or container."""
 CONTAINER_SEL = (f'{MODEL_SEL}, namespace=~"$namespace", pod=~"$pod", '
                  'container=~"$container"')
@@ -332,7 +336,7 @@ def models() -> dashboard_b.Dashboard:
                  f" / {JOULES_PER_KWH}")
     budget = (f'{inc1d("total")} / on (model) '
               f'sum by (model) (model:footprint_co2e_daily_budget_grams'
-              f'{{{CLUSTER_SEL}, model=~"$model"}})')
+              f'{{{BUDGET_CLUSTER_SEL}, model=~"$model"}})')
     rows: Rows = [
         ("Last 24 hours", [
             (stat("CO2e, last 24 h",
@@ -473,7 +477,7 @@ def models() -> dashboard_b.Dashboard:
                         "Rolling 24-hour CO2e (solid) and the daily budget (dashed) per model.",
                         [target(total_1d, "{{model}} actual"),
                          target('sum by (model) (model:footprint_co2e_daily_budget_grams'
-                                '{cluster=~"$cluster", model=~"$model"})',
+                                f'{{{BUDGET_CLUSTER_SEL}, model=~"$model"}})',
                                 "{{model}} budget", "B")],
                         "massg",
                         overrides=[override("/ budget$/", ("custom.lineStyle",
@@ -837,9 +841,7 @@ can be typed into the variable (it accepts custom values)."""
 KEY_SEL = f'{CLUSTER_SEL}, $key=~"$value"'
 """The recorded per-key series of the selected clusters and values; "All" (`.*`) also matches
 the series without the label (pods without a team: label_team="")."""
-BUDGET_SEL = 'cluster=~"$cluster|", $key=~"$value"'
-"""Budgets are configuration: the chart records them without a cluster label (also in the
-cluster-label variant), so they match the selected clusters or no cluster at all."""
+BUDGET_SEL = f'{BUDGET_CLUSTER_SEL}, $key=~"$value"'
 RIEMANN_STEP = 300
 """The step of the month-to-date subqueries, the records' 5 minutes: sum_over_time of the
 g/s (W, L/s) record every 5 minutes, x 300 s, as `footprint-exporter report` integrates."""

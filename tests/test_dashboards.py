@@ -327,6 +327,18 @@ def test_every_metric_queried_exists(name: str) -> None:
     assert not missing, "metrics nobody publishes:\n" + "\n".join(missing)
 
 
+BUDGET_SELECTOR = re.compile(r"_budget_grams\{([^}]*)\}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_budgets_match_with_one_cluster_picked(name: str) -> None:
+    """Budgets are recorded without a cluster label (rules/budgets.example.yaml, the chart):
+    a budget selector must also match no cluster, or picking one cluster hides every budget."""
+    for where, text, _ in expansions(load(name)):
+        for selector in BUDGET_SELECTOR.findall(text):
+            assert 'cluster=~"$cluster|"' in selector, (where, selector)
+
+
 def test_recorded_names_come_from_the_rule_pack(tmp_path: Path) -> None:
     pack = tmp_path / "footprint.rules.yaml"
     pack.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [
