@@ -77,11 +77,13 @@ pytestmark = pytest.mark.slow(seconds=480)  # a real 5-minute window, then a 3 s
 PACK = REPO / "rules" / "footprint.rules.yaml"
 WINDOW = 300.0
 """The 5-minute rules' range, in seconds."""
-FULL_WINDOW_AT = WINDOW + 8.0
+FULL_WINDOW_AT = WINDOW + 20.0
 """Seconds after the driver starts at which both engines' last rule evaluation had a whole
 window of driven samples: the window itself, vmalert's lag behind the newest samples (vmagent's
-1 s flush, -search.latencyOffset=1s, its 1 s evaluation) and VictoriaMetrics' extra sample before
-the window."""
+1 s flush, -search.latencyOffset=1s, its 1 s evaluation), VictoriaMetrics' extra sample before
+the window, and slack for a loaded machine: with 8 s, one run in three on this 2-core VM had
+vmalert's last evaluation still reach about 5 s before the drive (every node record 1.7 % low,
+the same ratio for every component)."""
 EARLY_AT = 60.0
 """Seconds after the driver starts at which the partial-window difference is measured."""
 START_MARGIN = 60.0
