@@ -91,6 +91,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.support import write_atomic, write_in_place  # noqa: E402
+
 FIXTURES = REPO / "tests" / "fixtures"
 NODE = "node-a"
 PODS = 120
@@ -117,23 +119,6 @@ LABEL_RE = re.compile(r'(namespace|pod|container)="([^"]*)"')
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_in_place(path: Path, text: str) -> None:
-    """As the kernel updates `cpu.stat`: the same inode, rewritten (tests/support.py's)."""
-    data = text.encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))
-    finally:
-        os.close(fd)
 
 
 def as_on_cgroupfs() -> None:

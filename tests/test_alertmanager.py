@@ -348,8 +348,7 @@ def day_grams(description: str) -> float:
 
 
 def test_budget_alert_reaches_the_webhook(binaries: dict[str, str], webhook: Webhook,
-                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                          ) -> None:
+                                          tmp_path: Path) -> None:
     began = time.monotonic()
     alert = budget_alert_rule()
     team_alert = budget_alert_rule(TEAM_ALERT)
@@ -357,16 +356,15 @@ def test_budget_alert_reaches_the_webhook(binaries: dict[str, str], webhook: Web
         assert rule["for"] == "5m", "the pack's `for` changed: check the grace period below"
     budgets = budget_rules(tmp_path / "budgets.yaml")
     # the synthetic exporter, scraped and backfilled, publishes the team's info series too
-    monkeypatch.setattr("tests.test_report.exposition", with_team)
     t0 = time.time() - HISTORY_S
-    exporter = SyntheticExporter(t0)
+    exporter = SyntheticExporter(t0, with_team)
     alertmanager = Alertmanager(binaries["prometheus-alertmanager"], tmp_path, webhook.url)
     prom: Prometheus | None = None
     seen: list[dict[str, Any]] = []
     try:
         raw = tmp_path / "raw"
         end = time.time()
-        backfill(tmp_path, raw, t0, end, exporter.address)
+        backfill(tmp_path, raw, t0, end, exporter.address, with_team)
         recorded, first_true = backfill_rules(tmp_path, raw, [RULES, budgets], t0, end)
         assert first_true.keys() == {BUDGET_ALERT, TEAM_ALERT}, first_true
         assert set(first_true[BUDGET_ALERT]) == {MODEL}, first_true

@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -615,15 +615,20 @@ def exposition(now: float, t0: float, *, timestamp: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+Exposition = Callable[..., str]
+"""`exposition` or another with its signature (now, t0, *, timestamp=False)."""
+
+
 class SyntheticExporter:
     """A tiny metrics endpoint on 127.0.0.1 whose counters grow at known rates since t0."""
 
-    def __init__(self, t0: float) -> None:
+    def __init__(self, t0: float, text: Exposition | None = None) -> None:
         t = t0
+        exposition_of = text or exposition
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = exposition(time.time(), t).encode()
+                body = exposition_of(time.time(), t).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(body)))
@@ -643,13 +648,15 @@ class SyntheticExporter:
         self.server.server_close()
 
 
-def backfill(tmp_path: Path, tsdb: Path, t0: float, end: float, target: str) -> None:
+def backfill(tmp_path: Path, tsdb: Path, t0: float, end: float, target: str,
+             text: Exposition | None = None) -> None:
     """History from t0 to `end`, one sample a second, with the labels scraping will add, so
-    the scraped series continue the backfilled ones."""
+    the scraped series continue the backfilled ones (of `text`, by default `exposition`)."""
+    exposition_of = text or exposition
     extra = f'job="footprint-exporter",instance="{target}",'
     chunks: dict[str, list[str]] = {}
     for k in range(int(end - t0) + 1):
-        for line in exposition(t0 + k, t0, timestamp=True).splitlines():
+        for line in exposition_of(t0 + k, t0, timestamp=True).splitlines():
             if line.startswith("#"):
                 chunks.setdefault(line, [])
                 current = line
