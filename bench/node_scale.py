@@ -639,6 +639,7 @@ def profile_ticks(tick: Any) -> str:
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("cumulative").print_stats(15)
+    stats.sort_stats("tottime").print_stats(25)
     print(out.getvalue(), file=sys.stderr, flush=True)
     # the exporter function with the most own time: the likely bottleneck
     own = [(tt, f"{Path(fn).name}:{line}({name})") for (fn, line, name), (_, _, tt, _, _)

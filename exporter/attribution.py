@@ -91,16 +91,15 @@ def _split(*, joules: float, idle_joules: float, component: str, keys: Sequence[
     idle = min(max(idle_joules if math.isfinite(idle_joules) else 0.0, 0.0), joules)
     for mode, part, shares in (("idle", idle, idle_shares),
                                ("dynamic", joules - idle, dynamic_shares)):
-        given = []
-        for key, share in zip(keys, shares, strict=True):
-            if share > 0.0 and part > 0.0:
-                amount = part * share
-                containers[(key, component, mode)] = containers.get(
-                    (key, component, mode), 0.0) + amount
-                given.append(amount)
+        given = [(key, part * share) for key, share in zip(keys, shares, strict=True)
+                 if share > 0.0] if part > 0.0 else []
+        get = containers.get
+        for key, amount in given:
+            series = (key, component, mode)
+            containers[series] = get(series, 0.0) + amount
         # The remainder absorbs rounding; it can only dip below 0 by an ulp.
         unattributed[(component, mode)] = unattributed.get((component, mode), 0.0) + max(
-            part - math.fsum(given), 0.0)
+            part - math.fsum([amount for _, amount in given]), 0.0)
 
 
 def gpu_shares(holders: Sequence[GpuHolder[K]]) -> tuple[list[float], list[float]]:

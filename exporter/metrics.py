@@ -435,6 +435,8 @@ class Publisher:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._containers: dict[tuple[str, str, str], _Published] = {}
+        self._containers_seen: tuple[object, float] = (None, 0.0)
+        """The containers (the very tuple) and allocatable cores last published."""
         """Each container as last published: its object, ratio and the two label sets."""
         self._gpu_ratio_labels: set[Labels] = set()
         self._gpu_info: tuple[str, str] = ("", "0")
@@ -589,7 +591,11 @@ class Publisher:
 
     def containers(self, containers: Sequence[ContainerLike], allocatable_cores: float) -> None:
         """Each container's info and CPU allocation ratio; a container seen as it was last
-        tick (the common case) costs one lookup."""
+        tick (the common case) costs one lookup, and the same tuple of them nothing."""
+        if containers is self._containers_seen[0] and allocatable_cores == \
+                self._containers_seen[1]:
+            return
+        self._containers_seen = (containers, allocatable_cores)
         for c in containers:
             ratio_value = (min(c.cpu_request_cores / allocatable_cores, 1.0)
                            if allocatable_cores > 0 else 0.0)
@@ -657,6 +663,8 @@ class Publisher:
 
     def expire(self, keys: Sequence[ContainerKey]) -> None:
         names = tuple(f.name for f in CONTAINER_FAMILIES)
+        if keys:
+            self._containers_seen = (None, 0.0)
         for key in keys:
             self._containers.pop(key, None)
             self.ledger.retire(names, key)

@@ -12,6 +12,7 @@ from typing import Protocol
 from exporter import logs
 from exporter.accounting import (
     HOST_READS,
+    ContainerKey,
     FactsInputs,
     IntensityInputs,
     KubernetesInputs,
@@ -99,6 +100,14 @@ class Pods(Protocol):
     def stop(self, timeout: float = 5.0) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Derived:
+    keys: tuple[ContainerKey, ...]
+    by_key: Mapping[ContainerKey, Container]
+    identities: frozenset[tuple[ContainerKey, str]]
+    """(key, container id) of each: what the pod-resources cache compares."""
+
+
 @dataclass
 class Kubernetes:
     """The pod watch and the tracker that turns its pods into workloads."""
@@ -143,6 +152,8 @@ class Reader:
         self._malformed = 0
         self._slice_errors = 0
         self._unresolved: set[tuple[ClaimHolder, str]] = set()
+        self._derived_of: tuple[tuple[Container, ...] | None, _Derived] = (
+            None, _Derived((), {}, frozenset()))
         """Claimed devices that could not be resolved, as last reported (logged once each)."""
         self._read_throttle = logs.Throttle(log)
 
@@ -189,7 +200,7 @@ class Reader:
         allocations, podresources_up, unresolved = self._gpu_holders(gpus, sample)
         return TickInputs(
             now=now, seconds=seconds, intensity=intensity, sources=readings,
-            containers=tuple(c.key for c in sample.containers) if sample else (),
+            containers=self._derived(sample.containers).keys if sample else (),
             workloads=sample.workloads if sample else (),
             node_busy_cpu_seconds=sample.node_busy_cpu_seconds if sample else 0.0,
             allocatable_cores=allocatable, gpu_allocations=allocations,
@@ -293,9 +304,10 @@ class Reader:
         up: bool | None = None
         unresolved: set[tuple[ClaimHolder, str]] = set()
         if k.podresources is not None:
-            by_key = {c.key: c for c in sample.containers}
+            derived = self._derived(sample.containers)
+            by_key = derived.by_key
             held = k.podresources.holders(seen=(
-                frozenset((c.key, c.container_id) for c in sample.containers),
+                derived.identities,
                 frozenset((g.uuid, p.pid) for g in gpus for p in g.processes)))
             up = held is not None
             index = k.slices.index() if k.slices is not None else None
@@ -312,6 +324,15 @@ class Reader:
                     else:
                         unresolved.add((h, resolved.reason))
         return tuple(allocations), up, self._report_unresolved(unresolved)
+
+    def _derived(self, containers: tuple[Container, ...]) -> _Derived:
+        """What the tick derives from its containers, kept while they are the same tuple
+        (exporter.workloads hands back the same one while no pod changed)."""
+        if containers is not self._derived_of[0]:
+            self._derived_of = (containers, _Derived(
+                keys=tuple(c.key for c in containers), by_key={c.key: c for c in containers},
+                identities=frozenset((c.key, c.container_id) for c in containers)))
+        return self._derived_of[1]
 
     def _report_unresolved(self, unresolved: set[tuple[ClaimHolder, str]]) -> int:
         """Log each claimed device that cannot be resolved, once while it lasts; how many are

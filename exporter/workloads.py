@@ -175,6 +175,10 @@ class WorkloadTracker:
         self._reported: set[tuple[str, str]] = set()
         self._throttle = logs.Throttle(log, source="kubernetes")
         self._pid_ids: dict[int, str | None] = {}
+        self._last_pods: tuple[Pod, ...] | None = None
+        self._last_containers: tuple[list[Container], list[Problem], tuple[str, ...]] = (
+            [], [], ())
+        self._last_known: tuple[Container, ...] = ()
 
     def describe(self) -> str:
         """Where container CPU time is read from, for logs."""
@@ -216,10 +220,58 @@ class WorkloadTracker:
         except ProcError as exc:
             log.debug(f"node CPU time unknown this tick: {exc}")
 
+        containers, problems, ids = self._containers_of(view.pods)
+        usage = self._cgroups.cpu_seconds(ids)
+        if len(usage) < len(ids):
+            problems = problems + [
+                Problem("no_cgroup", f"container {c.namespace}/{c.pod}/{c.container} "
+                                     f"({c.container_id[:12]}) has no cgroup under "
+                                     f"{self._cgroups.describe()}")
+                for c in containers if c.container_id not in usage]
+        workloads = []
+        seen = []
+        last_cpu = self._cpu
+        cpu_now: dict[str, float] = {}
+        for c in containers:
+            cpu = usage.get(c.container_id)
+            if cpu is None:
+                continue
+            seen.append(c)
+            seconds = cpu.seconds
+            cpu_now[c.container_id] = seconds
+            last = last_cpu.get(c.container_id)
+            used = seconds - last if last is not None and seconds >= last else 0.0
+            workloads.append(Workload(c, used, c.cpu_request_cores))
+        self._cpu = cpu_now  # forgets the containers that are gone
+
+        fresh = []
+        current = set()
+        for problem in problems:
+            mark = (problem.reason, problem.message)
+            current.add(mark)
+            if mark not in self._reported:
+                fresh.append(problem)
+                # One line per reason and period: pod churn must not flood the log.
+                self._throttle.fault(problem.reason, f"{problem.message} ({problem.reason}; "
+                                                     "further ones are counted in "
+                                                     f"{ERRORS.name})")
+        self._reported = current  # bounded by what is wrong now
+        # All of them (the common case): the same tuple as last tick while no pod changed, so
+        # that what the reader and publisher derive from it is reused (an identity check)
+        known = self._last_known if len(seen) == len(containers) else tuple(seen)
+        return WorkloadSample(containers=known, workloads=tuple(workloads),
+                              node_busy_cpu_seconds=busy_delta, problems=tuple(fresh))
+
+    def _containers_of(self, pods: tuple[Pod, ...]
+                       ) -> tuple[list[Container], list[Problem], tuple[str, ...]]:
+        """The pods' containers, the problems found in their specs, and the containers' ids;
+        the same lists as last tick while the pods are the same tuple (no pod changed)."""
+        if pods is self._last_pods and isinstance(pods, tuple):
+            return self._last_containers
         containers: list[Container] = []
         problems: list[Problem] = []
         live = set()
-        for pod in view.pods:
+        for pod in pods:
             uid = str((pod.get("metadata") or {}).get("uid"))
             rv = str((pod.get("metadata") or {}).get("resourceVersion"))
             live.add(uid)
@@ -237,40 +289,8 @@ class WorkloadTracker:
             problems.extend(cached[2])
         for uid in set(self._pods) - live:
             del self._pods[uid]
-
-        usage = self._cgroups.cpu_seconds([c.container_id for c in containers])
-        problems.extend(Problem("no_cgroup", f"container {c.namespace}/{c.pod}/{c.container} "
-                                             f"({c.container_id[:12]}) has no cgroup under "
-                                             f"{self._cgroups.describe()}")
-                        for c in containers if c.container_id not in usage)
-        workloads = []
-        seen_ids = set()
-        for c in containers:
-            cpu = usage.get(c.container_id)
-            if cpu is None:
-                continue
-            seen_ids.add(c.container_id)
-            last = self._cpu.get(c.container_id)
-            self._cpu[c.container_id] = cpu.seconds
-            used = cpu.seconds - last if last is not None and cpu.seconds >= last else 0.0
-            workloads.append(Workload(key=c, cpu_seconds=used,
-                                      cpu_request_cores=c.cpu_request_cores))
-        for gone in set(self._cpu) - seen_ids:
-            del self._cpu[gone]
-
-        fresh = []
-        current = set()
-        for problem in problems:
-            mark = (problem.reason, problem.message)
-            current.add(mark)
-            if mark not in self._reported:
-                fresh.append(problem)
-                # One line per reason and period: pod churn must not flood the log.
-                self._throttle.fault(problem.reason, f"{problem.message} ({problem.reason}; "
-                                                     "further ones are counted in "
-                                                     f"{ERRORS.name})")
-        self._reported = current  # bounded by what is wrong now
-        return WorkloadSample(containers=tuple(c for c in containers
-                                               if c.container_id in seen_ids),
-                              workloads=tuple(workloads), node_busy_cpu_seconds=busy_delta,
-                              problems=tuple(fresh))
+        self._last_pods = pods
+        self._last_containers = (containers, problems,
+                                 tuple(c.container_id for c in containers))
+        self._last_known = tuple(containers)
+        return self._last_containers

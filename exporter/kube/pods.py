@@ -155,13 +155,19 @@ class PodWatcher(Reflector[Pod]):
         self._api = api
         self._slim = slim
         self._node_facts: NodeFacts | None = None
+        self._pods: tuple[Pod, ...] = ()
+        self._viewed = -1
+        """The reflector's `_version` that `_pods` was taken at: a tick's pods are the same
+        tuple as the last tick's while none changed (exporter.workloads reuses its work)."""
 
     def keep(self, obj: Mapping[str, Any]) -> Pod:
         return self._slim(obj)
 
     def view(self) -> PodView:
         with self._lock:
-            return PodView(pods=tuple(self._items.values()), node=self._node_facts,
+            if self._viewed != self._version:  # the same tuple while no pod changed, so that
+                self._pods, self._viewed = tuple(self._items.values()), self._version
+            return PodView(pods=self._pods, node=self._node_facts,
                            up=self._up, synced=self._synced, api_errors=self._errors,
                            malformed=self._malformed)
 

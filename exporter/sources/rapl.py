@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,11 @@ class _Zone:
     last_uj: int | None = None
     total_uj: int = 0
     last_now: float = 0.0
+    energy: Path | None = None
+    """`path / "energy_uj"`, made once: a Path per read costs more than the read."""
+
+    def __post_init__(self) -> None:
+        self.energy = self.path / "energy_uj"
 
 
 class RaplSource:
@@ -87,11 +93,13 @@ class RaplSource:
 
     def _discover(self) -> None:
         try:
-            present = {p.name for p in self._root.iterdir() if ZONE_DIR.match(p.name)}
+            present = {name for name in os.listdir(self._root) if ZONE_DIR.match(name)}
         except OSError as exc:
             self._throttle.fault("root", f"cannot list {self._root}: {exc.strerror}",
                                  path=self._root, err=exc.strerror or exc)
             present = set()
+        if present == self._zones.keys():
+            return  # the zones of the last tick (each tick: one listdir)
         for zone in set(self._zones) - present:
             self._gone[zone] = self._zones.pop(zone)
             log.warning(f"zone {zone} vanished from {self._root}; its total stays published "
@@ -128,9 +136,10 @@ class RaplSource:
         up = bool(self._zones)
         for zone, z in self._zones.items():
             try:
-                value = _read_uint(z.path / "energy_uj")
+                assert z.energy is not None
+                value = _read_uint(z.energy)
                 if z.max_uj and value > z.max_uj:
-                    raise ZoneError(f"{z.path / 'energy_uj'} reads {value}, above "
+                    raise ZoneError(f"{z.energy} reads {value}, above "
                                     f"max_energy_range_uj {z.max_uj}")
             except ZoneError as exc:
                 up = False
@@ -153,7 +162,7 @@ class RaplSource:
                     how = (f"went back from {z.last_uj} to {value} uJ, which as a wrap of "
                            f"{z.max_uj} would be {step} uJ" if wrapped
                            else f"rose by {step} uJ")
-                    self._fault(zone, f"zone {zone} down: {z.path / 'energy_uj'} {how} in "
+                    self._fault(zone, f"zone {zone} down: {z.energy} {how} in "
                                       f"{max(now - z.last_now, 0.0):g} s, above "
                                       f"{MAX_ZONE_WATTS:g} W: a reset or a glitch, not energy; "
                                       "nothing counted, baseline restarted")
