@@ -6,7 +6,7 @@ open for a while, then closed. Meanwhile one scraper (Prometheus' `Accept`, `Acc
 gzip`, basic auth when on) scrapes `/metrics` back to back on a keep-alive connection from its
 own thread, reconnecting when the exporter closes it.
 
-The exporter is `python -m exporter` as tests/support.py's `Exporter` starts it (the RAPL
+The exporter is `python -m exporter` as tests.support's `Exporter` starts it (the RAPL
 fixture `tests/fixtures/intel-2s`, no Kubernetes, no NVML, 1 s tick), run twice: without a web
 config, and with basic auth for one user (bcrypt cost 10, as `htpasswd -nBC 10` makes).
 

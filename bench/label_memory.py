@@ -87,7 +87,7 @@ def child(containers: int, value_bytes: int, allow: bool, trace: bool) -> dict[s
     from exporter.reading import Kubernetes
     from exporter.sampler import Sampler
     from exporter.workloads import WorkloadTracker
-    from tests.test_kube import pod
+    from tests.support.kube import pod
 
     rules = ModelSettings().effective_rules
     labels = PodLabelAllowlist(["team"] if allow else [])

@@ -24,8 +24,7 @@ if str(ROOT) not in sys.path:
 
 from tests.fakes.kube_api import FakeKubeAPI  # noqa: E402
 from tests.support import Exporter, node_tree  # noqa: E402
-from tests.test_kube import NODE, cid, pod  # noqa: E402
-from tests.test_pod_memory import big_pod  # noqa: E402
+from tests.support.kube import NODE, big_pod, cid, pod  # noqa: E402
 
 
 def status_kb(pid: int, field: str) -> int:

@@ -5,7 +5,11 @@ import os
 
 import pytest
 
-from tests.support import START, FakeClock
+# The shared helpers (tests/support/) came out of test modules: pytest rewrites their asserts
+# as it does a test module's, so a failing one still shows its operands. Before their import.
+pytest.register_assert_rewrite("tests.support")
+
+from tests.support import START, FakeClock  # noqa: E402
 
 SLOW_SECONDS = 10.0
 """The wall time assumed for a `slow` test whose marker gives no `seconds`."""

@@ -56,7 +56,7 @@ import yaml
 
 from tests.e2e_node import free_port
 from tests.support import REPO, require_binary, stop_process, wait_http_ok
-from tests.test_report import (
+from tests.support.report import (
     CO2E_RATE,
     CONTAINER,
     GPU_GRAMS,
@@ -117,7 +117,7 @@ def binaries() -> dict[str, str]:
 
 
 def with_team(now: float, t0: float, *, timestamp: bool = False) -> str:
-    """tests/test_report.py's synthetic exposition, plus the container's info series with the
+    """tests/support/report.py's synthetic exposition, plus the container's info series with the
     `label_team` the exporter adds for a pod labelled `team: vision`."""
     ts = f" {now:.3f}" if timestamp else ""
     return (exposition(now, t0, timestamp=timestamp)

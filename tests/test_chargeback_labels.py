@@ -36,7 +36,7 @@ from exporter.sampler import Sampler
 from exporter.workloads import Container
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.support import REPO, FakeClock, Series, parse, require_binary
-from tests.test_kube import NODE, cid, drive, node_with_cgroups, pod, wait_for
+from tests.support.kube import NODE, cid, drive, node_with_cgroups, pod, wait_for
 
 INFO = CONTAINER_INFO.name
 

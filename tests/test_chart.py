@@ -33,23 +33,31 @@ import yaml
 from exporter import config as exporter_config
 from exporter.sources.registry import SECTIONS
 from tests.support import REPO, require_binary
+from tests.support.chart import (
+    CHART,
+    INSTALL_DOC,
+    NAMESPACE,
+    RELEASE,
+    Obj,
+    of_kind,
+    one,
+    render,
+    render_templates,
+    require_module,
+)
 
-CHART = REPO / "charts" / "footprint-exporter"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 GENERATOR = REPO / "scripts" / "gen_manifests.py"
 MANIFESTS = REPO / "manifests"
 RULES = REPO / "rules" / "footprint.rules.yaml"
 BUDGETS_EXAMPLE = REPO / "rules" / "budgets.example.yaml"
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
-INSTALL_DOC = REPO / "docs" / "install.md"
 
 KUBE_VERSIONS = ("1.32", "1.33", "1.34", "1.35", "1.36", "1.37")
 """The Kubernetes minors the chart is validated against, each rendered as that version
 (docs/install.md, Chart.yaml): upstream supports the three newest, and the chart reaches back
 to the oldest still supported."""
 RECURSIVE_READ_ONLY_SINCE = "1.33"  # recursiveReadOnly went GA in Kubernetes 1.33
-RELEASE = "footprint"
-NAMESPACE = "monitoring"
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "VerticalPodAutoscaler"}
 FEATURES = {"servicemonitor", "podmonitor", "rules-budgets", "dashboards", "gpu", "gpu-only",
             "gpu-cdi", "gpu-volume-mounts", "parity", "scheduling",
@@ -109,16 +117,6 @@ IMAGE = "ghcr.io/footprint-exporter/footprint-exporter"
 DEVICE_LIST_DIR = "/var/run/nvidia-container-devices"
 CDI_ANNOTATION = "cdi.k8s.io/footprint-exporter"
 
-Obj = dict[str, Any]
-
-
-def require_module(name: str, package: str) -> ModuleType:
-    """A Python package the test needs; fails (never skips) when it is missing."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        pytest.fail(f"{package} is not installed: run scripts/test.sh, which installs it")
-
 
 @pytest.fixture(scope="module")
 def helm() -> ModuleType:
@@ -165,45 +163,6 @@ def dra_on(values: Obj | None) -> bool:
     default)."""
     gpu = (values or {}).get("gpu") or {}
     return bool(gpu.get("enabled", False) and (gpu.get("dra") or {}).get("enabled", True))
-
-
-def render_templates(helm: ModuleType, values: Obj | None,
-                     kube_version: str | None = None) -> dict[str, str]:
-    """The chart's templates rendered, as for Kubernetes `kube_version` (e.g. "1.32") when
-    given: Chart.render has no such option, the SDK's native call takes it."""
-    with helm.Chart.load(CHART) as chart:
-        if kube_version is None:
-            rendered: dict[str, str] = chart.render(values, name=RELEASE, namespace=NAMESPACE,
-                                                    is_install=True)
-        else:
-            from helm_python import _native
-
-            options = {"name": RELEASE, "namespace": NAMESPACE, "is_install": True,
-                       "kube_version": f"v{kube_version}.0"}
-            rendered = json.loads(_native.call_string(
-                "helm_render", chart._raw(), json.dumps(values), json.dumps(options)))
-    return rendered
-
-
-def render(helm: ModuleType, values: Obj | None, kube_version: str | None = None) -> list[Obj]:
-    """The objects the chart renders (NOTES.txt left out)."""
-    objects = []
-    for template, text in sorted(render_templates(helm, values, kube_version).items()):
-        if template.endswith("NOTES.txt"):
-            continue
-        # libyaml's parser, PyYAML's safe types: the pure-Python parser was a third of the time
-        objects += [obj for obj in yaml.load_all(text, Loader=yaml.CSafeLoader) if obj]
-    return objects
-
-
-def of_kind(objects: list[Obj], kind: str) -> list[Obj]:
-    return [obj for obj in objects if obj["kind"] == kind]
-
-
-def one(objects: list[Obj], kind: str) -> Obj:
-    found = of_kind(objects, kind)
-    assert len(found) == 1, f"{len(found)} {kind} objects"
-    return found[0]
 
 
 def daemonset(objects: list[Obj], pool: str | None = None) -> Obj:

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from tests.support import require_binary
-from tests.test_chart import CHART, NAMESPACE, RELEASE, Obj, of_kind, one, require_module
-from tests.test_rules import (
+from tests.support.chart import CHART, NAMESPACE, RELEASE, Obj, of_kind, one, require_module
+from tests.support.rules import (
     CHARGEBACK_BUDGETS,
     CLUSTER_RULES,
     RULES,

@@ -24,9 +24,9 @@ from tests.fakes.nvml_process import Scenario
 from tests.fakes.podresources_server import FakePodResources, claim
 from tests.fakes.podresources_server import pod as resources_of
 from tests.support import Exporter, FakeClock, Series, parse, total, value
-from tests.test_gpu_attribution import assert_gpu_conserved, start
-from tests.test_kube import NODE, NODE_LABELS, cid, node_with_cgroups, pod, pods_seen, wait_for
-from tests.test_kube import write_atomic as write
+from tests.support import write_atomic as write
+from tests.support.gpu import assert_gpu_conserved, start
+from tests.support.kube import NODE, NODE_LABELS, cid, node_with_cgroups, pod, pods_seen, wait_for
 
 DRIVER = "gpu.nvidia.com"
 U = [f"GPU-d7a00000-0000-4000-8000-00000000000{i}" for i in range(3)]

@@ -16,9 +16,7 @@ import json
 import math
 import re
 import time
-import urllib.request
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +39,23 @@ from tests.e2e_node import (
 from tests.fakes.carbon_apis import FakeElectricityMaps
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.fakes.podresources_server import FakePodResources
-from tests.support import REPO, parse, require_binary
+from tests.support import REPO, require_binary
+from tests.support.e2e import (
+    BUDGETS,
+    GPU_GRAMS,
+    IDLE_WATTS,
+    INTENSITY,
+    LIFETIME_SECONDS,
+    PUE,
+    SERVER_GRAMS,
+    VLLM_POD,
+    exporter_series,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow(seconds=200)  # the drive, then up to 5 minutes for a boundary
 
 DRIVE_SECONDS = 60
-VLLM_POD = "llama-7c9f8d6b5-x0"
-"""The one pod whose vLLM metrics Prometheus scrapes (the other vLLM replica publishes none)."""
-INTENSITY = 250.0  # gCO2e/kWh, static
-PUE = 1.25
-IDLE_WATTS = {"cpu": 60.0, "dram": 6.0, "gpu": 70.0}
-SERVER_GRAMS = 2_500_000.0
-GPU_GRAMS = 150_000.0  # H100: no entry in embodied.gpu_grams_by_product, so gpu_grams
-LIFETIME_SECONDS = 6 * 8760 * 3600 * 0.85
-"""The defaults, BLOOM's 6 years x 8,760 h x 85% (exporter/facts.py: SECONDS_PER_YEAR)."""
-BUDGETS = {"mixtral-8x7b": 1e-6, "e5-large": 1e9}
-"""grams per day: mixtral's is exceeded within seconds; e5-large's never is."""
 
 GRAFANA = {"__rate_interval": "1m", "__interval": "1m", "__range": "15m"}
 """Grafana's interval variables: a minute for rates, and a dashboard range of 15 minutes, which
@@ -75,21 +74,6 @@ def sampled(result: list[dict[str, Any]], label: str) -> dict[str, float]:
 
 def close(a: float, b: float, rel: float) -> bool:
     return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def exporter_series(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    try:
-        with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
-            return parse(response.read().decode())
-    except OSError:
-        return {}
 
 
 def concrete(expr: str, variables: set[str], chosen: dict[str, str], where: str) -> str:

@@ -49,9 +49,9 @@ from tests.support import (
     write_atomic,
     zone_dir,
 )
-from tests.test_gpu_attribution import SLICED, WHOLE, gpu_node
-from tests.test_gpu_attribution import start as start_gpu_sampler
-from tests.test_kube import (
+from tests.support.gpu import SLICED, WHOLE, gpu_node
+from tests.support.gpu import start as start_gpu_sampler
+from tests.support.kube import (
     NODE,
     NODE_LABELS,
     add_busy,
@@ -68,7 +68,7 @@ from tests.test_kube import (
 
 API_OUTAGE_SECONDS = 6.0
 """A real API outage, on the wall clock as the watcher backs off on it. With
-backoff_max_seconds 1 (tests/test_kube.py's in_process) the watcher is at its longest wait
+backoff_max_seconds 1 (tests/support/kube.py's in_process) the watcher is at its longest wait
 after one failure, so a few seconds hold the same cycle a 2-minute outage repeats: fail, keep
 the last known pods, wait the capped backoff, fail again (MIN_OUTAGE_RETRIES at least), then
 recover with one re-list."""

@@ -3,37 +3,24 @@ server on a unix socket, the fake API server, fixture cgroups and /proc/<pid>/cg
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from exporter import cli
 from exporter.gpus import Allocation, plan_gpus
 from exporter.sampler import Sampler
 from exporter.sources.gpu import GpuProcessUse, GpuReading, MigSlice
-from tests.fakes.fake_nvml import FakeNvml, FakeProcess, a100_mig, h100
+from tests.fakes.fake_nvml import FakeNvml
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.fakes.podresources_server import FakePodResources
 from tests.fakes.podresources_server import pod as resources_of
-from tests.support import FakeClock, Series, parse, total, value
-from tests.test_kube import (
-    NODE,
-    NODE_LABELS,
-    cid,
-    node_with_cgroups,
-    pod,
-    pods_seen,
-    wait_for,
-    write_atomic,
-)
+from tests.support import FakeClock, Series, parse, value
+from tests.support.gpu import SLICED, WHOLE, assert_gpu_conserved, gpu_node, start
+from tests.support.kube import NODE, NODE_LABELS, cid, pod, pods_seen, wait_for
 
-WHOLE = "GPU-00000000-0000-4000-8000-000000000000"
-SLICED = "GPU-11111111-1111-4111-8111-111111111111"
 MIG_3G = "MIG-3c1d3a3e-5d33-5b8a-9a2e-000000000003"
 MIG_2G = "MIG-3c1d3a3e-5d33-5b8a-9a2e-000000000002"
-PIDS = {4100: cid("1"), 4242: cid("2"), 4243: cid("3"), 4300: cid("4"), 4301: cid("b")}
 
 
 @pytest.fixture
@@ -41,42 +28,6 @@ def api() -> Iterator[FakeKubeAPI]:
     with FakeKubeAPI(node_name=NODE, node_labels=NODE_LABELS, allocatable_cpu="16",
                      bookmark_interval=0.5) as fake:
         yield fake
-
-
-def gpu_node(tmp_path: Path) -> tuple[Path, FakeNvml]:
-    root = node_with_cgroups(tmp_path)
-    for pid, container_id in (*PIDS.items(), (1, None)):
-        path = root / "proc" / str(pid) / "cgroup"
-        path.parent.mkdir(parents=True)
-        where = (f"/kubepods/burstable/pod0a1b2c3d/{container_id}" if container_id
-                 else "/init.scope")
-        write_atomic(path, f"0::{where}\n")
-    whole, sliced, mig = h100(WHOLE), h100(SLICED), a100_mig()
-    whole.processes = [FakeProcess(4100)]
-    sliced.processes = [FakeProcess(4242), FakeProcess(4243), FakeProcess(1)]  # 1: a host pid
-    mig.processes = [FakeProcess(4300, gpu_instance_id=2, compute_instance_id=0),
-                     FakeProcess(4301, gpu_instance_id=3, compute_instance_id=0)]
-    nvml = FakeNvml([whole, sliced, mig])
-    for gpu, watts in ((whole, 400.0), (sliced, 300.0), (mig, 250.0)):
-        nvml.set_watts(gpu, watts)
-    return root, nvml
-
-
-def start(tmp_path: Path, api: FakeKubeAPI, monkeypatch: pytest.MonkeyPatch, root: Path,
-          nvml: FakeNvml, socket: Path) -> tuple[Sampler, FakeClock]:
-    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
-    config = tmp_path / "footprint.yaml"
-    config.write_text(f"kubernetes:\n  kubeconfig: {kubeconfig}\n"
-                      f"  pod_resources_socket: {socket}\n"
-                      "attribution:\n  idle_watts: {cpu: 20, dram: 2, gpu: 100}\n")
-    monkeypatch.setenv("NODE_NAME", NODE)
-    settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
-                                   str(root / "proc"), "--config.file", str(config)])
-    clock = FakeClock(5000.0)
-    sampler = cli.build_sampler(settings, process_metrics=False, clock=clock, timer=clock,
-                                nvml_module=nvml)
-    sampler.start()
-    return sampler, clock
 
 
 def one_second(nvml: FakeNvml, clock: FakeClock, sampler: Sampler) -> Series:
@@ -175,15 +126,6 @@ def test_whole_time_sliced_and_mig_gpus(tmp_path: Path, api: FakeKubeAPI,
     finally:
         sampler.close()
         server.stop()
-
-
-def assert_gpu_conserved(series: Series) -> None:
-    node = value(series, "footprint_node_energy_joules_total", component="gpu", source="nvml")
-    gpus = total(series, "footprint_gpu_energy_joules_total")
-    parts = total(series, "footprint_container_energy_joules_total", component="gpu")
-    parts += total(series, "footprint_unattributed_energy_joules_total", component="gpu")
-    assert math.isclose(parts, node, rel_tol=1e-9)
-    assert math.isclose(gpus, node, rel_tol=1e-9)
 
 
 def reading(uuid: str, processes: tuple[GpuProcessUse, ...] = (),

@@ -28,8 +28,8 @@ import yaml
 
 from tests.e2e_node import Prometheus, free_port
 from tests.support import require_binary
-from tests.test_chart import INSTALL_DOC, NAMESPACE, Obj, one, render, require_module
-from tests.test_e2e import wait_for
+from tests.support.chart import INSTALL_DOC, NAMESPACE, Obj, one, render, require_module
+from tests.support.e2e import wait_for
 
 MONITORS = {  # kind -> (values key, endpoints key)
     "ServiceMonitor": ("serviceMonitor", "endpoints"),

@@ -30,7 +30,7 @@ from tests.support import (
     write_atomic,
     zone_dir,
 )
-from tests.test_kube import (
+from tests.support.kube import (
     NODE,
     api,
     cid,
@@ -43,7 +43,7 @@ from tests.test_kube import (
     wait_for,
 )
 
-__all__ = ["api"]  # the fixture, shared with tests/test_kube.py
+__all__ = ["api"]  # the fixture, from tests/support/kube.py
 
 # -- the watchdog -------------------------------------------------------------------------------
 

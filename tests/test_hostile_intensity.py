@@ -48,7 +48,7 @@ from tests.fakes.carbon_apis import (
     iso,
 )
 from tests.support import START, Exporter, FakeClock, advance, node_tree, total, value
-from tests.test_net import TOKEN, redirect, serve
+from tests.support.net import TOKEN, redirect, serve
 
 MIB = 1 << 20
 GIB = 1 << 30

@@ -10,11 +10,10 @@ import pickle
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -34,9 +33,7 @@ from exporter.intensity.live import BACKOFF_START_SECONDS, retry_after_seconds
 from exporter.intensity.watttime import GRAMS_PER_KWH_PER_LBS_PER_MWH
 from tests.fakes.carbon_apis import FakeElectricityMaps, FakeWattTime
 from tests.support import REPO, START, FakeClock
-
-if TYPE_CHECKING:
-    from exporter.sampler import Sampler
+from tests.support.intensity import live_exporter_text
 
 EM_PATH = FakeElectricityMaps.PATH
 WT_LOGIN = FakeWattTime.LOGIN
@@ -570,35 +567,6 @@ def test_every_zone_default_is_in_the_docs_table() -> None:
     for row in REGIONS.values():
         line = f"| {row.cloud} | `{row.region}` | `{row.zone}` | {row.grams_per_kwh:g} |"
         assert line in docs, line
-
-
-def live_exporter_text(tmp_path: Path, api: FakeElectricityMaps, zone: str, what: str,
-                       ready: Callable[[Sampler], bool]) -> str:
-    """One tick's /metrics text of a sampler built from a config that names `api` (its token in
-    a file) for `zone`, on a fixture node, once `ready(sampler)` (else fails with `what`)."""
-    from exporter import cli
-    from tests.support import node_tree
-
-    token = tmp_path / "token"
-    token.write_text(api.token + "\n")
-    config = tmp_path / "footprint.yaml"
-    config.write_text(f"carbon:\n  provider: electricitymaps\n  zone: {zone}\n"
-                      f"  electricitymaps:\n    base_url: {api.url}\n"
-                      f"    token_file: {token}\n")
-    root = node_tree(tmp_path, "amd-epyc-2s")
-    settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
-                                   str(root / "proc"), "--config.file", str(config),
-                                   "--no-collector.kubernetes", "--no-collector.nvml"])
-    sampler = cli.build_sampler(settings, process_metrics=False)
-    sampler.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not ready(sampler):
-            assert time.monotonic() < deadline, what
-            time.sleep(0.02)
-        return sampler.tick().text.decode()
-    finally:
-        sampler.close()
 
 
 def test_live_intensity_in_the_exporter_never_shows_the_token(

@@ -28,7 +28,7 @@ from exporter.ledger import Ledger
 from exporter.metrics import Publisher
 from tests.fakes.carbon_apis import FakeElectricityMaps, FakeWattTime
 from tests.support import START, FakeClock, Series, node_tree, parse, value
-from tests.test_intensity import live_exporter_text
+from tests.support.intensity import live_exporter_text
 
 EM_FORECAST = FakeElectricityMaps.FORECAST_PATH
 EM_LATEST = FakeElectricityMaps.PATH

@@ -1,6 +1,7 @@
 """The house rules that keep the code extendable in one place (issue 21), read from the source:
 metric names only in the metrics module, no import upward from the web config to the server
-or from the server to the tick, a tick that only sequences its stages."""
+or from the server to the tick, a tick that only sequences its stages; and no test module
+imported by another (their shared helpers live in tests/support/)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from tests.support import REPO
 
 PACKAGE = REPO / "exporter"
 FAMILY_NAME = re.compile(r"\bfootprint_[a-z_]+")
+TEST_MODULE = re.compile(r"tests(\.\w+)*\.test_\w+(\..*)?")
+"""A dotted module name inside tests/ whose module (or a package above it) is a test module."""
 
 
 def modules() -> list[Path]:
@@ -109,3 +112,34 @@ def test_the_sampler_only_sequences_its_stages() -> None:
               if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
     assert {"read", "publish", "render"} <= called  # the stages, each one call
     assert not called & {"intensity", "source", "containers", "gpus", "attribution"}
+
+
+def imported_names(path: Path) -> list[tuple[int, list[str]]]:
+    """Each import statement of `path`: its line and the dotted names it may import, relative
+    imports resolved against the file's package and `from X import Y` read as X and as X.Y
+    (Y may be a module)."""
+    package = list(path.relative_to(REPO).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, [alias.name]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.append((node.lineno, [module, *(f"{module}.{a.name}" for a in node.names)]))
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    """A helper two test modules share lives in tests/support/ (or tests/conftest.py, the
+    fakes, tests/e2e_node.py, tests/backfill.py), never in one of them: a test module is
+    imported by pytest alone, so that running, moving or deleting one touches no other, and
+    the benchmarks in bench/ import the helpers from the same place."""
+    paths = sorted([*(REPO / "tests").rglob("*.py"), *(REPO / "bench").glob("*.py")])
+    offenders = []
+    for path in paths:
+        for line, names in imported_names(path):
+            hits = [name for name in names if TEST_MODULE.fullmatch(name)]
+            if hits:
+                offenders.append(f"{path.relative_to(REPO)}:{line} imports {hits[0]}")
+    assert offenders == [], "\n".join(["move the helper to tests/support/:", *offenders])

@@ -20,9 +20,9 @@ from tests.fakes.kube_api import FakeKubeAPI
 from tests.fakes.podresources_server import FakePodResources
 from tests.fakes.podresources_server import pod as resources_of
 from tests.support import Series, parse, total
-from tests.test_gpu_attribution import assert_gpu_conserved, start
-from tests.test_kube import NODE, NODE_LABELS, cid, node_with_cgroups, pod, pods_seen, wait_for
-from tests.test_kube import write_atomic as write
+from tests.support import write_atomic as write
+from tests.support.gpu import assert_gpu_conserved, start
+from tests.support.kube import NODE, NODE_LABELS, cid, node_with_cgroups, pod, pods_seen, wait_for
 
 SERVER, CLIENT_A, CLIENT_B = 6000, 6100, 6200
 PROCESSES = {SERVER: ("c", "nvidia-cuda-mps-server"), CLIENT_A: ("2", "python3"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,20 +14,10 @@ from exporter.kube.reflector import MAX_OBJECT_BYTES, ApiError, _lines
 from exporter.models import ModelRule
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.support import Exporter, node_tree, value
-from tests.test_kube import NODE, cid, pod
+from tests.support.kube import NODE, big_pod
 
 PODS = 110
 PEAK_LIMIT_MB = 150
-
-
-def big_pod(i: int) -> dict[str, Any]:
-    """About 1.25 MB: within a real API server's limits (etcd refuses over 1.5 MiB)."""
-    obj = pod(f"big-{i:03d}", cid("1")[:-3] + f"{i:03d}",
-              args=[f"--flag-{j}=" + "x" * 1_000 for j in range(1_000)],
-              labels={"footprint.dev/model": f"model-{i % 7}"})
-    obj["metadata"]["annotations"] = {f"note-{k}": "y" * 25_000 for k in range(10)}
-    obj["spec"]["containers"][0]["env"] = [{"name": "MODEL", "value": f"m{i}"}]
-    return obj
 
 
 @pytest.fixture

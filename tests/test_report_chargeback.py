@@ -19,7 +19,7 @@ import yaml
 
 from exporter import report
 from exporter.report import cli
-from tests.test_report import (
+from tests.support.report import (
     GPU_BLOOM,
     LIFETIME_BLOOM,
     RULES,
@@ -33,7 +33,7 @@ from tests.test_report import (
     write_exporter_series,
 )
 
-__all__ = ["prom"]  # the fixture, shared with tests/test_report.py
+__all__ = ["prom"]  # the fixture, from tests/support/report.py
 
 NS_CO2E = "namespace:footprint_co2e_grams:rate5m"
 NS_ENERGY = "namespace:footprint_energy_joules:rate5m"
@@ -392,7 +392,7 @@ def test_every_record_the_report_reads_is_in_the_rule_pack() -> None:
 
 # --- a backfilled day on a real Prometheus ---------------------------------------------------
 #
-# The exporters' series (tests/test_report.py's write_exporter_series: every minute, counters
+# The exporters' series (tests/support/report.py's write_exporter_series: every minute, counters
 # from 0 at each pod's start), then the rule pack's groups footprint.rate5m and
 # footprint.chargeback backfilled at a 1-minute evaluation interval, and footprint.chargeback
 # again for a second key, cost-center, as the chart renders it (label_team ->

@@ -3,7 +3,7 @@ deadline, secrets the server echoes, bodies past the bounds, nested JSON, termin
 label values, CSV formulas, and credentials on the command line.
 
 Each test is a probe that got a traceback, a secret, an escape sequence or gigabytes out of the
-report before. Servers are on 127.0.0.1: tests.test_report's fake Prometheus, or a raw HTTP/1.1
+report before. Servers are on 127.0.0.1: tests.support.report's fake Prometheus, or a raw HTTP/1.1
 server for what aiohttp will not send (a body one byte at a time, a reason phrase with a
 secret). The deadline tests assert on elapsed time with a wide margin: the server keeps
 dripping for 20 s, the report must give up after its 1 s --timeout."""
@@ -26,8 +26,8 @@ import pytest
 from aiohttp import web
 
 from exporter import report
-from tests.test_net import redirect, serve
-from tests.test_report import (
+from tests.support.net import redirect, serve
+from tests.support.report import (
     CO2E_DATA,
     PASSWORD,
     TOKEN,
@@ -39,7 +39,7 @@ from tests.test_report import (
     vector,
 )
 
-__all__ = ["prom"]  # the fixture, shared with tests/test_report.py
+__all__ = ["prom"]  # the fixture, from tests/support/report.py
 
 MIB = 1 << 20
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")

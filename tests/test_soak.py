@@ -27,7 +27,7 @@ from exporter.sampler import Sampler
 from exporter.server import ExporterState, make_app
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.support import parse
-from tests.test_kube import (
+from tests.support.kube import (
     NODE,
     NODE_LABELS,
     cid,

@@ -60,7 +60,7 @@ from tests.e2e_node import (
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.fakes.podresources_server import FakePodResources
 from tests.support import REPO, require_binary, stop_process, wait_http_ok
-from tests.test_e2e import (
+from tests.support.e2e import (
     BUDGETS,
     GPU_GRAMS,
     IDLE_WATTS,

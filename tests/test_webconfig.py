@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
@@ -21,60 +20,15 @@ import yaml
 from exporter import cli, webconfig
 from exporter.config import ConfigError
 from exporter.webconfig import BasicAuth, load_web_config
-from tests.support import REPO, Exporter, node_tree, require_binary
+from tests.support import REPO, Exporter, node_tree
+from tests.support.webconfig import Pki, pki
+
+__all__ = ["pki"]  # the fixture, from tests/support/webconfig.py
 
 PASSWORD = "correct horse"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode().replace("$2b$", "$2y$", 1)
 HEADERS = {"X-Frame-Options": "deny", "X-Content-Type-Options": "nosniff",
            "Strict-Transport-Security": "max-age=31536000"}
-
-
-@dataclass(frozen=True)
-class Pki:
-    """A test CA, a server certificate for 127.0.0.1, a client certificate the CA signed, and
-    one it did not."""
-
-    dir: Path
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    rogue_cert: Path
-    rogue_key: Path
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run([require_binary("openssl"), *args], cwd=cwd, check=True,
-                   capture_output=True, timeout=30)
-
-
-def _issue(d: Path, name: str, usage: str, ca: str, serial: int) -> None:
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-new", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", f"/CN={name}", cwd=d)
-    (d / f"{name}.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-        f"extendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"
-        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-set_serial", str(serial), "-days", "2",
-             "-out", f"{name}.pem", "-extfile", f"{name}.ext", cwd=d)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    for ca in ("ca", "rogue-ca"):
-        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                 "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
-                 "-subj", f"/CN=footprint {ca}", "-addext", "basicConstraints=critical,CA:TRUE",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    _issue(d, "server", "serverAuth", "ca", 1001)
-    _issue(d, "client", "clientAuth", "ca", 1002)
-    _issue(d, "rogue", "clientAuth", "rogue-ca", 1003)
-    return Pki(d, d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem",
-               d / "client.key", d / "rogue.pem", d / "rogue.key")
 
 
 def client_context(pki: Pki, cert: Path | None = None, key: Path | None = None

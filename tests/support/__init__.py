@@ -1,4 +1,8 @@
-"""Test helpers: fixture node trees, counters written as the kernel does, a real exporter."""
+"""Test helpers: fixture node trees, counters written as the kernel does, a real exporter.
+
+The helpers that several test modules share live here and in this package's topic modules
+(tests.support.kube, .gpu, .report, ...): a test module never imports another
+(tests/test_layers.py checks that)."""
 
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-FIXTURES = Path(__file__).parent / "fixtures"
-REPO = Path(__file__).parent.parent
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+REPO = Path(__file__).parent.parent.parent
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
