@@ -75,25 +75,31 @@ class Attribution(Generic[K_co]):
 
 def _shares(weights: Sequence[float], whole: float) -> list[float]:
     """Each weight's share of `whole` (or of their sum, if that is larger); sums to <= 1."""
-    clean = [w if w > 0.0 and math.isfinite(w) else 0.0 for w in weights]
+    inf = math.inf
+    clean = [w if 0.0 < w < inf else 0.0 for w in weights]  # NaN compares false
     denominator = max(whole if math.isfinite(whole) else 0.0, math.fsum(clean))
     if denominator <= 0.0:
         return [0.0] * len(clean)
     return [w / denominator for w in clean]
 
 
-def _split(*, joules: float, idle_joules: float, component: str, keys: Sequence[K],
-           idle_shares: Sequence[float], dynamic_shares: Sequence[float],
+def _positive(keys: Sequence[K], shares: Sequence[float]) -> list[tuple[K, float]]:
+    """The (key, share) pairs with a share above 0: what a split hands out to."""
+    return [(key, share) for key, share in zip(keys, shares, strict=True) if share > 0.0]
+
+
+def _split(*, joules: float, idle_joules: float, component: str,
+           idle_pairs: Sequence[tuple[K, float]], dynamic_pairs: Sequence[tuple[K, float]],
            containers: dict[tuple[K, str, str], float],
            unattributed: dict[tuple[str, str], float]) -> None:
-    """Hand out one component's idle and dynamic parts by shares; the rest is unattributed."""
+    """Hand out one component's idle and dynamic parts by shares (`_positive` pairs); the
+    rest is unattributed."""
     joules = joules if joules > 0.0 and math.isfinite(joules) else 0.0
     idle = min(max(idle_joules if math.isfinite(idle_joules) else 0.0, 0.0), joules)
-    for mode, part, shares in (("idle", idle, idle_shares),
-                               ("dynamic", joules - idle, dynamic_shares)):
-        given = [(key, part * share) for key, share in zip(keys, shares, strict=True)
-                 if share > 0.0] if part > 0.0 else []
-        get = containers.get
+    get = containers.get
+    for mode, part, pairs in (("idle", idle, idle_pairs),
+                              ("dynamic", joules - idle, dynamic_pairs)):
+        given = [(key, part * share) for key, share in pairs] if part > 0.0 else []
         for key, amount in given:
             series = (key, component, mode)
             containers[series] = get(series, 0.0) + amount
@@ -134,25 +140,25 @@ def attribute_energy(*, energy_joules: Mapping[str, float], idle_joules: Mapping
     its energy, to float precision, for any input.
     """
     keys = [w.key for w in workloads]
-    dynamic_shares = _shares([w.cpu_seconds for w in workloads], node_busy_cpu_seconds)
-    idle_shares = (_shares([w.cpu_request_cores for w in workloads], allocatable_cores)
-                   if idle_policy == "requests" else [0.0] * len(workloads))
-    nobody: list[float] = []
+    dynamic = _positive(keys, _shares([w.cpu_seconds for w in workloads],
+                                      node_busy_cpu_seconds))
+    idle = (_positive(keys, _shares([w.cpu_request_cores for w in workloads],
+                                    allocatable_cores))
+            if idle_policy == "requests" else [])
     containers: dict[tuple[K, str, str], float] = {}
     unattributed: dict[tuple[str, str], float] = {}
     for component, joules in energy_joules.items():
         by_cpu = component in BY_CPU
         _split(joules=joules, idle_joules=idle_joules.get(component, 0.0), component=component,
-               keys=keys if by_cpu else [], idle_shares=idle_shares if by_cpu else nobody,
-               dynamic_shares=dynamic_shares if by_cpu else nobody, containers=containers,
-               unattributed=unattributed)
+               idle_pairs=idle if by_cpu else [], dynamic_pairs=dynamic if by_cpu else [],
+               containers=containers, unattributed=unattributed)
     for gpu in gpus:
+        gpu_keys = [h.key for h in gpu.holders]
         gpu_idle, gpu_dynamic = gpu_shares(gpu.holders)
-        if idle_policy != "requests":
-            gpu_idle = [0.0] * len(gpu.holders)
         _split(joules=gpu.joules, idle_joules=gpu.idle_joules, component="gpu",
-               keys=[h.key for h in gpu.holders], idle_shares=gpu_idle,
-               dynamic_shares=gpu_dynamic, containers=containers, unattributed=unattributed)
+               idle_pairs=_positive(gpu_keys, gpu_idle) if idle_policy == "requests" else [],
+               dynamic_pairs=_positive(gpu_keys, gpu_dynamic), containers=containers,
+               unattributed=unattributed)
     return Attribution(containers=containers, unattributed=unattributed)
 
 

@@ -233,11 +233,10 @@ class WorkloadTracker:
         last_cpu = self._cpu
         cpu_now: dict[str, float] = {}
         for c in containers:
-            cpu = usage.get(c.container_id)
-            if cpu is None:
+            seconds = usage.get(c.container_id)
+            if seconds is None:
                 continue
             seen.append(c)
-            seconds = cpu.seconds
             cpu_now[c.container_id] = seconds
             last = last_cpu.get(c.container_id)
             used = seconds - last if last is not None and seconds >= last else 0.0

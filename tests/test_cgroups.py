@@ -139,12 +139,14 @@ def test_reader_finds_every_container_exactly(variant: str) -> None:
     assert described.startswith(f"cgroup v{variant[1]}")
     assert str(mount if variant.startswith("v2") else mount / "cpu,cpuacct") in described
     usage = reader.cpu_seconds(USEC)
-    assert {c: u.seconds for c, u in usage.items()} == {
+    assert usage == {
         c: expected_seconds(variant, c) for c in USEC}
-    for container, found in usage.items():
-        assert found.path.name == usage_file(variant)
-        assert found.path.parent.name == container_dir_name(variant, container)
-        assert "kubepods" in found.path.parent.parent.as_posix()
+    for container in usage:
+        found = reader.usage_file(container)
+        assert found is not None
+        assert found.name == usage_file(variant)
+        assert found.parent.name == container_dir_name(variant, container)
+        assert "kubepods" in found.parent.parent.as_posix()
     assert reader.missing() == frozenset()
 
 
@@ -162,8 +164,8 @@ def test_crio_conmon_scope_is_not_the_container(tmp_path: Path) -> None:
     root = tree(tmp_path, "v2-systemd-crio")
     reader = CgroupReader(root / "sys")
     usage = reader.cpu_seconds([cid("2")])
-    assert usage[cid("2")].seconds == USEC[cid("2")] / 1e6  # the scope, not conmon nor crun's
-    assert usage[cid("2")].path.parent.name == f"crio-{cid('2')}.scope"
+    assert usage[cid("2")] == USEC[cid("2")] / 1e6  # the scope, not conmon nor crun's
+    assert (reader.usage_file(cid("2")) or Path()).parent.name == f"crio-{cid('2')}.scope"
     # the container exits while its monitor lingers: conmon's scope is no stand-in
     shutil.rmtree(container_dir(root, cid("4")))
     fresh = CgroupReader(root / "sys")
@@ -185,9 +187,9 @@ def test_container_created_after_first_call_is_found(tmp_path: Path, variant: st
     created.mkdir()
     (created / usage_file(variant)).write_text(usage_text(variant, 2_500_000))
     usage = reader.cpu_seconds([cid("1"), new])
-    assert usage[new].seconds == 2.5
-    assert usage[new].path == created / usage_file(variant)
-    assert usage[cid("1")].seconds == expected_seconds(variant, cid("1"))
+    assert usage[new] == 2.5
+    assert reader.usage_file(new) == created / usage_file(variant)
+    assert usage[cid("1")] == expected_seconds(variant, cid("1"))
     assert reader.missing() == frozenset()
 
 
@@ -269,7 +271,7 @@ def test_garbage_usage_is_skipped_and_logged_once(
     assert f" source=cgroups container={cid('2')} path={path} err=" in (
         logs.LogfmtFormatter().format(faults[0]))
     write_in_place(path, usage_text(variant, 900_000_000))
-    assert reader.cpu_seconds([cid("2")])[cid("2")].seconds == 900.0
+    assert reader.cpu_seconds([cid("2")])[cid("2")] == 900.0
     assert any("readable again" in r.getMessage() for r in caplog.records)
 
 
@@ -326,15 +328,15 @@ def test_usage_files_are_opened_once_and_read_again(
     for usec in (900_000_000, 900_000_001):
         write_in_place(path, usage_text(variant, usec))
         usage = reader.cpu_seconds([cid("2"), cid("3")])
-        assert usage[cid("2")].seconds == usec / 1e6
-        assert usage[cid("3")].seconds == expected_seconds(variant, cid("3"))
+        assert usage[cid("2")] == usec / 1e6
+        assert usage[cid("3")] == expected_seconds(variant, cid("3"))
     assert len(opens) == 2, "read again, not opened again"
     assert sorted(open_usage_files()) == sorted(
         str(container_dir(root, c) / usage_file(variant)) for c in (cid("2"), cid("3")))
     reader.close()
     assert reader.open_files() == 0
     assert open_usage_files() == []
-    assert reader.cpu_seconds([cid("2")])[cid("2")].seconds == 900_000_001 / 1e6
+    assert reader.cpu_seconds([cid("2")])[cid("2")] == 900_000_001 / 1e6
     assert reader.open_files() == 1, "opened again"
 
 
@@ -351,11 +353,11 @@ def test_kept_file_with_garbage_is_left_out_then_recovers(
         usage = reader.cpu_seconds([cid("2"), cid("3")])
         # usage_usec not first, or with no newline: read the slow way, still read
         if text.startswith("nr_periods") or text == "usage_usec 5":
-            assert usage[cid("2")].seconds == 5e-6
+            assert usage[cid("2")] == 5e-6
         else:
             assert usage.keys() == {cid("3")}
     write_in_place(path, usage_text("v2", 9_000_000))
-    assert reader.cpu_seconds([cid("2"), cid("3")])[cid("2")].seconds == 9.0
+    assert reader.cpu_seconds([cid("2"), cid("3")])[cid("2")] == 9.0
     messages = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
     assert len([m for m in messages if "left out" in m]) == 2, messages  # each fault once
     assert len([m for m in messages if "readable again" in m]) == 2, messages
@@ -369,9 +371,9 @@ def test_replaced_usage_file_is_opened_again_off_cgroupfs(tmp_path: Path) -> Non
     reader = CgroupReader(root / "sys")
     assert reader.check_links, "a temp dir is not cgroupfs"
     path = container_dir(root, cid("2")) / "cpu.stat"
-    assert reader.cpu_seconds([cid("2")])[cid("2")].seconds == USEC[cid("2")] / 1e6
+    assert reader.cpu_seconds([cid("2")])[cid("2")] == USEC[cid("2")] / 1e6
     write_atomic(path, usage_text("v2", 7_000_000))
-    assert reader.cpu_seconds([cid("2")])[cid("2")].seconds == 7.0
+    assert reader.cpu_seconds([cid("2")])[cid("2")] == 7.0
     assert open_usage_files() == [str(path)]
 
 
@@ -385,7 +387,7 @@ def test_recreated_cgroup_is_read_from_its_new_file(
     root = tree(tmp_path, "v2-cgroupfs-containerd")
     reader = CgroupReader(root / "sys")
     directory = container_dir(root, cid("3"))
-    assert reader.cpu_seconds([cid("2"), cid("3")])[cid("3")].seconds == USEC[cid("3")] / 1e6
+    assert reader.cpu_seconds([cid("2"), cid("3")])[cid("3")] == USEC[cid("3")] / 1e6
     [old_fd] = [fd for c, (fd, _) in reader._kept.items() if c == cid("3")]
     if cgroupfs:
         reader.check_links = False
@@ -407,13 +409,13 @@ def test_recreated_cgroup_is_read_from_its_new_file(
     write_in_place(directory / "cpu.stat", usage_text("v2", 3_000_000))
     opens.clear()
     usage = reader.cpu_seconds([cid("2"), cid("3")])
-    assert usage[cid("3")].seconds == 3.0
-    assert usage[cid("2")].seconds == USEC[cid("2")] / 1e6
+    assert usage[cid("3")] == 3.0
+    assert usage[cid("2")] == USEC[cid("2")] / 1e6
     assert opens == [str(directory / "cpu.stat")], "only the re-created one is opened again"
     assert reader.open_files() == 2
     monkeypatch.undo()
     write_in_place(directory / "cpu.stat", usage_text("v2", 4_000_000))
-    assert reader.cpu_seconds([cid("3")])[cid("3")].seconds == 4.0
+    assert reader.cpu_seconds([cid("3")])[cid("3")] == 4.0
 
 
 def test_vanished_containers_files_are_closed(tmp_path: Path) -> None:
@@ -447,14 +449,14 @@ def test_above_the_cap_files_are_opened_at_each_read(
     reader.check_links = False
     for tick in range(3):
         usage = reader.cpu_seconds(USEC)
-        assert {c: u.seconds for c, u in usage.items()} == {c: USEC[c] / 1e6 for c in USEC}
+        assert usage == {c: USEC[c] / 1e6 for c in USEC}
         assert reader.open_files() == 2
         assert len(open_usage_files()) == 2
         assert len(opens) == len(USEC) + tick * (len(USEC) - 2)
     # kept or not, every file is read afresh
     for c in USEC:
         write_in_place(container_dir(root, c) / "cpu.stat", usage_text("v2", 1_000_000))
-    assert {u.seconds for u in reader.cpu_seconds(USEC).values()} == {1.0}
+    assert set(reader.cpu_seconds(USEC).values()) == {1.0}
     capped = [r for r in caplog.records if "kept open" in r.getMessage()]
     assert len(capped) == 1, "logged once"
     assert "2 containers' usage files are kept open" in capped[0].getMessage()
@@ -529,7 +531,7 @@ def test_v1_cpuacct_mounted_alone(tmp_path: Path) -> None:
     reader = CgroupReader(root / "sys")
     assert reader.version == 1
     assert str(mount / "cpuacct") in reader.describe()
-    assert reader.cpu_seconds([cid("4")])[cid("4")].seconds == expected_seconds("v1", cid("4"))
+    assert reader.cpu_seconds([cid("4")])[cid("4")] == expected_seconds("v1", cid("4"))
 
 
 def test_no_cgroup_tree(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import re
 import resource
 import weakref
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 
 from exporter import logs
@@ -70,19 +69,6 @@ def container_id_of_pid(procfs: Path, pid: int) -> str | None:
             if cid is not None:
                 return cid
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class CpuUsage:
-    """Cumulative CPU seconds of one container's cgroup, and the file they were read from."""
-
-    seconds: float
-    file: str
-
-    @property
-    def path(self) -> Path:
-        """The usage file, as a Path (made on demand: the tick itself never needs one)."""
-        return Path(self.file)
 
 
 MAX_USAGE_BYTES = 4096
@@ -225,6 +211,11 @@ class CgroupReader:
         """The ids asked for in the last cpu_seconds() call that had no readable cgroup."""
         return self._missing
 
+    def usage_file(self, container_id: str) -> Path | None:
+        """The usage file of a container as last indexed (what cpu_seconds reads for it)."""
+        path = self._index.get(container_id)
+        return Path(path) if path is not None else None
+
     def open_files(self) -> int:
         """How many usage files are kept open now."""
         return len(self._kept)
@@ -233,11 +224,11 @@ class CgroupReader:
         """Close every kept usage file (the next read opens them again)."""
         _close_all(self._kept)
 
-    def cpu_seconds(self, container_ids: Collection[str]) -> dict[str, CpuUsage]:
+    def cpu_seconds(self, container_ids: Collection[str]) -> dict[str, float]:
         """Cumulative CPU seconds for each id whose cgroup was found; ids with no cgroup are
-        left out."""
+        left out. Plain floats: an object per container costs as much as its read."""
         wanted = set(container_ids)
-        usage: dict[str, CpuUsage] = {}
+        usage: dict[str, float] = {}
         if self.version is not None:
             if not wanted <= self._index.keys():
                 self._reindex()  # once per call, however many ids are new
@@ -263,13 +254,13 @@ class CgroupReader:
                     if end > 11 and data.startswith(b"usage_usec "):
                         value = data[11:end]
                         if value.isdigit():
-                            usage[cid] = CpuUsage(int(value) / 1e6, entry[1])
+                            usage[cid] = int(value) / 1e6
                             continue
                 path = index.get(cid)
                 if path is not None:
                     seconds = read(cid, path)  # everything else, and again after a failure
                     if seconds is not None:
-                        usage[cid] = CpuUsage(seconds, path)
+                        usage[cid] = seconds
         self._missing = frozenset(wanted - usage.keys())
         return usage
 
