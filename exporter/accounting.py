@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from exporter import carbon
 from exporter.attribution import GpuUse, IdleBaseline, Workload, attribute_energy
@@ -170,9 +170,9 @@ class TickInputs:
     """What the lifecycle facts are computed from; None: not computed (a bare test tick)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Energy:
-    """Joules and their grams at the intensity in force."""
+class Energy(NamedTuple):
+    """Joules and their grams at the intensity in force. A named tuple, not a frozen dataclass:
+    a tick makes one per container row, and a tuple is made in half the time."""
 
     joules: float
     grams: float
@@ -295,10 +295,12 @@ def account(inputs: TickInputs, state: AccountState) -> TickResult:
         expired = [k for k, seen in state.last_seen.items() if inputs.now - seen > grace]
         for key in expired:
             del state.last_seen[key]
+    g_per_kwh, j_per_kwh = intensity.grams_per_kwh, carbon.JOULES_PER_KWH
     return TickResult(
         intensity=intensity, node=tuple(node), platform=tuple(platform), gpus=gpus,
-        containers=tuple((key, component, mode, _energy(joules, intensity))
-                         for (key, component, mode), joules in shares.containers.items()),
+        # carbon.grams inline, the same arithmetic: the tick's largest loop
+        containers=tuple([(key, component, mode, Energy(joules, joules / j_per_kwh * g_per_kwh))
+                          for (key, component, mode), joules in shares.containers.items()]),
         unattributed=tuple((component, mode, _energy(joules, intensity))
                            for (component, mode), joules in shares.unattributed.items()),
         gpu_allocation_ratio=ratio, expired=tuple(expired), inputs=inputs,
