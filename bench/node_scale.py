@@ -141,8 +141,10 @@ def rss_mb(pid: int | str = "self") -> dict[str, float]:
     out: dict[str, float] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = round(int(rest.split()[0]) / 1024, 1)
+        elif key == "Threads":
+            out[key] = int(rest)
     return out
 
 
@@ -683,6 +685,10 @@ def exporter_only(node: Node, config: Path, seconds: float, tmp: Path) -> dict[s
 
     threading.Thread(target=drain, daemon=True).start()
     try:
+        before = {}
+        if wait_ready(port, time.monotonic() + 60):
+            time.sleep(5)  # the pods listed and a few ticks made, not yet scraped
+            before = rss_mb(proc.pid)
         procs = start_scrapers(port, seconds, tmp, "child")
         for scrape_proc, _ in procs:
             scrape_proc.wait()
@@ -703,6 +709,9 @@ def exporter_only(node: Node, config: Path, seconds: float, tmp: Path) -> dict[s
     for line in warnings[-5:]:
         log(f"  exporter process: {line}")
     return {"seconds": seconds, "rss_mb": memory.get("VmRSS"), "hwm_mb": memory.get("VmHWM"),
+            "rss_anon_mb": memory.get("RssAnon"), "rss_file_mb": memory.get("RssFile"),
+            "threads": memory.get("Threads"), "rss_before_scrapes_mb": before.get("VmRSS"),
+            "rss_anon_before_scrapes_mb": before.get("RssAnon"),
             "scrape_p50_ms": scrape["p50_ms"], "scrape_p99_ms": scrape["p99_ms"],
             "scrapes": scrape["scrapes"], "series": series_counts(text)["total"],
             "exit": proc.returncode}
