@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -210,20 +210,55 @@ def _rule_chunks(prometheus: BlockPrometheus, rule: dict[str, Any], start: float
         t = stop + step
 
 
+Span = tuple[float, float, float] | tuple[float, float, float, float]
+"""(start, end, step[, every]) of a rule's evaluations: start, start + step, ..., end; with
+`every` (a divisor of step), each evaluation is also written at t - every, t - 2 every, ...,
+after the previous one: the density of a live group at an interval of `every`, the values of
+the evaluations at `step` (all a reader on that grid sees)."""
+
+
+def _held(samples: list[tuple[float, float]], step: float, every: float
+          ) -> list[tuple[float, float]]:
+    """Each (t, v) also at t - every, t - 2 every, ... after t - step."""
+    n = round(step / every)
+    return [(t - k * every, v) for t, v in samples for k in range(n - 1, -1, -1)]
+
+
 def _write_rule(writer: OpenMetricsWriter, prometheus: BlockPrometheus, rule: dict[str, Any],
-                start: float, end: float, step: float) -> None:
+                spans: Sequence[Span], written: set[tuple[tuple[str, str], ...]]) -> None:
     """Streams what the rule records into the writer (its family already open): one
-    query_range in memory at a time, not the level's."""
+    query_range in memory at a time, not the level's (several spans: one rule's, merged in
+    time order; the spans must be in time order and not overlap). A series already in
+    `written` (another rule of the file recorded it) is left out."""
     extra = {k: str(v) for k, v in rule.get("labels", {}).items()}
-    if (end - start) / step < 10_000:  # one query: each series' samples as they come
-        for chunk in _rule_chunks(prometheus, rule, start, end, step):
+
+    def first(labels: dict[str, str]) -> bool:
+        key = tuple(sorted({**labels, "__name__": rule["record"]}.items()))
+        if key in written:
+            return False
+        written.add(key)
+        return True
+
+    if (len(spans) == 1 and len(spans[0]) == 3
+            and (spans[0][1] - spans[0][0]) / spans[0][2] < 10_000):
+        # one query: each series' samples as they come
+        for chunk in _rule_chunks(prometheus, rule, *spans[0][:3]):
             for series in chunk:
                 labels = {k: v for k, v in series["metric"].items() if k != "__name__"}
-                writer.series(rule["record"], {**labels, **extra},
-                              ((float(ts), float(v)) for ts, v in series["values"]))
+                if first({**labels, **extra}):
+                    writer.series(rule["record"], {**labels, **extra},
+                                  ((float(ts), float(v)) for ts, v in series["values"]))
         return
-    for key, samples in evaluate_rule(prometheus, rule, start, end, step).items():
-        writer.series(rule["record"], {k: v for k, v in key if k != "__name__"}, samples)
+    merged: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
+    for span in spans:
+        start, end, step = span[:3]
+        every = span[3] if len(span) == 4 else step
+        for key, samples in evaluate_rule(prometheus, rule, start, end, step).items():
+            merged.setdefault(key, []).extend(_held(samples, step, every))
+    for key, samples in merged.items():
+        labels = {k: v for k, v in key if k != "__name__"}
+        if first(labels):
+            writer.series(rule["record"], labels, samples)
 
 
 def backfill_rules(prometheus: BlockPrometheus, rules: Sequence[dict[str, Any]], start: float,
@@ -237,18 +272,33 @@ def backfill_rules(prometheus: BlockPrometheus, rules: Sequence[dict[str, Any]],
     drops samples at random (two runs over the same blocks record different series counts at
     the same times), which this does not. Each rule's series are streamed to the file as its
     query returns, so memory holds one rule's result, not a level's."""
+    return backfill_rule_spans(prometheus, rules, [(start, end, step)], work,
+                               max_block_duration=max_block_duration)
+
+
+def backfill_rule_spans(prometheus: BlockPrometheus, rules: Sequence[dict[str, Any]],
+                        spans: Sequence[Span] | Callable[[dict[str, Any]], Sequence[Span]],
+                        work: Path, *, max_block_duration: str | None = None) -> list[int]:
+    """backfill_rules over several spans, each at its own step (in time order, disjoint), the
+    same for every rule or per rule (`spans(rule)`): a record evaluated at the cadence its
+    readers need, such as every 5 minutes on the grid that a `[1d:5m]` subquery reads and
+    every minute over the last hour that the instant and `[1h]` readers see. With several
+    spans a rule's result is held in memory before it is written (its series' samples must be
+    together)."""
+    spans_of = spans if callable(spans) else (lambda _: spans)
     sizes = []
     for n, group in enumerate(dependency_levels(rules)):
         path = work / f"level{n}.om"
         by_record: dict[str, list[dict[str, Any]]] = {}
         for rule in group:  # a family's series together: the rules of one record in a row
             by_record.setdefault(rule["record"], []).append(rule)
+        written: set[tuple[tuple[str, str], ...]] = set()
         with path.open("w", buffering=1 << 20) as out:
             writer = OpenMetricsWriter(out)
             for name, rules_of_name in by_record.items():
                 writer.family(name, "gauge")
                 for rule in rules_of_name:
-                    _write_rule(writer, prometheus, rule, start, end, step)
+                    _write_rule(writer, prometheus, rule, spans_of(rule), written)
             writer.close()
         blocks = work / f"level{n}.blocks"
         backfill_openmetrics(path, blocks, max_block_duration=max_block_duration)

@@ -366,6 +366,8 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
                     " footprint_container_info)", t):
                 out[r["metric"].get("label_team", "")][r["metric"]["scope"]] = float(
                     r["value"][1])
+            for by_scope in out.values():  # no total per container: the three scopes' sum
+                by_scope["total"] = math.fsum(by_scope.values())
             return out
 
         def exact(a: float, b: float) -> bool:
@@ -380,8 +382,10 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         assert read, ("no team record equals its containers' join", teams, candidates)
         # the vision team's, as docs/chargeback.md writes the join
         for scope in scope_names:
+            pick = ('scope=~"operational|infrastructure|embodied"' if scope == "total"
+                    else f'scope="{scope}"')
             (vision,) = prometheus.query(
-                f"sum by (scope) (container:footprint_co2e_grams:rate5m{{scope=\"{scope}\"}}"
+                f"sum (container:footprint_co2e_grams:rate5m{{{pick}}}"
                 " * on (node, namespace, pod, container) group_left (label_team)"
                 ' footprint_container_info{label_team="vision"})', read[0])
             assert exact(teams[scope]["vision"], float(vision["value"][1])), (scope, vision)

@@ -19,7 +19,8 @@ under an hourly grid intensity, with
 It is backfilled with `promtool tsdb create-blocks-from openmetrics` into Debian's Prometheus,
 then the pack's own recording rules that the daily rules read are backfilled over the whole
 range with `promtool tsdb create-blocks-from rules` at a 1-minute evaluation interval, in
-dependency order (tests/backfill.py: container rate5m, then node_namespace_model rate5m), and
+dependency order (tests/backfill.py: container rate5m, then node_namespace_model rate5m, then
+the model energy record that model:footprint_energy_joules:increase1d integrates), and
 the daily rules' own expressions (taken from rules/footprint.rules.yaml) are evaluated ad hoc
 at the day's end. The server runs with a 59 s lookback, so backfilled records (which have no
 staleness markers) are read as a live group's are (docs: tests/backfill.py).
@@ -235,11 +236,12 @@ def day(tmp_path_factory: pytest.TempPathFactory) -> Any:
     needed = [scoped(rules["container:footprint_co2e_grams:rate5m"], "operational"),
               scoped(rules["container:footprint_energy_joules:rate5m"], None),
               scoped(rules["node_namespace_model:footprint_co2e_grams:rate5m"], "operational"),
-              scoped(rules["node_namespace_model:footprint_energy_joules:rate5m"], None)]
+              scoped(rules["node_namespace_model:footprint_energy_joules:rate5m"], None),
+              scoped(rules["model:footprint_energy_joules:rate5m"], None)]
     with BlockPrometheus(data, lookback="59s") as prometheus:
         prometheus.start()
         levels = backfill_rules(prometheus, needed, T0 + 20, T0 + SPAN, work)
-        assert levels == [2, 2]
+        assert levels == [2, 2, 1]
         yield prometheus, rules
 
 
@@ -269,8 +271,10 @@ def test_daily_totals_equal_increase_over_the_raw_counters(day: Any, end: float)
         "energy per model": (
             energy["expr"],
             f"sum by (model, phase) (increase(footprint_container_energy_joules_total[{window}]))"),
-        "energy per node, namespace, model": (
-            energy["expr"].replace("by (model, phase)", f"by ({by})"),
+        "energy per node, namespace, model": (  # the same over the records it sums
+            energy["expr"].replace("by (model, phase)", f"by ({by})").replace(
+                "model:footprint_energy_joules:rate5m",
+                "node_namespace_model:footprint_energy_joules:rate5m"),
             f"sum by ({by}) (increase(footprint_container_energy_joules_total[{window}]))"),
     }
     report = {}
