@@ -141,9 +141,7 @@ def recorded_scopes(rule: dict[str, Any]) -> set[str]:
 @pytest.mark.parametrize(("name", "scopes"), [
     # no total per container: summed where read (docs/rules.md)
     ("container:footprint_co2e_grams:rate5m", SCOPES - {"total"}),
-    ("node_namespace_model:footprint_co2e_grams:increase1d", SCOPES),
-    ("node_label_team:footprint_co2e_grams:rate5m", SCOPES),
-    ("node_label_team:footprint_co2e_grams:increase1d", SCOPES)])
+    ("node_label_team:footprint_co2e_grams:rate5m", SCOPES)])
 def test_every_scope_is_recorded(name: str, scopes: set[str]) -> None:
     recorded = [recorded_scopes(rule) for rule in rules(RULES) if rule.get("record") == name]
     assert set().union(*recorded) == scopes
