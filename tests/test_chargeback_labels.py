@@ -18,7 +18,6 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter import cli
 from exporter.config import ConfigError, parse_file_config
 from exporter.exposition import Renderer, TickStats
 from exporter.kube.pods import slim_pod
@@ -36,7 +35,7 @@ from exporter.sampler import Sampler
 from exporter.workloads import Container
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.support import REPO, FakeClock, Series, parse, require_binary
-from tests.support.kube import NODE, cid, drive, node_with_cgroups, pod, wait_for
+from tests.support.kube import NODE, cid, drive, in_process, pod, wait_for
 
 INFO = CONTAINER_INFO.name
 
@@ -269,19 +268,8 @@ def api() -> Iterator[FakeKubeAPI]:
 
 def labelled_sampler(tmp_path: Path, api: FakeKubeAPI, monkeypatch: pytest.MonkeyPatch,
                      allow: str) -> tuple[Path, Sampler, FakeClock]:
-    root = node_with_cgroups(tmp_path)
-    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
-    path = tmp_path / "footprint.yaml"
-    path.write_text(f"kubernetes:\n  kubeconfig: {kubeconfig}\n  backoff_max_seconds: 1\n"
-                    f"  pod_label_allowlist: {allow}\n"
-                    "attribution:\n  idle_watts: {cpu: 20, dram: 2}\n")
-    monkeypatch.setenv("NODE_NAME", NODE)
-    settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
-                                   str(root / "proc"), "--config.file", str(path),
-                                   "--no-collector.nvml"])
-    clock = FakeClock(5000.0)
-    return root, cli.build_sampler(settings, process_metrics=False, clock=clock,
-                                   timer=clock), clock
+    return in_process(tmp_path, api, monkeypatch,
+                      kubernetes=f"  pod_label_allowlist: {allow}\n")
 
 
 def info_of(series: Series, pod_name: str) -> dict[str, str]:

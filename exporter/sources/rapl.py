@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter import logs
@@ -50,7 +50,7 @@ class _Zone:
     last_uj: int | None = None
     total_uj: int = 0
     last_now: float = 0.0
-    energy: Path | None = None
+    energy: Path = field(init=False)
     """`path / "energy_uj"`, made once: a Path per read costs more than the read."""
 
     def __post_init__(self) -> None:
@@ -136,7 +136,6 @@ class RaplSource:
         up = bool(self._zones)
         for zone, z in self._zones.items():
             try:
-                assert z.energy is not None
                 value = _read_uint(z.energy)
                 if z.max_uj and value > z.max_uj:
                     raise ZoneError(f"{z.energy} reads {value}, above "

@@ -128,12 +128,15 @@ def api() -> Iterator[FakeKubeAPI]:
 
 
 def in_process(tmp_path: Path, api: FakeKubeAPI, monkeypatch: pytest.MonkeyPatch,
-               grace_seconds: float = 120.0) -> tuple[Path, Sampler, FakeClock]:
+               grace_seconds: float = 120.0, kubernetes: str = ""
+               ) -> tuple[Path, Sampler, FakeClock]:
+    """The exporter's sampler on a node tree with cgroups, against the fake API server;
+    `kubernetes`: more lines of the config file's kubernetes section."""
     root = node_with_cgroups(tmp_path)
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
     path = tmp_path / "footprint.yaml"
     path.write_text(f"kubernetes:\n  kubeconfig: {kubeconfig}\n  backoff_max_seconds: 1\n"
-                    f"  grace_period_seconds: {grace_seconds}\n"
+                    f"  grace_period_seconds: {grace_seconds}\n{kubernetes}"
                     "attribution:\n  idle_watts: {cpu: 20, dram: 2}\n")
     monkeypatch.setenv("NODE_NAME", NODE)
     settings = cli.parse_settings(["--path.sysfs", str(root / "sys"), "--path.procfs",
