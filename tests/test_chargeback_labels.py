@@ -398,10 +398,22 @@ def test_the_documented_queries_charge_each_team_its_grams(tmp_path: Path) -> No
         {"series": info + ',label_team="speech"}', "values": "_x30 1x30"},
         {"series": 'footprint_container_info{node="n1",namespace="web",container="main",'
                    'pod="b",model="",phase="other"}', "values": "1x60"},
+        # the pack's container records (operational and embodied; PUE 1.25 adds a quarter of
+        # operational) and namespace totals
+        {"series": 'footprint_pue{node="n1"}', "values": "1.25x60"},
         {"series": f'container:footprint_co2e_grams:rate5m{{{where},pod="a",model="m",'
-                   'phase="inference",scope="total"}', "values": "1x60"},
+                   'phase="inference",scope="operational"}', "values": "0.75x60"},
+        {"series": f'container:footprint_co2e_grams:rate5m{{{where},pod="a",model="m",'
+                   'phase="inference",scope="embodied"}', "values": "0.0625x60"},
         {"series": 'container:footprint_co2e_grams:rate5m{node="n1",namespace="web",'
-                   'container="main",pod="b",model="",phase="other",scope="total"}',
+                   'container="main",pod="b",model="",phase="other",scope="operational"}',
+         "values": "1.5x60"},
+        {"series": 'container:footprint_co2e_grams:rate5m{node="n1",namespace="web",'
+                   'container="main",pod="b",model="",phase="other",scope="embodied"}',
+         "values": "0.125x60"},
+        {"series": 'namespace:footprint_co2e_grams:rate5m{namespace="ml",scope="total"}',
+         "values": "1x60"},
+        {"series": 'namespace:footprint_co2e_grams:rate5m{namespace="web",scope="total"}',
          "values": "2x60"},
         *({"series": f'kube_namespace_labels{{instance="ksm-{i}",namespace="{ns}",'
                      f'label_team="{team}"}}', "values": "1x60"}

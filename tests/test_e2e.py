@@ -63,6 +63,21 @@ covers the whole test (its drive and the wait for a 5-minute boundary). Every da
 ($job, $node, $model, $phase, $namespace, $gpu) is used in `=~` matchers and becomes `.*`."""
 VARIABLE_REF = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
 
+CONTAINER_INFRASTRUCTURE = (
+    'container:footprint_co2e_grams:rate5m{scope="operational"}'
+    " * on (node) group_left () (max by (node) (footprint_pue) - 1)")
+"""A container's infrastructure grams, derived where read as docs/rules.md writes it (the pack
+records none per container)."""
+CONTAINER_TOTAL = (
+    'sum without (scope) (container:footprint_co2e_grams:rate5m{scope="operational"}'
+    " * on (node) group_left () max by (node) (footprint_pue)"
+    ' or container:footprint_co2e_grams:rate5m{scope="embodied"})')
+"""A container's total grams as docs/rules.md and docs/chargeback.md write it."""
+CONTAINER_SCOPES = (
+    "container:footprint_co2e_grams:rate5m or label_replace("
+    f'{CONTAINER_INFRASTRUCTURE}, "scope", "infrastructure", "", "")')
+"""A container's grams in the three scopes."""
+
 def sampled(result: list[dict[str, Any]], label: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for item in result:
@@ -361,7 +376,7 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
             """team -> scope -> grams/s of its containers' records at `t`."""
             out: dict[str, dict[str, float]] = defaultdict(dict)
             for r in prometheus.query(
-                    "sum by (label_team, scope) (container:footprint_co2e_grams:rate5m"
+                    f"sum by (label_team, scope) (({CONTAINER_SCOPES})"
                     " * on (node, namespace, pod, container) group_left (label_team)"
                     " footprint_container_info)", t):
                 out[r["metric"].get("label_team", "")][r["metric"]["scope"]] = float(
@@ -382,10 +397,10 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         assert read, ("no team record equals its containers' join", teams, candidates)
         # the vision team's, as docs/chargeback.md writes the join
         for scope in scope_names:
-            pick = ('scope=~"operational|infrastructure|embodied"' if scope == "total"
-                    else f'scope="{scope}"')
+            grams = {"total": CONTAINER_TOTAL, "infrastructure": CONTAINER_INFRASTRUCTURE}.get(
+                scope, f'container:footprint_co2e_grams:rate5m{{scope="{scope}"}}')
             (vision,) = prometheus.query(
-                f"sum (container:footprint_co2e_grams:rate5m{{{pick}}}"
+                f"sum (({grams})"
                 " * on (node, namespace, pod, container) group_left (label_team)"
                 ' footprint_container_info{label_team="vision"})', read[0])
             assert exact(teams[scope]["vision"], float(vision["value"][1])), (scope, vision)

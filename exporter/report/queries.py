@@ -32,7 +32,7 @@ WATER_RULE = "model:footprint_water_liters:rate5m"
 """Litres per second by model, phase and scope (water_onsite, water_offsite)."""
 CONTAINER_CO2E_RULE = "container:footprint_co2e_grams:rate5m"
 """Grams CO2e per second per container (node, namespace, pod, container, model, phase, scope):
-operational, infrastructure and embodied; the total is their sum (rows._scoped_grams)."""
+operational and embodied (infrastructure is derived where read: CONTAINER_CO2E_SCOPES)."""
 CONTAINER_ENERGY_RULE = "container:footprint_energy_joules:rate5m"
 """Watts per container (node, namespace, pod, container, model, phase)."""
 CLEANEST_HOUR_RULE = "node:footprint_grid_intensity_cleanest_hour_grams_per_kwh:min1d"
@@ -258,12 +258,22 @@ def run_sum_query(expr: str, since: Duration, step: Duration, *extra: str,
             f" * {step.promql_seconds()}{scale}")
 
 
+CONTAINER_CO2E_SCOPES = (
+    f"{CONTAINER_CO2E_RULE} or label_replace({CONTAINER_CO2E_RULE}{{scope=\"operational\"}} "
+    f"* on (node) group_left () (max by (node) ({PUE.name}) - 1), "
+    '"scope", "infrastructure", "", "")')
+"""Each container's grams per second in the three scopes: the recorded operational and
+embodied, and infrastructure derived as the pack derives it for its sums, operational x (the
+node's PUE - 1) (no record per container since issue 23, docs/rules.md); the total is their
+sum (rows._scoped_grams)."""
+
+
 def run_queries(since: Duration, step: Duration) -> dict[str, str]:
     """The instant queries of --by run, by name (docs/report.md, "Per training run")."""
     span = f"[{since.text}:{step.text}]"
     kwh = f" / {JOULES_PER_KWH:g}"
     return {
-        "co2e": run_sum_query(CONTAINER_CO2E_RULE, since, step, "scope"),
+        "co2e": run_sum_query(CONTAINER_CO2E_SCOPES, since, step, "scope"),
         "energy": run_sum_query(CONTAINER_ENERGY_RULE, since, step),
         "gpu": run_sum_query(
             'sum by (node, namespace, pod, model) '
