@@ -99,7 +99,7 @@ RAISED_GRAMS = 1e9
 DAY_GRAMS = HISTORY_S * (CO2E_RATE * PUE + 0.5 * (SERVER_GRAMS + GPU_GRAMS) / LIFETIME_SECONDS)
 """What the hour emitted: operational x PUE (operational + infrastructure) + embodied (half
 the node's GPUs)."""
-MAX_PASSES = 8
+MAX_PASSES = 10
 GRACE = "1m"
 RESEND = "2s"
 """Prometheus sends a firing alert again after this (1m by default). The first send can come
