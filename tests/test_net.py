@@ -66,12 +66,15 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 def fetch_sync(url: str, headers: dict[str, str] | None = None, *, limit: int = net.MAX_BODY_BYTES,
                seconds: float = 10.0) -> bytes:
-    """A GET through `net.opener` and `net.read_capped_sync`, within a `net.Deadline`."""
+    """A GET through `net.opener` and `net.read_capped_sync`, within a `net.Deadline`. The
+    sockets' own timeout is longer than the deadline, so that a silent server meets the
+    deadline (DeadlineExpired), never a read timeout that fires in the worker at the same
+    instant (a TimeoutError, on a loaded machine)."""
     deadline = net.Deadline(seconds)
 
     def work() -> bytes:
         request = urllib.request.Request(url, headers=headers or {})
-        with net.opener(deadline).open(request, timeout=seconds) as response:
+        with net.opener(deadline).open(request, timeout=seconds + 10) as response:
             deadline.answered = True
             return net.read_capped_sync(response, limit, stopped=lambda: deadline.expired)
 
