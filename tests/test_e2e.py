@@ -78,6 +78,7 @@ CONTAINER_SCOPES = (
     f'{CONTAINER_INFRASTRUCTURE}, "scope", "infrastructure", "", "")')
 """A container's grams in the three scopes."""
 
+
 def sampled(result: list[dict[str, Any]], label: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for item in result:
