@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import mul, truediv
 from typing import NamedTuple, Protocol
 
 from exporter import carbon
-from exporter.attribution import GpuUse, IdleBaseline, Workload, attribute_energy
+from exporter.attribution import Column, GpuUse, IdleBaseline, Usage, Workload, attribute_energy
 from exporter.carbon import Intensity
 from exporter.config import EmbodiedSettings, PueSettings, WaterSettings
 from exporter.facts import LifecycleFacts, lifecycle_facts
@@ -146,7 +148,9 @@ class TickInputs:
     sources: tuple[SourceReading, ...]
     containers: tuple[ContainerKey, ...] = ()
     """The containers seen this tick (their grace period restarts); () without a cluster."""
-    workloads: tuple[Workload[ContainerLike], ...] = ()
+    workloads: Usage[ContainerLike] | tuple[Workload[ContainerLike], ...] = ()
+    """Each container's CPU time this tick and its request: columns (what the reader builds), or
+    one record per container."""
     node_busy_cpu_seconds: float = 0.0
     allocatable_cores: float = 0.0
     gpu_allocations: tuple[Allocation[ContainerLike], ...] = ()
@@ -179,6 +183,19 @@ class Energy(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class ContainerColumn:
+    """One split of the tick (exporter.attribution.Column) with its grams: `keys[i]` was
+    charged `joules[i]` and `grams[i]` wherever `shares[i]` is above 0."""
+
+    component: str
+    mode: str
+    keys: tuple[ContainerLike, ...]
+    shares: Sequence[float]
+    joules: Sequence[float]
+    grams: Sequence[float]
+
+
+@dataclass(frozen=True, slots=True)
 class TickResult:
     """Where one tick's energy went."""
 
@@ -190,8 +207,10 @@ class TickResult:
     """(source, joules) of the whole-platform reading (psys, a power meter), where one is
     read: it overlaps the components, so it is kept apart and charged to no one."""
     gpus: tuple[GpuReading, ...]
-    containers: tuple[tuple[ContainerLike, str, str, Energy], ...]
-    """(container, component, mode, energy) for every non-zero part."""
+    columns: tuple[ContainerColumn, ...]
+    """What the containers were charged, split by split: cpu and dram (idle, dynamic) over
+    every container, then each GPU over its holders. A container holding two GPUs is in
+    two gpu columns; its parts add up."""
     unattributed: tuple[tuple[str, str, Energy], ...]
     """(component, mode, energy): what no container was charged for."""
     gpu_allocation_ratio: Mapping[ContainerLike, float]
@@ -202,6 +221,16 @@ class TickResult:
     """What was read, for what is published as read (states, errors, info)."""
     facts: LifecycleFacts | None = None
     """The node's lifecycle facts when their inputs changed this tick, else None."""
+
+    @property
+    def containers(self) -> tuple[tuple[ContainerLike, str, str, Energy], ...]:
+        """(container, component, mode, energy) of every part a container was charged, one
+        row per part (a container's parts of two GPUs are two rows)."""
+        return tuple((key, col.component, col.mode, Energy(joules, grams))
+                     for col in self.columns
+                     for key, share, joules, grams in zip(col.keys, col.shares, col.joules,
+                                                          col.grams, strict=True)
+                     if share > 0.0)
 
 
 class AccountState:
@@ -262,6 +291,14 @@ def _gpu_uses(inputs: TickInputs, state: AccountState,
     return plan.uses, plan.allocation_ratio
 
 
+def _with_grams(col: Column[ContainerLike], g_per_kwh: float, j_per_kwh: float
+                ) -> ContainerColumn:
+    """The column with each part's grams: `carbon.grams`' arithmetic, in C (`map`), the
+    tick's largest loop."""
+    grams = list(map(mul, map(truediv, col.joules, repeat(j_per_kwh)), repeat(g_per_kwh)))
+    return ContainerColumn(col.component, col.mode, col.keys, col.shares, col.joules, grams)
+
+
 def account(inputs: TickInputs, state: AccountState) -> TickResult:
     """One tick's accounting; mutates only `state` (baselines, last seen, the facts' inputs)."""
     intensity = inputs.intensity
@@ -278,8 +315,7 @@ def account(inputs: TickInputs, state: AccountState) -> TickResult:
             node.append((component, source.name, _energy(joules, intensity)))
             energy[component] = energy.get(component, 0.0) + joules
     idle = _idle(state, energy, now=inputs.now, seconds=inputs.seconds)
-    for key in inputs.containers:
-        state.last_seen[key] = inputs.now
+    state.last_seen.update(zip(inputs.containers, repeat(inputs.now)))
     uses: tuple[GpuUse[ContainerLike], ...] = ()
     ratio: Mapping[ContainerLike, float] = {}
     if gpus:
@@ -290,17 +326,17 @@ def account(inputs: TickInputs, state: AccountState) -> TickResult:
         node_busy_cpu_seconds=inputs.node_busy_cpu_seconds,
         allocatable_cores=inputs.allocatable_cores, idle_policy=inputs.idle_policy, gpus=uses)
     expired: list[ContainerKey] = []
-    if inputs.expire:
-        grace = state.grace_seconds
-        expired = [k for k, seen in state.last_seen.items() if inputs.now - seen > grace]
+    if inputs.expire and state.last_seen:
+        grace, now = state.grace_seconds, inputs.now
+        # now - seen only grows as seen falls: none has expired unless the oldest has
+        if now - min(state.last_seen.values()) > grace:
+            expired = [k for k, seen in state.last_seen.items() if now - seen > grace]
         for key in expired:
             del state.last_seen[key]
     g_per_kwh, j_per_kwh = intensity.grams_per_kwh, carbon.JOULES_PER_KWH
     return TickResult(
         intensity=intensity, node=tuple(node), platform=tuple(platform), gpus=gpus,
-        # carbon.grams inline, the same arithmetic: the tick's largest loop
-        containers=tuple([(key, component, mode, Energy(joules, joules / j_per_kwh * g_per_kwh))
-                          for (key, component, mode), joules in shares.containers.items()]),
+        columns=tuple(_with_grams(col, g_per_kwh, j_per_kwh) for col in shares.columns),
         unattributed=tuple((component, mode, _energy(joules, intensity))
                            for (component, mode), joules in shares.unattributed.items()),
         gpu_allocation_ratio=ratio, expired=tuple(expired), inputs=inputs,

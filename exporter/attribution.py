@@ -17,6 +17,8 @@ import math
 from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import mul, truediv
 from typing import Generic, TypeVar
 
 MODES = ("dynamic", "idle")
@@ -64,48 +66,96 @@ class GpuUse(Generic[K_co]):
 
 
 @dataclass(frozen=True, slots=True)
+class Usage(Generic[K_co]):
+    """The tick's workloads as columns, in one order: who, the CPU time each used during the
+    tick, and each one's CPU request. The exporter's tick builds this directly (one list per
+    column, reused while no pod changed); `Usage.of` turns `Workload` records into it."""
+
+    keys: tuple[K_co, ...]
+    cpu_seconds: Sequence[float]
+    cpu_request_cores: Sequence[float]
+
+    @staticmethod
+    def of(workloads: Sequence[Workload[K]]) -> Usage[K]:
+        return Usage(tuple(w.key for w in workloads), [w.cpu_seconds for w in workloads],
+                     [w.cpu_request_cores for w in workloads])
+
+
+@dataclass(frozen=True, slots=True)
+class Column(Generic[K_co]):
+    """One component and mode's split among `keys`: `joules[i]` went to `keys[i]` wherever
+    `shares[i]` is above 0 (the others were charged nothing). A key may appear in several
+    columns (a container holding two GPUs): its parts add up."""
+
+    component: str
+    mode: str
+    keys: tuple[K_co, ...]
+    shares: Sequence[float]
+    joules: Sequence[float]
+
+
+@dataclass(frozen=True, slots=True)
 class Attribution(Generic[K_co]):
     """Where one tick's energy went."""
 
-    containers: Mapping[tuple[K_co, str, str], float]
-    """Joules per (workload key, component, mode); only non-zero parts."""
+    columns: tuple[Column[K_co], ...]
+    """Each split, in the order made: cpu and dram (idle, then dynamic), then GPU by GPU."""
     unattributed: Mapping[tuple[str, str], float]
     """Joules per (component, mode) charged to no container; every pair present."""
 
+    @property
+    def containers(self) -> dict[tuple[K_co, str, str], float]:
+        """Joules per (workload key, component, mode): each part a container was handed."""
+        return charged(self.columns)
+
+
+def charged(columns: Sequence[Column[K]]) -> dict[tuple[K, str, str], float]:
+    """The columns' parts per (key, component, mode), added up where a key repeats."""
+    out: dict[tuple[K, str, str], float] = {}
+    for col in columns:
+        for key, share, joules in zip(col.keys, col.shares, col.joules, strict=True):
+            if share > 0.0:
+                series = (key, col.component, col.mode)
+                out[series] = out.get(series, 0.0) + joules
+    return out
+
+
+def counted(values: Sequence[float]) -> bool:
+    """Whether no value is negative, infinite or NaN, as a counter's increments and a split's
+    weights must be (checked in C; a -0.0 passes)."""
+    try:
+        return not values or (min(values) >= 0.0 and math.isfinite(math.fsum(values)))
+    except (ValueError, OverflowError):  # fsum of inf and -inf, or an intermediate overflow
+        return False
+
 
 def _shares(weights: Sequence[float], whole: float) -> list[float]:
-    """Each weight's share of `whole` (or of their sum, if that is larger); sums to <= 1."""
-    inf = math.inf
-    clean = [w if 0.0 < w < inf else 0.0 for w in weights]  # NaN compares false
+    """Each weight's share of `whole` (or of their sum, if that is larger); sums to <= 1, and
+    each is 0 or above (a NaN, infinite or negative weight counts as 0)."""
+    clean = weights if counted(weights) else [
+        w if 0.0 < w < math.inf else 0.0 for w in weights]  # NaN compares false
     denominator = max(whole if math.isfinite(whole) else 0.0, math.fsum(clean))
     if denominator <= 0.0:
         return [0.0] * len(clean)
-    return [w / denominator for w in clean]
+    return list(map(truediv, clean, repeat(denominator)))
 
 
-def _positive(keys: Sequence[K], shares: Sequence[float]) -> list[tuple[K, float]]:
-    """The (key, share) pairs with a share above 0: what a split hands out to."""
-    return [(key, share) for key, share in zip(keys, shares, strict=True) if share > 0.0]
-
-
-def _split(*, joules: float, idle_joules: float, component: str,
-           idle_pairs: Sequence[tuple[K, float]], dynamic_pairs: Sequence[tuple[K, float]],
-           containers: dict[tuple[K, str, str], float],
-           unattributed: dict[tuple[str, str], float]) -> None:
-    """Hand out one component's idle and dynamic parts by shares (`_positive` pairs); the
-    rest is unattributed."""
+def _split(*, joules: float, idle_joules: float, component: str, keys: tuple[K, ...],
+           idle_shares: Sequence[float] | None, dynamic_shares: Sequence[float] | None,
+           columns: list[Column[K]], unattributed: dict[tuple[str, str], float]) -> None:
+    """Hand out one component's idle and dynamic parts by shares (None: to no one); the rest
+    is unattributed. A column's arithmetic runs in C (`map`): part x share for each key."""
     joules = joules if joules > 0.0 and math.isfinite(joules) else 0.0
     idle = min(max(idle_joules if math.isfinite(idle_joules) else 0.0, 0.0), joules)
-    get = containers.get
-    for mode, part, pairs in (("idle", idle, idle_pairs),
-                              ("dynamic", joules - idle, dynamic_pairs)):
-        given = [(key, part * share) for key, share in pairs] if part > 0.0 else []
-        for key, amount in given:
-            series = (key, component, mode)
-            containers[series] = get(series, 0.0) + amount
+    for mode, part, shares in (("idle", idle, idle_shares),
+                               ("dynamic", joules - idle, dynamic_shares)):
+        given: list[float] = []
+        if part > 0.0 and shares is not None and keys:
+            given = list(map(mul, repeat(part), shares))
+            columns.append(Column(component, mode, keys, shares, given))
         # The remainder absorbs rounding; it can only dip below 0 by an ulp.
         unattributed[(component, mode)] = unattributed.get((component, mode), 0.0) + max(
-            part - math.fsum([amount for _, amount in given]), 0.0)
+            part - math.fsum(given), 0.0)
 
 
 def gpu_shares(holders: Sequence[GpuHolder[K]]) -> tuple[list[float], list[float]]:
@@ -129,7 +179,8 @@ def gpu_shares(holders: Sequence[GpuHolder[K]]) -> tuple[list[float], list[float
 
 
 def attribute_energy(*, energy_joules: Mapping[str, float], idle_joules: Mapping[str, float],
-                     workloads: Sequence[Workload[K]] = (), node_busy_cpu_seconds: float = 0.0,
+                     workloads: Usage[K] | Sequence[Workload[K]] = (),
+                     node_busy_cpu_seconds: float = 0.0,
                      allocatable_cores: float = 0.0, idle_policy: str = "requests",
                      gpus: Sequence[GpuUse[K]] = ()) -> Attribution[K]:
     """Split each component's energy among containers; the rest is unattributed.
@@ -139,27 +190,26 @@ def attribute_energy(*, energy_joules: Mapping[str, float], idle_joules: Mapping
     Invariant: for every component, the container parts plus the unattributed parts add up to
     its energy, to float precision, for any input.
     """
-    keys = [w.key for w in workloads]
-    dynamic = _positive(keys, _shares([w.cpu_seconds for w in workloads],
-                                      node_busy_cpu_seconds))
-    idle = (_positive(keys, _shares([w.cpu_request_cores for w in workloads],
-                                    allocatable_cores))
-            if idle_policy == "requests" else [])
-    containers: dict[tuple[K, str, str], float] = {}
+    usage = workloads if isinstance(workloads, Usage) else Usage.of(workloads)
+    keys = usage.keys
+    dynamic = _shares(usage.cpu_seconds, node_busy_cpu_seconds)
+    idle = (_shares(usage.cpu_request_cores, allocatable_cores)
+            if idle_policy == "requests" else None)
+    columns: list[Column[K]] = []
     unattributed: dict[tuple[str, str], float] = {}
     for component, joules in energy_joules.items():
         by_cpu = component in BY_CPU
         _split(joules=joules, idle_joules=idle_joules.get(component, 0.0), component=component,
-               idle_pairs=idle if by_cpu else [], dynamic_pairs=dynamic if by_cpu else [],
-               containers=containers, unattributed=unattributed)
+               keys=keys, idle_shares=idle if by_cpu else None,
+               dynamic_shares=dynamic if by_cpu else None, columns=columns,
+               unattributed=unattributed)
     for gpu in gpus:
-        gpu_keys = [h.key for h in gpu.holders]
         gpu_idle, gpu_dynamic = gpu_shares(gpu.holders)
         _split(joules=gpu.joules, idle_joules=gpu.idle_joules, component="gpu",
-               idle_pairs=_positive(gpu_keys, gpu_idle) if idle_policy == "requests" else [],
-               dynamic_pairs=_positive(gpu_keys, gpu_dynamic), containers=containers,
-               unattributed=unattributed)
-    return Attribution(containers=containers, unattributed=unattributed)
+               keys=tuple(h.key for h in gpu.holders),
+               idle_shares=gpu_idle if idle_policy == "requests" else None,
+               dynamic_shares=gpu_dynamic, columns=columns, unattributed=unattributed)
+    return Attribution(columns=tuple(columns), unattributed=unattributed)
 
 
 class IdleBaseline:

@@ -10,22 +10,24 @@ producing a series nobody can query.
 
 from __future__ import annotations
 
-import math
 import platform
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import add
 
 from exporter import __version__
 from exporter.accounting import (
     HOST_READS,
     PLATFORM,
+    ContainerColumn,
     ContainerKey,
     ContainerLike,
     SourceReading,
     TickResult,
 )
-from exporter.attribution import MODES
+from exporter.attribution import MODES, counted
 from exporter.carbon import Intensity
 from exporter.config import ATTRIBUTED, COMPONENTS
 from exporter.facts import LifecycleFacts
@@ -439,6 +441,9 @@ class Publisher:
         """The containers (the very tuple) and allocatable cores last published."""
         """Each container as last published: its object, ratio and the two label sets."""
         self._gpu_ratio_labels: set[Labels] = set()
+        self._column_labels: dict[tuple[str, str], tuple[object, list[Labels]]] = {}
+        """Per (component, mode): the keys of the last column and their series' labels."""
+        self._devices: dict[tuple[str, tuple[tuple[str, str], ...]], Labels] = {}
         self._gpu_info: tuple[str, str] = ("", "0")
         self._node_info: tuple[str, str, str, str] = ("", "", "", "")
 
@@ -559,7 +564,7 @@ class Publisher:
         family = DEVICE_FAMILIES.get(reading.name)
         if family is not None:
             for m in reading.measurements:
-                self.ledger.set_total(family.name, family.labels_of(**dict(m.labels)),
+                self.ledger.set_total(family.name, self._device(family, m.labels),
                                       m.joules_total)
         for component, source, energy in result.node:
             if source == reading.name:
@@ -615,7 +620,7 @@ class Publisher:
     def gpus(self, readings: Sequence[GpuReading]) -> None:
         for g in readings:  # their energy counters are their source's devices (`source`)
             if g.power_watts is not None:
-                self._set(GPU_POWER, GPU_POWER.labels_of(**dict(g.labels)), g.power_watts)
+                self._set(GPU_POWER, self._device(GPU_POWER, g.labels), g.power_watts)
         info = (", ".join(sorted({g.product for g in readings})), str(len(readings)))
         if info != self._gpu_info:
             self._gpu_info = info
@@ -642,24 +647,50 @@ class Publisher:
 
     def attribution(self, result: TickResult) -> None:
         """Each container's joules and grams: the tick's largest write (two series per
-        container, component and mode), so the two families' dicts are fetched once and each
-        row is written inline with the checks `Ledger.add` makes."""
+        container, component and mode). Column by column, in C (`compress`, `map`,
+        `dict.update`): the parts with a share, each added to its series in the two
+        families' dicts, in order (a series twice in a column gets both parts). A column with
+        a negative or non-finite part goes row by row through `Ledger.add`, which raises
+        naming the series."""
         joules = self.ledger.counters[CONTAINER_ENERGY.name]
         grams = self.ledger.counters[CONTAINER_CO2E.name]
-        width = len(CONTAINER_ENERGY.labels)
-        isfinite = math.isfinite
-        for c, component, mode, energy in result.containers:
-            series = (*c.key, c.model, c.phase, component, mode)
-            j, g = energy.joules, energy.grams
-            if not (j >= 0.0 and g >= 0.0 and isfinite(j) and isfinite(g)
-                    and len(series) == width):
-                self._add(CONTAINER_ENERGY, series, j)  # raises, naming the series
-                self._add(CONTAINER_CO2E, series, g)
-            joules[series] = joules.get(series, 0.0) + j
-            grams[series] = grams.get(series, 0.0) + g
+        for col in result.columns:
+            shares = col.shares
+            series = list(compress(self._labels_of(col), shares))
+            js, gs = list(compress(col.joules, shares)), list(compress(col.grams, shares))
+            if not (counted(js) and counted(gs)):
+                for labels, j, g in zip(series, js, gs, strict=True):
+                    self._add(CONTAINER_ENERGY, labels, j)
+                    self._add(CONTAINER_CO2E, labels, g)
+                continue
+            zero = repeat(0.0)
+            joules.update(zip(series, map(add, map(joules.get, series, zero), js), strict=True))
+            grams.update(zip(series, map(add, map(grams.get, series, zero), gs), strict=True))
         for component, mode, energy in result.unattributed:
             self._add(UNATTRIBUTED_ENERGY, (component, mode), energy.joules)
             self._add(UNATTRIBUTED_CO2E, (component, mode), energy.grams)
+
+    def _device(self, family: Family, pairs: tuple[tuple[str, str], ...]) -> Labels:
+        """`family.labels_of(**dict(pairs))` for a device's (name, value) label pairs, made
+        once per device (a node has a few dozen; the cache is emptied past 1,024)."""
+        key = (family.name, pairs)
+        labels = self._devices.get(key)
+        if labels is None:
+            if len(self._devices) >= 1024:
+                self._devices.clear()
+            labels = self._devices[key] = family.labels_of(**dict(pairs))
+        return labels
+
+    def _labels_of(self, col: ContainerColumn) -> list[Labels]:
+        """The container series' labels of a column's keys, made once per component and
+        mode while the keys are the same tuple (the pods unchanged)."""
+        kept = self._column_labels.get((col.component, col.mode))
+        if kept is not None and kept[0] is col.keys:
+            return kept[1]
+        labels = [CONTAINER_ENERGY.check((*c.key, c.model, c.phase, col.component, col.mode))
+                  for c in col.keys]
+        self._column_labels[(col.component, col.mode)] = (col.keys, labels)
+        return labels
 
     def expire(self, keys: Sequence[ContainerKey]) -> None:
         names = tuple(f.name for f in CONTAINER_FAMILIES)

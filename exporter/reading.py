@@ -201,7 +201,7 @@ class Reader:
         return TickInputs(
             now=now, seconds=seconds, intensity=intensity, sources=readings,
             containers=self._derived(sample.containers).keys if sample else (),
-            workloads=sample.workloads if sample else (),
+            workloads=sample.usage if sample else (),
             node_busy_cpu_seconds=sample.node_busy_cpu_seconds if sample else 0.0,
             allocatable_cores=allocatable, gpu_allocations=allocations,
             container_of_pid=of_pid, idle_policy=self.attribution.idle_policy,

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import sub
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from exporter import logs
-from exporter.attribution import Workload
+from exporter.attribution import Usage
 from exporter.kube.pods import Pod, PodView, SlimPod, parse_cpu_quantity
 from exporter.metrics import ERRORS
 from exporter.models import ModelMatch, ModelRule, clean_label_value, match_pod
@@ -94,7 +96,8 @@ class WorkloadSample:
     """One tick's containers and their CPU time."""
 
     containers: tuple[Container, ...]
-    workloads: tuple[Workload[Container], ...]
+    """The containers whose CPU time was read (usage.keys)."""
+    usage: Usage[Container]
     node_busy_cpu_seconds: float
     problems: tuple[Problem, ...]
 
@@ -170,7 +173,10 @@ class WorkloadTracker:
         self._labels = labels or PodLabelAllowlist()
         self._pods: dict[str, tuple[str, list[Container], list[Problem]]] = {}
         """Pod uid -> (resourceVersion, containers, problems), recomputed when the pod changes."""
-        self._cpu: dict[str, float] = {}
+        self._last_cpu: tuple[tuple[str, ...], Sequence[float | None]] = ((), [])
+        """The ids read at the last tick and their cumulative CPU seconds (None: unread)."""
+        self._requests: tuple[tuple[Container, ...] | None, list[float]] = (None, [])
+        """The containers' CPU requests, made once per tuple of them."""
         self._busy: float | None = None
         self._reported: set[tuple[str, str]] = set()
         self._throttle = logs.Throttle(log, source="kubernetes")
@@ -221,27 +227,17 @@ class WorkloadTracker:
             log.debug(f"node CPU time unknown this tick: {exc}")
 
         containers, problems, ids = self._containers_of(view.pods)
-        usage = self._cgroups.cpu_seconds(ids)
-        if len(usage) < len(ids):
+        seconds: Sequence[float | None] | None = self._cgroups.cpu_seconds_in_order(ids)
+        if seconds is None:  # not every one read the common way: one by one
+            found = self._cgroups.cpu_seconds(ids)
+            seconds = [found.get(cid) for cid in ids]
+        if len(ids) and None in seconds:
             problems = problems + [
                 Problem("no_cgroup", f"container {c.namespace}/{c.pod}/{c.container} "
                                      f"({c.container_id[:12]}) has no cgroup under "
                                      f"{self._cgroups.describe()}")
-                for c in containers if c.container_id not in usage]
-        workloads = []
-        seen = []
-        last_cpu = self._cpu
-        cpu_now: dict[str, float] = {}
-        for c in containers:
-            seconds = usage.get(c.container_id)
-            if seconds is None:
-                continue
-            seen.append(c)
-            cpu_now[c.container_id] = seconds
-            last = last_cpu.get(c.container_id)
-            used = seconds - last if last is not None and seconds >= last else 0.0
-            workloads.append(Workload(c, used, c.cpu_request_cores))
-        self._cpu = cpu_now  # forgets the containers that are gone
+                for c, s in zip(containers, seconds, strict=True) if s is None]
+        usage = self._usage(ids, seconds)
 
         fresh = []
         current = set()
@@ -255,11 +251,36 @@ class WorkloadTracker:
                                                      "further ones are counted in "
                                                      f"{ERRORS.name})")
         self._reported = current  # bounded by what is wrong now
-        # All of them (the common case): the same tuple as last tick while no pod changed, so
-        # that what the reader and publisher derive from it is reused (an identity check)
-        known = self._last_known if len(seen) == len(containers) else tuple(seen)
-        return WorkloadSample(containers=known, workloads=tuple(workloads),
+        return WorkloadSample(containers=usage.keys, usage=usage,
                               node_busy_cpu_seconds=busy_delta, problems=tuple(fresh))
+
+    def _usage(self, ids: tuple[str, ...], seconds: Sequence[float | None]
+               ) -> Usage[Container]:
+        """The containers read this tick and the CPU time each used since the last (0 at its
+        first, or if its counter went back), as columns. While the pods and the reads are as
+        last tick (the common case) the containers are the same tuple as last tick, so that
+        what the reader and publisher derive from them is reused (an identity check), and
+        the differences are taken in C (`map`)."""
+        last_ids, last = self._last_cpu
+        self._last_cpu = (ids, seconds)
+        if None not in seconds:
+            now = cast(Sequence[float], seconds)
+            keys = self._last_known
+            if last_ids is ids and None not in last:
+                used = list(map(max, map(sub, now, cast(Sequence[float], last)), repeat(0.0)))
+            else:
+                before = dict(zip(last_ids, last, strict=True))
+                used = [max(s - b, 0.0) if (b := before.get(cid)) is not None else 0.0
+                        for cid, s in zip(ids, now, strict=True)]
+            if self._requests[0] is not keys:
+                self._requests = (keys, [c.cpu_request_cores for c in keys])
+            return Usage(keys, used, self._requests[1])
+        before = dict(zip(last_ids, last, strict=True))
+        read = [(c, s, before.get(c.container_id))
+                for c, s in zip(self._last_known, seconds, strict=True) if s is not None]
+        return Usage(tuple(c for c, _, _ in read),
+                     [max(s - b, 0.0) if b is not None else 0.0 for _, s, b in read],
+                     [c.cpu_request_cores for c, _, _ in read])
 
     def _containers_of(self, pods: tuple[Pod, ...]
                        ) -> tuple[list[Container], list[Problem], tuple[str, ...]]:

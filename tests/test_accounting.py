@@ -7,14 +7,25 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.accounting import AccountState, SourceReading, TickInputs, TickResult, account
-from exporter.attribution import IdleBaseline, Workload
+from exporter.accounting import (
+    AccountState,
+    ContainerColumn,
+    SourceReading,
+    TickInputs,
+    TickResult,
+    account,
+)
+from exporter.attribution import IdleBaseline, Usage, Workload
 from exporter.carbon import JOULES_PER_KWH, Intensity
 from exporter.gpus import Allocation
+from exporter.ledger import Ledger
+from exporter.metrics import CONTAINER_CO2E, CONTAINER_ENERGY, Publisher
 from exporter.sources.gpu import GpuProcessUse, GpuReading
+from exporter.workloads import Container
 
 joules = st.floats(min_value=0.0, max_value=1e9, allow_nan=False, allow_infinity=False)
 amounts = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -153,3 +164,55 @@ def test_a_down_source_contributes_nothing() -> None:
                      state())
     assert [(c, s, e.joules) for c, s, e in result.node] == [("dram", "estimated", 4.0)]
     assert not [e for c, _, e in result.node if c == "cpu"]
+
+
+# -- what the publisher writes of a result -------------------------------------------------------
+
+
+def _container(name: str, cores: float) -> Container:
+    return Container(namespace="ml", pod=f"{name}-pod", container="main", model=name,
+                     phase="inference", model_source="label", owner_kind="", owner_name="",
+                     cpu_request_cores=cores, container_id=name * 8, pod_uid=name)
+
+
+def test_the_counters_get_every_row_of_every_tick_and_a_holder_of_two_gpus_both() -> None:
+    a, b, c = _container("a", 2.0), _container("b", 1.0), _container("c", 0.0)
+    usage = Usage((a, b, c), [3.0, 1.0, 0.0], [2.0, 1.0, 0.0])
+    publisher, s = Publisher(Ledger()), state()
+    expected: dict[tuple[str, ...], float] = {}
+    for tick, seconds in enumerate((0.0, 1.0, 1.0)):
+        result = account(TickInputs(
+            now=100.0 + tick, seconds=seconds, intensity=Intensity(250.0, "FR", "static"),
+            sources=(SourceReading("rapl", True, {"cpu": 80.0, "dram": 8.0}),
+                     SourceReading("nvml", True, {"gpu": 500.0}, measurements=(
+                         gpu("GPU-0", 300.0), gpu("GPU-1", 200.0)))),
+            containers=usage.keys, workloads=usage, node_busy_cpu_seconds=8.0,
+            allocatable_cores=8.0, gpu_allocations=(Allocation(a, "GPU-0"),
+                                                    Allocation(a, "GPU-1")),
+            gpu_idle_watts=40.0), s)
+        publisher.publish(result)
+        for key, component, mode, energy in result.containers:
+            series = (*key.key, key.model, key.phase, component, mode)
+            expected[series] = expected.get(series, 0.0) + energy.joules
+    joules = publisher.ledger.counters[CONTAINER_ENERGY.name]
+    assert joules == pytest.approx(expected, rel=1e-12)
+    # a holds both GPUs: each tick, both GPUs' energy less what no one holds (nothing here)
+    assert joules[("ml", "a-pod", "main", "a", "inference", "gpu", "dynamic")] + joules[
+        ("ml", "a-pod", "main", "a", "inference", "gpu", "idle")] == pytest.approx(3 * 500.0)
+    # c used nothing and requests nothing: no series of its own
+    assert not [k for k in joules if k[1] == "c-pod"]
+    grams = publisher.ledger.counters[CONTAINER_CO2E.name]
+    assert grams.keys() == joules.keys()
+    for series, j in joules.items():
+        assert grams[series] == pytest.approx(j / JOULES_PER_KWH * 250.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan])
+def test_a_part_that_is_no_counter_increment_raises_naming_its_series(bad: float) -> None:
+    a = _container("a", 1.0)
+    result = TickResult(
+        intensity=Intensity(100.0, "FR", "static"), node=(), platform=(), gpus=(),
+        columns=(ContainerColumn("cpu", "dynamic", (a,), [1.0], [bad], [0.0]),),
+        unattributed=(), gpu_allocation_ratio={}, expired=())
+    with pytest.raises(ValueError, match=r"footprint_container_energy_joules_total.*a-pod"):
+        Publisher(Ledger()).attribution(result)

@@ -7,7 +7,14 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.attribution import GpuHolder, GpuUse, IdleBaseline, Workload, attribute_energy
+from exporter.attribution import (
+    GpuHolder,
+    GpuUse,
+    IdleBaseline,
+    Usage,
+    Workload,
+    attribute_energy,
+)
 
 joules = st.floats(min_value=0.0, max_value=1e9, allow_nan=False, allow_infinity=False)
 components = st.sampled_from(["cpu", "dram", "gpu", "platform"])
@@ -165,3 +172,30 @@ def test_fixed_baseline_wins() -> None:
     baseline = IdleBaseline(fixed_watts={"cpu": 42.0}, percentile=5, window_seconds=60)
     baseline.observe("cpu", watts=1.0, now=0.0)
     assert baseline.watts("cpu") == 42.0
+
+
+odd = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+    [-0.0, -1.0, math.nan, math.inf, -math.inf, 5e-324])
+
+
+@given(cpu=st.lists(odd | amounts, max_size=12), requests=st.data(), busy=odd | amounts,
+       allocatable=odd | amounts)
+def test_odd_weights_are_charged_nothing_and_the_rest_still_adds_up(
+        cpu: list[float], requests: st.DataObject, busy: float, allocatable: float) -> None:
+    """A NaN, infinite or negative CPU time or request weighs nothing; the others split the
+    energy as if it were absent (the weights are checked in C, then one by one if need be)."""
+    cores = requests.draw(st.lists(odd | amounts, min_size=len(cpu), max_size=len(cpu)))
+    usage = Usage(tuple(range(len(cpu))), cpu, cores)
+    result = attribute_energy(energy_joules={"cpu": 100.0}, idle_joules={"cpu": 30.0},
+                              workloads=usage, node_busy_cpu_seconds=busy,
+                              allocatable_cores=allocatable)
+    clean = Usage(usage.keys, [w if 0.0 < w < math.inf else 0.0 for w in cpu],
+                  [w if 0.0 < w < math.inf else 0.0 for w in cores])
+    assert result.containers == attribute_energy(
+        energy_joules={"cpu": 100.0}, idle_joules={"cpu": 30.0}, workloads=clean,
+        node_busy_cpu_seconds=busy, allocatable_cores=allocatable).containers
+    for (key, _, mode), j in result.containers.items():
+        weight = (cpu if mode == "dynamic" else cores)[key]
+        assert 0.0 < weight < math.inf and j >= 0.0
+    parts = [*result.containers.values(), *result.unattributed.values()]
+    assert math.isclose(math.fsum(parts), 100.0, rel_tol=1e-12)

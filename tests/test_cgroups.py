@@ -364,6 +364,61 @@ def test_kept_file_with_garbage_is_left_out_then_recovers(
     assert reader.open_files() == 2
 
 
+def test_in_order_reads_agree_with_one_by_one_and_decline_what_they_cannot_read(
+        tmp_path: Path) -> None:
+    """The tick's common case (every file kept, v2, usage_usec first) reads in the ids' order
+    in C; anything else is declined (None) and left to `cpu_seconds`, which deals with each."""
+    root = tree(tmp_path, "v2-cgroupfs-containerd")
+    reader = CgroupReader(root / "sys")
+    reader.check_links = False  # as on cgroupfs
+    ids = (cid("3"), cid("1"), cid("2"))
+    assert reader.cpu_seconds_in_order(ids) is None, "nothing kept open yet"
+    by_one = reader.cpu_seconds(ids)
+    assert reader.cpu_seconds_in_order(ids) == [by_one[c] for c in ids]
+    path = container_dir(root, cid("2")) / "cpu.stat"
+    write_in_place(path, usage_text("v2", 7_000_001))
+    assert reader.cpu_seconds_in_order(ids) == [by_one[cid("3")], by_one[cid("1")], 7.000001]
+    assert reader.cpu_seconds_in_order(ids[:2]) is None, "one kept that is not asked for"
+    assert reader.cpu_seconds_in_order((*ids, cid("4"))) is None, "a new id"
+    for text in ("usage_usec lots\n", "usage_usec 5", "usage_usec \n",
+                 "nr_periods 0\nusage_usec 5\n", ""):
+        write_in_place(path, text)
+        assert reader.cpu_seconds_in_order(ids) is None, text
+    write_in_place(path, "usage_usec 5\nuser_usec 5\n")
+    assert reader.cpu_seconds_in_order(ids) == [by_one[cid("3")], by_one[cid("1")], 5e-6]
+    reader.close()
+    assert reader.cpu_seconds_in_order(ids) is None, "its descriptors are closed"
+    assert reader.cpu_seconds(ids)[cid("2")] == 5e-6  # opened again
+    assert reader.cpu_seconds_in_order(ids) == [by_one[cid("3")], by_one[cid("1")], 5e-6]
+    reader.check_links = True  # off cgroupfs, a file may be replaced: one by one, with fstat
+    assert reader.cpu_seconds_in_order(ids) is None
+
+
+def test_in_order_reads_decline_while_a_fault_is_logged(tmp_path: Path) -> None:
+    root = tree(tmp_path, "v2-cgroupfs-containerd")
+    reader = CgroupReader(root / "sys")
+    reader.check_links = False
+    ids = (cid("2"), cid("3"))
+    reader.cpu_seconds(ids)
+    path = container_dir(root, cid("2")) / "cpu.stat"
+    write_in_place(path, "garbage\n")
+    assert reader.cpu_seconds(ids).keys() == {cid("3")}  # the fault, logged once
+    write_in_place(path, usage_text("v2", 3_000_000))
+    assert reader.cpu_seconds_in_order(ids) is None, "the recovery is logged one by one"
+    assert reader.cpu_seconds(ids)[cid("2")] == 3.0
+    assert reader.cpu_seconds_in_order(ids) == [3.0, expected_seconds("v2", cid("3"))]
+
+
+@pytest.mark.parametrize("variant", ["v1-cgroupfs-containerd", "v2-systemd-containerd"])
+def test_in_order_reads_are_for_v2_on_cgroupfs_only(tmp_path: Path, variant: str) -> None:
+    root = tree(tmp_path, variant)
+    reader = CgroupReader(root / "sys")
+    ids = (cid("2"),)
+    reader.cpu_seconds(ids)
+    reader.check_links = variant.startswith("v2")  # v1: as if on cgroupfs; v2: not
+    assert reader.cpu_seconds_in_order(ids) is None
+
+
 def test_replaced_usage_file_is_opened_again_off_cgroupfs(tmp_path: Path) -> None:
     """Off cgroupfs (a copied tree, a fixture) a file may be replaced by a rename, which an
     open descriptor would not see: the reader checks for it after each read."""

@@ -7,11 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from exporter.kube.pods import PodView
 from exporter.ledger import Ledger
 from exporter.metrics import CONTAINER_ALLOCATION, CONTAINER_INFO, Publisher
 from exporter.usage.cgroups import CgroupReader
-from exporter.workloads import WorkloadTracker
+from exporter.workloads import WorkloadSample, WorkloadTracker
 from tests.support.kube import add_cpu, cid, cpu_stat, four_pods, node_with_cgroups
 
 
@@ -22,21 +24,43 @@ def versioned(pods: list[dict[str, Any]], version: int = 1) -> tuple[dict[str, A
     return tuple(pods)
 
 
-def tracker(root: Path) -> WorkloadTracker:
-    return WorkloadTracker(procfs=root / "proc", cgroups=CgroupReader(root / "sys"), rules=())
+def tracker(root: Path, *, cgroupfs: bool = False) -> WorkloadTracker:
+    """`cgroupfs`: read the usage files as on cgroupfs (kept open, read in the containers'
+    order in C: exporter.usage.cgroups' `cpu_seconds_in_order`), as the fixture's files are
+    written in place; else one by one, each checked for a rename."""
+    reader = CgroupReader(root / "sys")
+    reader.check_links = not cgroupfs
+    return WorkloadTracker(procfs=root / "proc", cgroups=reader, rules=())
 
 
-def test_the_same_pods_give_the_same_containers_and_fresh_cpu_time(tmp_path: Path) -> None:
+def used(sample: WorkloadSample) -> dict[str, float]:
+    """CPU seconds each container used, by container id."""
+    return dict(zip((c.container_id for c in sample.usage.keys), sample.usage.cpu_seconds,
+                    strict=True))
+
+
+@pytest.mark.parametrize("cgroupfs", [False, True])
+def test_the_same_pods_give_the_same_containers_and_fresh_cpu_time(
+        tmp_path: Path, cgroupfs: bool) -> None:
     root = node_with_cgroups(tmp_path)
-    t = tracker(root)
+    t = tracker(root, cgroupfs=cgroupfs)
     view = PodView(pods=versioned(four_pods()), synced=True, up=True)
     first = t.sample(view)
     add_cpu(root, cid("1"), 0.25)
     add_cpu(root, cid("3"), 1.5)
     second = t.sample(view)
     assert second.containers is first.containers  # reused, not rebuilt
-    used = {w.key.container_id: w.cpu_seconds for w in second.workloads}
-    assert used == {cid("1"): 0.25, cid("2"): 0.0, cid("3"): 1.5, cid("4"): 0.0}
+    assert used(second) == {cid("1"): 0.25, cid("2"): 0.0, cid("3"): 1.5, cid("4"): 0.0}
+    assert second.usage.cpu_request_cores == [c.cpu_request_cores for c in second.containers]
+    add_cpu(root, cid("2"), 0.5)
+    third = t.sample(view)
+    assert third.containers is first.containers
+    assert used(third) == {cid("1"): 0.0, cid("2"): 0.5, cid("3"): 0.0, cid("4"): 0.0}
+    add_cpu(root, cid("4"), -1.0)  # a counter that went back: nothing used, a new baseline
+    add_cpu(root, cid("1"), 2.0)
+    assert used(t.sample(view)) == {cid("1"): 2.0, cid("2"): 0.0, cid("3"): 0.0, cid("4"): 0.0}
+    add_cpu(root, cid("4"), 0.75)
+    assert used(t.sample(view))[cid("4")] == 0.75
 
 
 def test_a_changed_pod_is_seen_at_the_next_tick(tmp_path: Path) -> None:
@@ -53,10 +77,11 @@ def test_a_changed_pod_is_seen_at_the_next_tick(tmp_path: Path) -> None:
         "web-5f8b7c6d9d-abcde"} | {"web-renamed"}
 
 
+@pytest.mark.parametrize("cgroupfs", [False, True])
 def test_a_vanished_cgroup_drops_its_container_while_the_pods_stay_the_same(
-        tmp_path: Path) -> None:
+        tmp_path: Path, cgroupfs: bool) -> None:
     root = node_with_cgroups(tmp_path)
-    t = tracker(root)
+    t = tracker(root, cgroupfs=cgroupfs)
     view = PodView(pods=versioned(four_pods()), synced=True, up=True)
     first = t.sample(view)
     assert len(first.containers) == 4
@@ -68,9 +93,14 @@ def test_a_vanished_cgroup_drops_its_container_while_the_pods_stay_the_same(
     assert [c.container_id for c in second.containers] == [
         c.container_id for c in first.containers if c.container_id != cid("2")]
     assert [p.reason for p in second.problems] == ["no_cgroup"]
+    assert cid("2") not in used(second)
     stat.write_bytes(kept)
+    add_cpu(root, cid("2"), 1.0)
     third = t.sample(view)
     assert third.containers is first.containers  # all of them again: the same tuple
+    assert used(third)[cid("2")] == 0.0, "back after a tick unread: a new baseline"
+    add_cpu(root, cid("2"), 1.0)
+    assert used(t.sample(view))[cid("2")] == 1.0
 
 
 def test_a_container_expired_then_published_again_gets_its_series_back(

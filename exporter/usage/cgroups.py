@@ -9,6 +9,8 @@ import re
 import resource
 import weakref
 from collections.abc import Collection
+from itertools import repeat
+from operator import truediv
 from pathlib import Path
 
 from exporter import logs
@@ -196,6 +198,9 @@ class CgroupReader:
         self._faulty: set[str] = set()
         """Usage files whose fault was logged and not yet their recovery (read the slow way)."""
         self._throttle = logs.Throttle(log, source="cgroups")
+        self._opened = 0
+        """Bumped whenever a file is kept or let go: the descriptors in `_fds` may be stale."""
+        self._fds: tuple[tuple[str, ...], int, list[int]] | None = None
         self._finalizer = weakref.finalize(self, _close_all, self._kept)
 
     def describe(self) -> str:
@@ -223,6 +228,46 @@ class CgroupReader:
     def close(self) -> None:
         """Close every kept usage file (the next read opens them again)."""
         _close_all(self._kept)
+        self._opened += 1
+
+    def cpu_seconds_in_order(self, container_ids: tuple[str, ...]) -> list[float] | None:
+        """Each id's cumulative CPU seconds, in the ids' order, when every one reads the common
+        way: v2 on cgroupfs, its file kept open, `usage_usec` first, digits. One `pread` each
+        and the parsing in C (`map`): the tick's floor plus about a tenth. None when any does
+        not (a new id, a failed read, a fault still logged, another layout): then
+        `cpu_seconds` reads them one by one and deals with each."""
+        if self.check_links or self.version != 2 or self._faulty:
+            return None
+        fds = self._fds_in_order(container_ids)
+        if fds is None:
+            return None
+        try:
+            data = list(map(os.pread, fds, repeat(MAX_USAGE_BYTES), repeat(0)))
+        except OSError:
+            return None
+        if not all(map(bytes.startswith, data, repeat(b"usage_usec "))):
+            return None
+        ends = list(map(bytes.find, data, repeat(b"\n"), repeat(11)))
+        if ends and min(ends) <= 11:  # no line end (-1), or no value before it
+            return None
+        values = list(map(bytes.__getitem__, data, map(slice, repeat(11), ends)))
+        if not all(map(bytes.isdigit, values)):
+            return None
+        self._missing = frozenset()
+        return list(map(truediv, map(int, values), repeat(1e6)))
+
+    def _fds_in_order(self, container_ids: tuple[str, ...]) -> list[int] | None:
+        """The kept descriptors of these ids in order, made once while the ids are the same
+        tuple and no file was opened or closed since; None unless every one is kept."""
+        cached = self._fds
+        if cached is not None and cached[0] is container_ids and cached[1] == self._opened:
+            return cached[2]
+        kept = self._kept
+        if len(kept) != len(container_ids) or not all(map(kept.__contains__, container_ids)):
+            return None  # cpu_seconds opens the new ones and forgets those not asked for
+        fds = [kept[cid][0] for cid in container_ids]
+        self._fds = (container_ids, self._opened, fds)
+        return fds
 
     def cpu_seconds(self, container_ids: Collection[str]) -> dict[str, float]:
         """Cumulative CPU seconds for each id whose cgroup was found; ids with no cgroup are
@@ -267,6 +312,7 @@ class CgroupReader:
     def _forget(self, cid: str) -> None:
         entry = self._kept.pop(cid, None)
         if entry is not None:
+            self._opened += 1
             with contextlib.suppress(OSError):
                 os.close(entry[0])
 
@@ -279,6 +325,7 @@ class CgroupReader:
             raise
         if len(self._kept) < self._limit:
             self._kept[cid] = (fd, path)
+            self._opened += 1
         else:
             os.close(fd)
             if not self._over_limit_logged:
