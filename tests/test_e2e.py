@@ -434,10 +434,16 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         # The daily rules integrate recorded 5-minute series by a subquery with a 5-minute
         # step (`[1d:5m]`, docs/rules.md): its points sit on 5-minute boundaries, so a daily
         # figure exists only once a 5-minute record was made before a boundary, up to 5
-        # minutes after the start. The daily panels and the budget alert wait for it.
-        wait_for(lambda: all(prom.query(f'{name}:footprint_co2e_grams:increase1d{{scope="total"}}')
-                             for name in ("model", "label_team")),
-                 "the daily rules' first point, after the next 5-minute boundary", 330)
+        # minutes after the start. The daily panels and the budget alert wait for it. A
+        # record of a rate (operational grams, energy) needs two scrapes in its window, the
+        # embodied grams none: the first boundary can come between, giving daily totals of
+        # embodied grams only, so the wait is for the rates' daily records.
+        wait_for(lambda: all(prom.query(f"{name}:footprint_{record}:increase1d{selector}")
+                             for name in ("model", "label_team")
+                             for record, selector in (("co2e_grams", '{scope="operational"}'),
+                                                      ("energy_joules", ""))),
+                 "the daily rules' first point of a rate, after the next 5-minute boundary",
+                 330)
         queries = dict(dashboard_queries())
 
         def empty() -> list[str]:
