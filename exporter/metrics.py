@@ -437,13 +437,14 @@ class Publisher:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._containers: dict[tuple[str, str, str], _Published] = {}
+        """Each container as last published: its object, ratio and the two label sets."""
         self._containers_seen: tuple[object, float] = (None, 0.0)
         """The containers (the very tuple) and allocatable cores last published."""
-        """Each container as last published: its object, ratio and the two label sets."""
         self._gpu_ratio_labels: set[Labels] = set()
         self._column_labels: dict[tuple[str, str], tuple[object, list[Labels]]] = {}
         """Per (component, mode): the keys of the last column and their series' labels."""
         self._devices: dict[tuple[str, tuple[tuple[str, str], ...]], Labels] = {}
+        """(family, a device's label pairs) -> its series' label values (`_device`)."""
         self._gpu_info: tuple[str, str] = ("", "0")
         self._node_info: tuple[str, str, str, str] = ("", "", "", "")
 
