@@ -182,9 +182,8 @@ class WorkloadTracker:
         self._throttle = logs.Throttle(log, source="kubernetes")
         self._pid_ids: dict[int, str | None] = {}
         self._last_pods: tuple[Pod, ...] | None = None
-        self._last_containers: tuple[list[Container], list[Problem], tuple[str, ...]] = (
-            [], [], ())
-        self._last_known: tuple[Container, ...] = ()
+        self._last_containers: tuple[tuple[Container, ...], list[Problem], tuple[str, ...]] = (
+            (), [], ())
 
     def describe(self) -> str:
         """Where container CPU time is read from, for logs."""
@@ -231,13 +230,13 @@ class WorkloadTracker:
         if seconds is None:  # not every one read the common way: one by one
             found = self._cgroups.cpu_seconds(ids)
             seconds = [found.get(cid) for cid in ids]
-        if len(ids) and None in seconds:
+        if None in seconds:
             problems = problems + [
                 Problem("no_cgroup", f"container {c.namespace}/{c.pod}/{c.container} "
                                      f"({c.container_id[:12]}) has no cgroup under "
                                      f"{self._cgroups.describe()}")
                 for c, s in zip(containers, seconds, strict=True) if s is None]
-        usage = self._usage(ids, seconds)
+        usage = self._usage(containers, ids, seconds)
 
         fresh = []
         current = set()
@@ -254,38 +253,34 @@ class WorkloadTracker:
         return WorkloadSample(containers=usage.keys, usage=usage,
                               node_busy_cpu_seconds=busy_delta, problems=tuple(fresh))
 
-    def _usage(self, ids: tuple[str, ...], seconds: Sequence[float | None]
-               ) -> Usage[Container]:
+    def _usage(self, containers: tuple[Container, ...], ids: tuple[str, ...],
+               seconds: Sequence[float | None]) -> Usage[Container]:
         """The containers read this tick and the CPU time each used since the last (0 at its
-        first, or if its counter went back), as columns. While the pods and the reads are as
-        last tick (the common case) the containers are the same tuple as last tick, so that
-        what the reader and publisher derive from them is reused (an identity check), and
-        the differences are taken in C (`map`)."""
+        first, or if its counter went back), as columns. While every container is read (the
+        common case) they are the very tuple of `containers`, the same as last tick while no
+        pod changed, so that what the reader and publisher derive from them is reused (an
+        identity check); while the ids and reads are also as last tick, the differences are
+        taken in C (`map`)."""
         last_ids, last = self._last_cpu
         self._last_cpu = (ids, seconds)
-        if None not in seconds:
-            now = cast(Sequence[float], seconds)
-            keys = self._last_known
-            if last_ids is ids and None not in last:
-                used = list(map(max, map(sub, now, cast(Sequence[float], last)), repeat(0.0)))
-            else:
-                before = dict(zip(last_ids, last, strict=True))
-                used = [max(s - b, 0.0) if (b := before.get(cid)) is not None else 0.0
-                        for cid, s in zip(ids, now, strict=True)]
-            if self._requests[0] is not keys:
-                self._requests = (keys, [c.cpu_request_cores for c in keys])
-            return Usage(keys, used, self._requests[1])
-        before = dict(zip(last_ids, last, strict=True))
-        read = [(c, s, before.get(c.container_id))
-                for c, s in zip(self._last_known, seconds, strict=True) if s is not None]
-        return Usage(tuple(c for c, _, _ in read),
-                     [max(s - b, 0.0) if b is not None else 0.0 for _, s, b in read],
-                     [c.cpu_request_cores for c, _, _ in read])
+        if last_ids is ids and None not in seconds and None not in last:
+            keys = containers
+            used = list(map(max, map(sub, cast(Sequence[float], seconds),
+                                     cast(Sequence[float], last)), repeat(0.0)))
+        else:
+            before = dict(zip(last_ids, last, strict=True))
+            read = [(c, s, before.get(c.container_id))
+                    for c, s in zip(containers, seconds, strict=True) if s is not None]
+            keys = containers if len(read) == len(containers) else tuple(c for c, _, _ in read)
+            used = [max(s - b, 0.0) if b is not None else 0.0 for _, s, b in read]
+        if self._requests[0] is not keys:
+            self._requests = (keys, [c.cpu_request_cores for c in keys])
+        return Usage(keys, used, self._requests[1])
 
     def _containers_of(self, pods: tuple[Pod, ...]
-                       ) -> tuple[list[Container], list[Problem], tuple[str, ...]]:
+                       ) -> tuple[tuple[Container, ...], list[Problem], tuple[str, ...]]:
         """The pods' containers, the problems found in their specs, and the containers' ids;
-        the same lists as last tick while the pods are the same tuple (no pod changed)."""
+        the same tuples as last tick while the pods are the same tuple (no pod changed)."""
         if pods is self._last_pods and isinstance(pods, tuple):
             return self._last_containers
         containers: list[Container] = []
@@ -310,7 +305,6 @@ class WorkloadTracker:
         for uid in set(self._pods) - live:
             del self._pods[uid]
         self._last_pods = pods
-        self._last_containers = (containers, problems,
+        self._last_containers = (tuple(containers), problems,
                                  tuple(c.container_id for c in containers))
-        self._last_known = tuple(containers)
         return self._last_containers

@@ -52,6 +52,9 @@ def test_the_same_pods_give_the_same_containers_and_fresh_cpu_time(
     assert second.containers is first.containers  # reused, not rebuilt
     assert used(second) == {cid("1"): 0.25, cid("2"): 0.0, cid("3"): 1.5, cid("4"): 0.0}
     assert second.usage.cpu_request_cores == [c.cpu_request_cores for c in second.containers]
+    ids = tuple(c.container_id for c in first.containers)
+    # on cgroupfs every file is now kept: the next ticks read them in order, in C
+    assert (t._cgroups.cpu_seconds_in_order(ids) is not None) is cgroupfs
     add_cpu(root, cid("2"), 0.5)
     third = t.sample(view)
     assert third.containers is first.containers

@@ -198,9 +198,10 @@ class CgroupReader:
         self._faulty: set[str] = set()
         """Usage files whose fault was logged and not yet their recovery (read the slow way)."""
         self._throttle = logs.Throttle(log, source="cgroups")
-        self._opened = 0
+        self._kept_version = 0
         """Bumped whenever a file is kept or let go: the descriptors in `_fds` may be stale."""
         self._fds: tuple[tuple[str, ...], int, list[int]] | None = None
+        """The ids last read in order, the `_kept_version` then, and their descriptors."""
         self._finalizer = weakref.finalize(self, _close_all, self._kept)
 
     def describe(self) -> str:
@@ -228,12 +229,12 @@ class CgroupReader:
     def close(self) -> None:
         """Close every kept usage file (the next read opens them again)."""
         _close_all(self._kept)
-        self._opened += 1
+        self._kept_version += 1
 
     def cpu_seconds_in_order(self, container_ids: tuple[str, ...]) -> list[float] | None:
         """Each id's cumulative CPU seconds, in the ids' order, when every one reads the common
         way: v2 on cgroupfs, its file kept open, `usage_usec` first, digits. One `pread` each
-        and the parsing in C (`map`): the tick's floor plus about a tenth. None when any does
+        and the parsing in C (`map`), no Python per container. None when any does
         not (a new id, a failed read, a fault still logged, another layout): then
         `cpu_seconds` reads them one by one and deals with each."""
         if self.check_links or self.version != 2 or self._faulty:
@@ -260,18 +261,20 @@ class CgroupReader:
         """The kept descriptors of these ids in order, made once while the ids are the same
         tuple and no file was opened or closed since; None unless every one is kept."""
         cached = self._fds
-        if cached is not None and cached[0] is container_ids and cached[1] == self._opened:
+        if (cached is not None and cached[0] is container_ids
+                and cached[1] == self._kept_version):
             return cached[2]
         kept = self._kept
         if len(kept) != len(container_ids) or not all(map(kept.__contains__, container_ids)):
             return None  # cpu_seconds opens the new ones and forgets those not asked for
         fds = [kept[cid][0] for cid in container_ids]
-        self._fds = (container_ids, self._opened, fds)
+        self._fds = (container_ids, self._kept_version, fds)
         return fds
 
     def cpu_seconds(self, container_ids: Collection[str]) -> dict[str, float]:
         """Cumulative CPU seconds for each id whose cgroup was found; ids with no cgroup are
-        left out. Plain floats: an object per container costs as much as its read."""
+        left out. One by one, each fault dealt with: what a tick reads when
+        `cpu_seconds_in_order` declines (a new or gone container, a fault, v1, off cgroupfs)."""
         wanted = set(container_ids)
         usage: dict[str, float] = {}
         if self.version is not None:
@@ -283,27 +286,10 @@ class CgroupReader:
                     self._forget(cid)
             index = self._index
             read = self._read
-            fast = not self.check_links and self.version == 2
-            faulty = self._faulty
-            pread = os.pread
             for cid in wanted:
-                entry = kept.get(cid) if fast else None
-                if entry is not None and not (faulty and entry[1] in faulty):
-                    # The common case inline (a kept cpu.stat, usage_usec first, digits): a
-                    # function call per container costs a third of the read.
-                    try:
-                        data = pread(entry[0], MAX_USAGE_BYTES, 0)
-                    except OSError:
-                        data = b""
-                    end = data.find(b"\n")
-                    if end > 11 and data.startswith(b"usage_usec "):
-                        value = data[11:end]
-                        if value.isdigit():
-                            usage[cid] = int(value) / 1e6
-                            continue
                 path = index.get(cid)
                 if path is not None:
-                    seconds = read(cid, path)  # everything else, and again after a failure
+                    seconds = read(cid, path)
                     if seconds is not None:
                         usage[cid] = seconds
         self._missing = frozenset(wanted - usage.keys())
@@ -312,7 +298,7 @@ class CgroupReader:
     def _forget(self, cid: str) -> None:
         entry = self._kept.pop(cid, None)
         if entry is not None:
-            self._opened += 1
+            self._kept_version += 1
             with contextlib.suppress(OSError):
                 os.close(entry[0])
 
@@ -325,7 +311,7 @@ class CgroupReader:
             raise
         if len(self._kept) < self._limit:
             self._kept[cid] = (fd, path)
-            self._opened += 1
+            self._kept_version += 1
         else:
             os.close(fd)
             if not self._over_limit_logged:
