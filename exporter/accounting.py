@@ -23,6 +23,7 @@ from typing import NamedTuple, Protocol
 from exporter import carbon
 from exporter.attribution import Column, GpuUse, IdleBaseline, Usage, Workload, attribute_energy
 from exporter.carbon import Intensity
+from exporter.chargeback import Chargeback, ChargebackKey, ChargebackPart
 from exporter.config import EmbodiedSettings, PueSettings, WaterSettings
 from exporter.facts import LifecycleFacts, lifecycle_facts
 from exporter.gpus import Allocation, plan_gpus
@@ -217,6 +218,12 @@ class TickResult:
     """Each GPU holder's share of the node's GPUs (only when GPUs were read)."""
     expired: tuple[ContainerKey, ...]
     """Containers whose grace period ended this tick: their series go."""
+    chargeback_labels: tuple[str, ...] = ()
+    """The pod labels charged (kubernetes.chargeback_labels, named: `label_team`)."""
+    chargeback: tuple[ChargebackPart, ...] = ()
+    """The columns summed per (label, value, component, mode) (exporter.chargeback)."""
+    chargeback_expired: tuple[ChargebackKey, ...] = ()
+    """(label, value) pairs no container held for the grace period: their series go."""
     inputs: TickInputs | None = None
     """What was read, for what is published as read (states, errors, info)."""
     facts: LifecycleFacts | None = None
@@ -238,10 +245,14 @@ class AccountState:
 
     def __init__(self, baseline: IdleBaseline, *, grace_seconds: float = 0.0,
                  embodied: EmbodiedSettings | None = None, pue: PueSettings | None = None,
-                 water: WaterSettings | None = None) -> None:
+                 water: WaterSettings | None = None,
+                 chargeback_labels: Sequence[str] = ()) -> None:
         self.baseline = baseline
         self.grace_seconds = grace_seconds
         self.last_seen: dict[ContainerKey, float] = {}
+        self.chargeback = Chargeback(chargeback_labels, grace_seconds=grace_seconds)
+        """The pod labels charged per value (kubernetes.chargeback_labels, named: `label_team`)
+        and when each value last had a container."""
         self.embodied = embodied or EmbodiedSettings()
         self.pue = pue or PueSettings()
         self.water = water or WaterSettings()
@@ -334,9 +345,15 @@ def account(inputs: TickInputs, state: AccountState) -> TickResult:
         for key in expired:
             del state.last_seen[key]
     g_per_kwh, j_per_kwh = intensity.grams_per_kwh, carbon.JOULES_PER_KWH
+    columns = tuple(_with_grams(col, g_per_kwh, j_per_kwh) for col in shares.columns)
+    k = inputs.kubernetes  # without a cluster, no pod labels: nothing to charge them
+    names, parts, gone = state.chargeback.charge(
+        columns, k.containers if k.containers is not None else tuple(
+            dict.fromkeys(c for col in columns for c in col.keys)),
+        now=inputs.now, expire=inputs.expire) if k is not None else ((), (), ())
     return TickResult(
         intensity=intensity, node=tuple(node), platform=tuple(platform), gpus=gpus,
-        columns=tuple(_with_grams(col, g_per_kwh, j_per_kwh) for col in shares.columns),
+        columns=columns, chargeback_labels=names, chargeback=parts, chargeback_expired=gone,
         unattributed=tuple((component, mode, _energy(joules, intensity))
                            for (component, mode), joules in shares.unattributed.items()),
         gpu_allocation_ratio=ratio, expired=tuple(expired), inputs=inputs,

@@ -265,8 +265,8 @@ def connect_kubernetes(settings: Settings, *, gpus: bool) -> Kubernetes | None:
     (logged once) when no cluster is configured."""
     from exporter.kube.client import connect
     from exporter.kube.pods import PodWatcher, slim_pod
-    from exporter.metrics import CONTAINER_INFO
-    from exporter.podlabels import PodLabelAllowlist
+    from exporter.metrics import CHARGEBACK_ENERGY, CONTAINER_INFO
+    from exporter.podlabels import PodLabelAllowlist, label_name
     from exporter.usage.cgroups import CgroupReader
     from exporter.workloads import WorkloadTracker
 
@@ -282,10 +282,15 @@ def connect_kubernetes(settings: Settings, *, gpus: bool) -> Kubernetes | None:
     log.info(f"source kubernetes: on, {cluster.detail}, pods of node {settings.node_name}; "
              f"container CPU time from {cgroups.describe()}")
     rules = settings.file.models.effective_rules
-    labels = PodLabelAllowlist(k.pod_label_allowlist)  # published on footprint_container_info
+    # published on footprint_container_info; the charged ones too (exporter.chargeback)
+    labels = PodLabelAllowlist((*k.pod_label_allowlist, *k.chargeback_labels))
     if labels:
         log.info(f"pod labels {', '.join(labels.patterns)} published on "
                  f"{CONTAINER_INFO.name} as label_<key> (docs/chargeback.md)")
+    charged = tuple(dict.fromkeys(map(label_name, k.chargeback_labels)))
+    if charged:
+        log.info(f"pod labels {', '.join(k.chargeback_labels)} charged per value on "
+                 f"{CHARGEBACK_ENERGY.name} and the other chargeback families")
     watcher = PodWatcher(cluster.api, settings.node_name,
                          slim=functools.partial(slim_pod, rules=rules, labels=labels),
                          watch_timeout_seconds=k.watch_timeout_seconds,
@@ -313,7 +318,8 @@ def connect_kubernetes(settings: Settings, *, gpus: bool) -> Kubernetes | None:
         log.info("source resourceslices: off (kubernetes.dra_drivers is empty): GPUs claimed "
                  "through DRA stay unattributed")
     return Kubernetes(pods=watcher, tracker=tracker, grace_seconds=k.grace_period_seconds,
-                      podresources=podresources, slices=slices)
+                      podresources=podresources, slices=slices,
+                      chargeback_labels=charged)
 
 
 def settle_memory() -> None:

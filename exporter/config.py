@@ -27,7 +27,12 @@ from exporter.models import (
     ModelRule,
     parse_rules,
 )
-from exporter.podlabels import ALLOWLIST_JSON_SCHEMA, parse_allowlist
+from exporter.podlabels import (
+    ALLOWLIST_JSON_SCHEMA,
+    CHARGEBACK_JSON_SCHEMA,
+    parse_allowlist,
+    parse_chargeback_labels,
+)
 from exporter.schema import ConfigError as ConfigError
 from exporter.schema import (
     check_keys,
@@ -153,6 +158,11 @@ class KubernetesSettings:
         doc="pod label keys (team) or globs of them (cost-*) published as label_<key> on "
             "each container's info series, named as kube-state-metrics names them; values "
             "cut to 128 bytes (docs/chargeback.md)")
+    chargeback_labels: tuple[str, ...] = setting(
+        (), parse=parse_chargeback_labels, json_schema=CHARGEBACK_JSON_SCHEMA,
+        doc="pod label keys (team), exactly, whose values each get the node's energy, CO2e and "
+            "allocation summed (footprint_chargeback_*, what the rule pack's team records "
+            "read); published on the info series too (docs/chargeback.md)")
 
 
 RULES_JSON_SCHEMA: Mapping[str, Any] = {

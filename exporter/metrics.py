@@ -29,6 +29,8 @@ from exporter.accounting import (
 )
 from exporter.attribution import MODES, counted
 from exporter.carbon import Intensity
+from exporter.chargeback import ChargebackPart
+from exporter.chargeback import ratios as chargeback_ratios
 from exporter.config import ATTRIBUTED, COMPONENTS
 from exporter.facts import LifecycleFacts
 from exporter.intensity.forecast import HORIZONS, MIN_WINDOW, ForecastView
@@ -357,6 +359,40 @@ CONTAINER_INFO = Family(
         summary="which model a container serves or trains, and which rule said so "
         "([docs/models.md](docs/models.md)); `label_<key>` for each allow-listed pod label "
         "([docs/chargeback.md](docs/chargeback.md))"))
+CHARGEBACK_HINTS = {
+    "label": "`label_<key>` of each key of `kubernetes.chargeback_labels`",
+    "value": "the pod label's value; `\"\"` for the containers whose pod lacks it"}
+CHARGEBACK_ENERGY = _counter(
+    "footprint_chargeback_energy_joules_total",
+    "Energy attributed to the node's containers whose pod label `label` has the value `value`.",
+    ("label", "value", "component", "mode"), "joules", doc=Doc(
+        since="0.5.0", hints={**CHARGEBACK_HINTS, "component": "cpu, dram, gpu", **MODE_VALUES},
+        meaning="the sum of `footprint_container_energy_joules_total` over the node's "
+        "containers whose pod's `label` has that `value` at each tick, kept after they end: "
+        "the values of one `label` add up to the node's attributed energy, and a relabelled "
+        "pod's joules go to its new value from the tick that sees it. A value no container "
+        "held for the grace period is retired (docs/chargeback.md)",
+        summary="energy per value of an allow-listed pod label, per node "
+        "([docs/chargeback.md](docs/chargeback.md))"))
+CHARGEBACK_CO2E = _counter(
+    "footprint_chargeback_co2e_grams_total",
+    "Operational emissions of the energy attributed per pod label value.",
+    ("label", "value", "component", "mode"), "grams", doc=Doc(
+        since="0.5.0", hints={**CHARGEBACK_HINTS, "component": "cpu, dram, gpu", **MODE_VALUES},
+        meaning="the same sum of `footprint_container_co2e_grams_total`",
+        summary="its operational emissions"))
+CHARGEBACK_ALLOCATION = _gauge(
+    "footprint_chargeback_allocation_ratio",
+    "The summed allocation ratios that carry embodied emissions, per pod label value.",
+    ("label", "value", "resource"), "ratio", doc=Doc(
+        since="0.5.0", hints={**CHARGEBACK_HINTS, "resource": "cpu, gpu"},
+        meaning="summed over the node's containers with that `value` (as "
+        "`footprint_container_allocation_ratio` publishes them), as the rule pack's embodied "
+        "grams read them: `gpu`, the GPU ratios of the containers that hold a GPU; `cpu`, the "
+        "CPU ratios of those that hold none",
+        summary="the ratios the embodied grams are shared by, summed per value"))
+CHARGEBACK_FAMILIES = (CHARGEBACK_ENERGY, CHARGEBACK_CO2E, CHARGEBACK_ALLOCATION)
+"""Every family whose labels start with (label, value)."""
 ERRORS = _counter(
     "footprint_exporter_errors_total",
     "Faults by source and reason: failed reads, bad pods, missing cgroups.", ("source", "reason"),
@@ -380,7 +416,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     UNATTRIBUTED_ENERGY, UNATTRIBUTED_CO2E, GRID_INTENSITY, GRID_INTENSITY_UPDATED,
     GRID_FORECAST, GRID_FORECAST_MIN, GRID_FORECAST_MIN_TIME, EMBODIED,
     EMBODIED_LIFETIME, PUE, WUE, GRID_WATER_INTENSITY, NODE_INFO, SOURCE_UP, CONTAINER_ENERGY,
-    CONTAINER_CO2E, CONTAINER_ALLOCATION, CONTAINER_INFO, ERRORS, BUILD_INFO)}
+    CONTAINER_CO2E, CONTAINER_ALLOCATION, CONTAINER_INFO, CHARGEBACK_ENERGY, CHARGEBACK_CO2E,
+    CHARGEBACK_ALLOCATION, ERRORS, BUILD_INFO)}
 """In exposition order."""
 DEVICE_FAMILIES: Mapping[str, Family] = {"rapl": RAPL_ENERGY, "nvml": GPU_ENERGY}
 """The family of each source's per-device counters (`Reading.measurements`), by its `source`
@@ -401,9 +438,10 @@ CONTRACT_TABLES: tuple[tuple[str, tuple[Family, ...]], ...] = (
     ("hardware", (NODE_ENERGY, NODE_PLATFORM_ENERGY, RAPL_ENERGY, GPU_ENERGY, GPU_POWER,
                   NODE_CO2E, NODE_INFO, SOURCE_UP)),
     ("attribution", (CONTAINER_ENERGY, UNATTRIBUTED_ENERGY, CONTAINER_ALLOCATION,
-                     CONTAINER_INFO)),
+                     CONTAINER_INFO, CHARGEBACK_ENERGY, CHARGEBACK_ALLOCATION)),
     ("carbon", (GRID_INTENSITY, GRID_INTENSITY_UPDATED, GRID_FORECAST, GRID_FORECAST_MIN,
-                GRID_FORECAST_MIN_TIME, CONTAINER_CO2E, UNATTRIBUTED_CO2E, EMBODIED,
+                GRID_FORECAST_MIN_TIME, CONTAINER_CO2E, CHARGEBACK_CO2E, UNATTRIBUTED_CO2E,
+                EMBODIED,
                 EMBODIED_LIFETIME, PUE, WUE, GRID_WATER_INTENSITY)),
     ("exporter", (TICK_DURATION, ERRORS, BUILD_INFO)))
 """docs/metrics.md's tables (Hardware, Attribution, Carbon, The exporter itself): each one's
@@ -411,7 +449,8 @@ families in row order. A table whose families state `since` has that column."""
 README_TABLE: tuple[Family, ...] = (
     NODE_ENERGY, NODE_PLATFORM_ENERGY, RAPL_ENERGY, GPU_ENERGY, GPU_POWER, NODE_CO2E,
     CONTAINER_ENERGY, CONTAINER_CO2E, CONTAINER_ALLOCATION, CONTAINER_INFO,
-    UNATTRIBUTED_ENERGY, UNATTRIBUTED_CO2E, GRID_INTENSITY, GRID_INTENSITY_UPDATED,
+    CHARGEBACK_ENERGY, CHARGEBACK_CO2E, CHARGEBACK_ALLOCATION, UNATTRIBUTED_ENERGY,
+    UNATTRIBUTED_CO2E, GRID_INTENSITY, GRID_INTENSITY_UPDATED,
     GRID_FORECAST, GRID_FORECAST_MIN, GRID_FORECAST_MIN_TIME, EMBODIED, EMBODIED_LIFETIME, PUE,
     WUE, GRID_WATER_INTENSITY, NODE_INFO, SOURCE_UP, ERRORS, TICK_DURATION, BUILD_INFO)
 """The README's metric table, in row order."""
@@ -424,7 +463,7 @@ UNDOCUMENTED: frozenset[str] = frozenset()
 class _Published:
     """A container's info and CPU allocation series as last written."""
 
-    container: object
+    container: ContainerLike
     ratio: float
     info: Labels
     ratio_labels: Labels
@@ -445,6 +484,16 @@ class Publisher:
         """Per (component, mode): the keys of the last column and their series' labels."""
         self._devices: dict[tuple[str, tuple[tuple[str, str], ...]], Labels] = {}
         """(family, a device's label pairs) -> its series' label values (`_device`)."""
+        self._chargeback_ratios: tuple[object, Mapping[ContainerLike, float], tuple[str, ...]] = (
+            None, {}, ())
+        """The published containers' version, GPU ratios and labels the ratios were summed
+        from (`chargeback_ratios`)."""
+        self._chargeback_known: set[tuple[str, str]] = set()
+        """The (label, value) pairs whose series are published."""
+        self._chargeback_pending: list[ChargebackPart] = []
+        """The parts of values first seen last tick, published at 0 then (`chargeback`)."""
+        self._containers_version = 0
+        """Bumped whenever `_containers` changes."""
         self._gpu_info: tuple[str, str] = ("", "0")
         self._node_info: tuple[str, str, str, str] = ("", "", "", "")
 
@@ -523,7 +572,9 @@ class Publisher:
                 self.slices(up=inputs.slices[0], api_errors=inputs.slices[1])
             self.gpu_ratios(result.gpu_allocation_ratio)
         self.attribution(result)
+        self.chargeback(result)
         self.expire(result.expired)
+        self.chargeback_ratios(result)
         if result.facts is not None:
             self.facts(result.facts)
 
@@ -617,6 +668,7 @@ class Publisher:
             self._set(CONTAINER_INFO, info, 1.0)
             self._set(CONTAINER_ALLOCATION, ratio, ratio_value)
             self._containers[c.key] = _Published(c, ratio_value, info, ratio)
+            self._containers_version += 1
 
     def gpus(self, readings: Sequence[GpuReading]) -> None:
         for g in readings:  # their energy counters are their source's devices (`source`)
@@ -671,6 +723,42 @@ class Publisher:
             self._add(UNATTRIBUTED_ENERGY, (component, mode), energy.joules)
             self._add(UNATTRIBUTED_CO2E, (component, mode), energy.grams)
 
+    def chargeback(self, result: TickResult) -> None:
+        """Each pod label value's joules and grams this tick (exporter.chargeback). A value's
+        series appear at 0 first, its first tick's parts added a tick later: Prometheus takes
+        a series' first sample as its baseline, and would lose them. The values whose grace
+        period ended go."""
+        pending, self._chargeback_pending = self._chargeback_pending, []
+        known = self._chargeback_known
+        for p in (*pending, *result.chargeback):
+            labels = (p.label, p.value, p.component, p.mode)
+            if (p.label, p.value) not in known:
+                self._ensure(CHARGEBACK_ENERGY, labels)
+                self._ensure(CHARGEBACK_CO2E, labels)
+                self._chargeback_pending.append(p)
+                continue
+            self._add(CHARGEBACK_ENERGY, labels, p.joules)
+            self._add(CHARGEBACK_CO2E, labels, p.grams)
+        known.update((p.label, p.value) for p in self._chargeback_pending)
+        for key in result.chargeback_expired:
+            known.discard(key)
+            self.ledger.retire((CHARGEBACK_ENERGY.name, CHARGEBACK_CO2E.name), key)
+
+    def chargeback_ratios(self, result: TickResult) -> None:
+        """The allocation ratios of the published containers (those in their grace period
+        too, as their own series) summed per pod label value, when they or the labels
+        changed."""
+        gpu = result.gpu_allocation_ratio
+        names = result.chargeback_labels
+        seen = (self._containers_version, gpu, names)
+        last = self._chargeback_ratios
+        if seen[0] == last[0] and seen[2] == last[2] and gpu == last[1]:
+            return
+        self._chargeback_ratios = (self._containers_version, dict(gpu), names)
+        self._replace(CHARGEBACK_ALLOCATION, chargeback_ratios(
+            ((p.container, p.ratio, gpu.get(p.container, 0.0))
+             for p in self._containers.values()), names))
+
     def _device(self, family: Family, pairs: tuple[tuple[str, str], ...]) -> Labels:
         """`family.labels_of(**dict(pairs))` for a device's (name, value) label pairs, made
         once per device (a node has a few dozen; the cache is emptied past 1,024)."""
@@ -700,6 +788,7 @@ class Publisher:
         for key in keys:
             self._containers.pop(key, None)
             self.ledger.retire(names, key)
+            self._containers_version += 1
 
     def facts(self, facts: LifecycleFacts) -> None:
         self._replace(EMBODIED, {("server", ""): facts.server_grams,

@@ -88,6 +88,26 @@ def parse_allowlist(value: object, key: str) -> tuple[str, ...]:
     return tuple(check_pattern(entry, f"{key}[{i}]") for i, entry in enumerate(entries))
 
 
+def parse_chargeback_labels(value: object, key: str) -> tuple[str, ...]:
+    """`kubernetes.chargeback_labels`: pod label keys, exactly (no globs): each is charged per
+    value on every node (exporter.chargeback), so its values add up to the node's energy."""
+    entries = expect_list(value, key, expected="a list of pod label keys: [team]")
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, str) and is_label_key(entry)):
+            raise ConfigError(
+                f"{key}[{i}]: expected a pod label key (team, example.com/cost-center), got "
+                f"{describe(entry)}; no globs: each key listed is charged on every node")
+    return tuple(dict.fromkeys(entries))
+
+
+CHARGEBACK_JSON_SCHEMA: Mapping[str, Any] = {
+    "type": "array",
+    "items": {"type": "string", "minLength": 1, "maxLength": MAX_PATTERN_CHARS,
+              "pattern": r"^[A-Za-z0-9._/-]+$"},
+}
+"""What `parse_chargeback_labels` accepts, as far as a JSON schema can say it."""
+
+
 ALLOWLIST_JSON_SCHEMA: Mapping[str, Any] = {
     "type": "array",
     "items": {"type": "string", "minLength": 1, "maxLength": MAX_PATTERN_CHARS,

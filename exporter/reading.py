@@ -116,6 +116,9 @@ class Kubernetes:
     tracker: WorkloadTracker
     grace_seconds: float
     podresources: PodResources | None = None
+    chargeback_labels: tuple[str, ...] = ()
+    """The pod labels charged per value on every node (exporter.chargeback):
+    kubernetes.chargeback_labels, named (`label_team`)."""
     slices: Slices | None = None
     """Where DRA-claimed devices are resolved to NVML UUIDs; None: DRA off."""
 

@@ -70,6 +70,7 @@ class Sampler:
                          percentile=attribution.idle_percentile,
                          window_seconds=attribution.idle_window_seconds),
             grace_seconds=kubernetes.grace_seconds if kubernetes is not None else 0.0,
+            chargeback_labels=kubernetes.chargeback_labels if kubernetes is not None else (),
             embodied=embodied, pue=pue, water=water)
         publisher = Publisher(Ledger())
         publisher.static([(p.name, p.status) for p in sources],

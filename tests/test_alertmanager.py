@@ -59,6 +59,7 @@ from tests.support import REPO, require_binary, stop_process, wait_http_ok
 from tests.support.report import (
     CO2E_RATE,
     CONTAINER,
+    ENERGY_RATE,
     GPU_GRAMS,
     LIFETIME_SECONDS,
     PUE,
@@ -120,9 +121,19 @@ def with_team(now: float, t0: float, *, timestamp: bool = False) -> str:
     """tests/support/report.py's synthetic exposition, plus the container's info series with the
     `label_team` the exporter adds for a pod labelled `team: vision`."""
     ts = f" {now:.3f}" if timestamp else ""
+    team = f'node="n1",label="label_team",value="{TEAM}"'
+    counter = f'{team},component="gpu",mode="dynamic"'
     return (exposition(now, t0, timestamp=timestamp)
             + "# TYPE footprint_container_info gauge\n"
-            + f'footprint_container_info{{node="n1",{CONTAINER},label_team="{TEAM}"}} 1{ts}\n')
+            + f'footprint_container_info{{node="n1",{CONTAINER},label_team="{TEAM}"}} 1{ts}\n'
+            # the exporter's sums for the team (exporter.chargeback): its one container's
+            + "# TYPE footprint_chargeback_co2e_grams counter\n"
+            + f"footprint_chargeback_co2e_grams_total{{{counter}}} {CO2E_RATE * (now - t0)}{ts}\n"
+            + "# TYPE footprint_chargeback_energy_joules counter\n"
+            + f"footprint_chargeback_energy_joules_total{{{counter}}} "
+              f"{ENERGY_RATE * (now - t0)}{ts}\n"
+            + "# TYPE footprint_chargeback_allocation_ratio gauge\n"
+            + f'footprint_chargeback_allocation_ratio{{{team},resource="gpu"}} 0.5{ts}\n')
 
 
 class Webhook:

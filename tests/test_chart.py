@@ -291,6 +291,20 @@ def test_the_exporter_accepts_the_config_file(rendered: dict[str, list[Obj]], ca
         DRA_DRIVERS if dra_on(load_values(case)) else [])
     assert container(objects)["args"].count("--config.file=/etc/footprint/config.yaml") == 1
     assert mounts(objects)["config"]["mountPath"] == "/etc/footprint/config.yaml"
+    # the pod labels charged per value are the rule pack's chargeback keys (default [team])
+    values = load_values(case) or {}
+    keys = ((values.get("prometheusRule") or {}).get("chargeback") or {}).get("labels", ["team"])
+    assert list(config.kubernetes.chargeback_labels) == keys
+
+
+def test_the_charged_labels_follow_the_rule_packs_keys_unless_the_config_names_them(
+        helm: ModuleType) -> None:
+    objects = render(helm, {"prometheusRule": {"chargeback": {"labels": ["team", "cost-center"]}}})
+    assert config_file(objects)["kubernetes"]["chargeback_labels"] == ["team", "cost-center"]
+    objects = render(helm, {"prometheusRule": {"chargeback": {"labels": []}}})
+    assert config_file(objects)["kubernetes"]["chargeback_labels"] == []
+    own = {"config": {"kubernetes": {"chargeback_labels": ["tenant"]}}}
+    assert config_file(render(helm, own))["kubernetes"]["chargeback_labels"] == ["tenant"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,7 +421,7 @@ def test_defaults(rendered: dict[str, list[Obj]]) -> None:
         "path": POD_RESOURCES_DIR, "type": "Directory"}
     assert config_file(objects) == {  # no GPU DaemonSet: no DRA drivers
         "kubernetes": {"pod_resources_socket": f"{POD_RESOURCES_DIR}/kubelet.sock",
-                       "dra_drivers": []}}
+                       "dra_drivers": [], "chargeback_labels": ["team"]}}
     service = one(objects, "Service")
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [
@@ -1068,7 +1082,8 @@ def test_dra_needs_the_gpu_pool_and_gpu_dra(helm: ModuleType) -> None:
                             "config": {"kubernetes": {"grace_period_seconds": 60}}})
     assert config_file(objects)["kubernetes"] == {
         "grace_period_seconds": 60, "dra_drivers": DRA_DRIVERS,
-        "pod_resources_socket": f"{POD_RESOURCES_DIR}/kubelet.sock"}
+        "pod_resources_socket": f"{POD_RESOURCES_DIR}/kubelet.sock",
+        "chargeback_labels": ["team"]}
     assert not of_kind(render(helm, {"gpu": {"enabled": True}, "rbac": {"create": False}}),
                        "ClusterRole")
 

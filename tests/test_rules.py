@@ -223,11 +223,8 @@ def test_the_label_team_rules_are_one_chargeback_key() -> None:
         name for name in CONTRACT_RECORDS if name.startswith("label_team:")}
     for rule in keyed:
         if "record" in rule:
-            # the key's records, and each container's team that their joins read (with the
-            # time each team was last current, what it is picked from)
-            assert rule["record"].split(":")[0] in ("label_team", "node_label_team") or (
-                rule["record"] in ("node_namespace_pod_container:footprint_container_info:"
-                                   f"label_team{suffix}" for suffix in ("", "_timestamp"))), rule
+            # the key's records, per team and per node and team
+            assert rule["record"].split(":")[0] in ("label_team", "node_label_team"), rule
         else:
             assert rule["alert"].startswith("FootprintTeam"), rule["alert"]
             for field in ("summary", "description"):

@@ -318,6 +318,20 @@ class RunPod:
     """Pod labels as the exporter publishes them on footprint_container_info (`label_team`)."""
 
 
+GRACE_S = 120.0
+"""The exporter's default grace period (kubernetes.grace_period_seconds)."""
+
+
+def _counted(p: RunPod, t: float, up: float) -> float:
+    """The pod's energy counter as the exporter last published it at `t`: its value at its
+    last scrape at or before `t` (pods start and end on the scrape grid here), 0 before its
+    start or when a restart at `up` came since."""
+    last = min(t, p.end)
+    if last < p.start or (t >= up > last):
+        return 0.0
+    return p.watts * (last - (max(p.start, up) if last >= up else p.start))
+
+
 def write_exporter_series(path: Path, nodes: Mapping[str, NodeFacts], pods: Sequence[RunPod],
                           t0: float, t1: float,
                           restarts: Mapping[str, tuple[float, float]] | None = None) -> None:
@@ -383,6 +397,32 @@ def write_exporter_series(path: Path, nodes: Mapping[str, NodeFacts], pods: Sequ
                               "container_id": f"containerd://{p.pod}", "uid": f"uid-{p.pod}"
                               }.items() if k != "phase"} | {"phase": p.phase} | dict(p.labels),
                [(t, 1.0) for t in times])
+    # The exporters' chargeback sums (exporter.chargeback): per node, each pod label any pod
+    # carries (as if the allow-list named it exactly) and each of its values there ("" for a
+    # pod without it), the pods' counters added up, kept (flat) for the grace period after
+    # the last of them ends; the GPU ratios summed while the pods run. A restart starts the
+    # node's sums again from 0, as it does each container's counter.
+    names = sorted({name for p in pods for name in p.labels})
+    for node in nodes:
+        up = restarts.get(node, (math.inf, math.inf))[1]
+        on_node = [p for p in pods if p.node == node]
+        for name in names:
+            for value in sorted({p.labels.get(name, "") for p in on_node}):
+                group = [p for p in on_node if p.labels.get(name, "") == value]
+                totals = [sum(_counted(p, t, up) for p in group) for t in scrapes(node)]
+                kept = [(t, j) for t, j in zip(scrapes(node), totals, strict=True)
+                        if any(p.start <= t <= p.end + GRACE_S for p in group)]
+                f = nodes[node]
+                labels = {"node": node, "job": "footprint-exporter", "instance": f"{node}:9102",
+                          "label": name, "value": value}
+                counter = {**labels, "component": "gpu", "mode": "dynamic"}
+                series("footprint_chargeback_energy_joules_total", counter, kept)
+                series("footprint_chargeback_co2e_grams_total", counter,
+                       [(t, j * f.intensity / 3.6e6) for t, j in kept])
+                ratios = [(t, sum(p.gpu_ratio for p in group if p.start <= t <= p.end))
+                          for t in scrapes(node) if any(p.start <= t <= p.end for p in group)]
+                series("footprint_chargeback_allocation_ratio", {**labels, "resource": "gpu"},
+                       ratios)
     with path.open("w") as out:
         writer = OpenMetricsWriter(out)
         for family, members in families.items():

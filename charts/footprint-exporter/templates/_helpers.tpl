@@ -152,6 +152,11 @@ carbon.existingSecret, the live provider's credential file.
 {{- $draDrivers := list }}
 {{- if include "footprint-exporter.draEnabled" . }}{{ $draDrivers = .Values.gpu.dra.drivers }}{{ end }}
 {{- $_ = set $kubernetes "dra_drivers" $draDrivers }}
+{{- /* The pod labels charged per value (footprint_chargeback_*): the rule pack's chargeback
+keys, unless the config names its own. */}}
+{{- if not (hasKey $kubernetes "chargeback_labels") }}
+{{- $_ = set $kubernetes "chargeback_labels" ((.Values.prometheusRule.chargeback | default dict).labels | default list) }}
+{{- end }}
 {{- $_ = set $config "kubernetes" $kubernetes }}
 {{- if .Values.carbon.existingSecret }}
 {{- $carbon := get $config "carbon" | default dict }}

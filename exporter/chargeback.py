@@ -1,0 +1,155 @@
+"""Chargeback per node: each tick's container joules and grams summed per value of each
+allow-listed pod label (`label_team="vision"`), published as `footprint_chargeback_*` with the
+label's name and value as labels (docs/chargeback.md).
+
+Why in the exporter and not a PromQL join: a team's grams then cost the rule pack a few series
+per node, not a selection of every container's info series and a join per evaluation
+(bench/rules_fleet.py, docs/scale.md), and the sums are exact by construction. A relabelled
+pod's joules go to its new value from the tick that sees the relabel; an ended container's
+stay in its value's counter, so `rate()` over any window charges each joule to the value in
+force when it was spent.
+
+Which labels: those of `kubernetes.chargeback_labels` (`team` -> `label_team`), on every node,
+so the containers without the label are charged to `value=""` and the values of a label add
+up to the node's attributed energy. A (label, value) unseen on any container for the grace
+period is retired, as a container's series are.
+
+Pure: no I/O, no metric; exporter.accounting calls `Chargeback.charge` once per tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+ChargebackKey = tuple[str, str]
+"""(published label name, value): one series set of the chargeback families."""
+
+
+class Labelled(Protocol):
+    @property
+    def pod_labels(self) -> tuple[tuple[str, str], ...]: ...
+
+
+class Split(Protocol):
+    """What `charge` reads of a column (exporter.accounting.ContainerColumn)."""
+
+    @property
+    def component(self) -> str: ...
+
+    @property
+    def mode(self) -> str: ...
+
+    @property
+    def keys(self) -> Sequence[Labelled]: ...
+
+    @property
+    def joules(self) -> Sequence[float]: ...
+
+    @property
+    def grams(self) -> Sequence[float]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChargebackPart:
+    """What one (label, value) was charged for one component and mode at one tick."""
+
+    label: str
+    value: str
+    component: str
+    mode: str
+    joules: float
+    grams: float
+
+
+Groups = tuple[tuple[ChargebackKey, tuple[int, ...]], ...]
+"""Per (label, value): the indices of a column's keys that carry it."""
+
+
+def groups_of(keys: Sequence[Labelled], names: Sequence[str]) -> Groups:
+    """For each label of `names` and each of its values among `keys`, the indices holding it
+    (a container without the label holds `""`)."""
+    out: dict[ChargebackKey, list[int]] = {}
+    for i, c in enumerate(keys):
+        own = dict(c.pod_labels)
+        for name in names:
+            out.setdefault((name, own.get(name, "")), []).append(i)
+    return tuple((key, tuple(indices)) for key, indices in out.items())
+
+
+def ratios(containers: Iterable[tuple[Labelled, float, float]], names: Sequence[str]
+           ) -> dict[tuple[str, ...], float]:
+    """(label, value, resource) -> the summed allocation ratio of the containers that carry
+    the value, as the rule pack's embodied grams read them: `gpu`, each GPU holder's share of
+    the node's GPUs; `cpu`, the CPU ratio of each container that holds no GPU. `containers`
+    gives (container, cpu ratio, gpu ratio)."""
+    out: dict[tuple[str, ...], float] = {}
+    for c, cpu, gpu in containers:
+        own = dict(c.pod_labels)
+        resource, ratio = ("gpu", gpu) if gpu > 0.0 else ("cpu", cpu)
+        for name in names:
+            key = (name, own.get(name, ""), resource)
+            out[key] = out.get(key, 0.0) + ratio
+    return out
+
+
+class Chargeback:
+    """What chargeback keeps between ticks: the labels charged, each (label, value)'s last tick
+    with a container, and each column's groups while its keys are the same tuple."""
+
+    def __init__(self, labels: Sequence[str] = (), *, grace_seconds: float = 0.0) -> None:
+        self.labels = tuple(labels)
+        """Published names (`label_team`), in order."""
+        self.grace_seconds = grace_seconds
+        self.last_seen: dict[ChargebackKey, float] = {}
+        self._groups: dict[int, tuple[Sequence[Labelled], tuple[str, ...], Groups]] = {}
+        """id(keys) -> (keys, names, groups) of the last tick's columns."""
+        self._present: tuple[object, tuple[str, ...], frozenset[ChargebackKey]] = (
+            None, (), frozenset())
+        """The containers (the very sequence), the names and the values they held."""
+
+    def charge(self, columns: Sequence[Split], containers: Sequence[Labelled], *,
+               now: float, expire: bool
+               ) -> tuple[tuple[str, ...], tuple[ChargebackPart, ...], tuple[ChargebackKey, ...]]:
+        """This tick's labels, parts (per label, value, component and mode: the columns' joules
+        and grams summed over the containers holding the value) and the (label, value) pairs
+        whose grace period ended."""
+        names = self.labels
+        sums: dict[tuple[str, str, str, str], list[float]] = {}
+        kept: dict[int, tuple[Sequence[Labelled], tuple[str, ...], Groups]] = {}
+        if names:
+            for col in columns:
+                keys = col.keys
+                cached = self._groups.get(id(keys))
+                if cached is not None and cached[0] is keys and cached[1] == names:
+                    groups = cached[2]
+                else:
+                    groups = groups_of(keys, names)
+                kept[id(keys)] = (keys, names, groups)
+                joules, grams = col.joules.__getitem__, col.grams.__getitem__
+                for (label, value), indices in groups:
+                    total = sums.get((label, value, col.component, col.mode))
+                    if total is None:  # a GPU's columns add to the same part as the others'
+                        total = sums[(label, value, col.component, col.mode)] = [0.0, 0.0]
+                    total[0] += sum(map(joules, indices))
+                    total[1] += sum(map(grams, indices))
+            if self._present[0] is not containers or self._present[1] != names:
+                self._present = (containers, names, frozenset(
+                    key for c in containers for key in _values(c, names)))
+            self.last_seen.update(dict.fromkeys(self._present[2], now))
+        self._groups = kept
+        expired: list[ChargebackKey] = []
+        if expire and self.last_seen:
+            grace = self.grace_seconds
+            if now - min(self.last_seen.values()) > grace:
+                expired = [k for k, seen in self.last_seen.items() if now - seen > grace]
+            for key in expired:
+                del self.last_seen[key]
+        parts = tuple(ChargebackPart(*key, j, g) for key, (j, g) in sums.items())
+        return names, parts, tuple(expired)
+
+
+def _values(c: Labelled, names: Sequence[str]) -> Iterable[ChargebackKey]:
+    own: Mapping[str, str] = dict(c.pod_labels)
+    return ((name, own.get(name, "")) for name in names)
