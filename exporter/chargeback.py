@@ -1,6 +1,6 @@
 """Chargeback per node: each tick's container joules and grams summed per value of each
-allow-listed pod label (`label_team="vision"`), published as `footprint_chargeback_*` with the
-label's name and value as labels (docs/chargeback.md).
+charged pod label (`kubernetes.chargeback_labels`; `label_team="vision"`), published as
+`footprint_chargeback_*` with the label's name and value as labels (docs/chargeback.md).
 
 Why in the exporter and not a PromQL join: a team's grams then cost the rule pack a few series
 per node, not a selection of every container's info series and a join per evaluation
@@ -103,11 +103,10 @@ class Chargeback:
         """Published names (`label_team`), in order."""
         self.grace_seconds = grace_seconds
         self.last_seen: dict[ChargebackKey, float] = {}
-        self._groups: dict[int, tuple[Sequence[Labelled], tuple[str, ...], Groups]] = {}
-        """id(keys) -> (keys, names, groups) of the last tick's columns."""
-        self._present: tuple[object, tuple[str, ...], frozenset[ChargebackKey]] = (
-            None, (), frozenset())
-        """The containers (the very sequence), the names and the values they held."""
+        self._groups: dict[int, tuple[Sequence[Labelled], Groups]] = {}
+        """id(keys) -> (keys, groups) of the last tick's columns."""
+        self._present: tuple[object, frozenset[ChargebackKey]] = (None, frozenset())
+        """The containers (the very sequence) and the values they held."""
 
     def charge(self, columns: Sequence[Split], containers: Sequence[Labelled], *,
                now: float, expire: bool
@@ -117,16 +116,14 @@ class Chargeback:
         whose grace period ended."""
         names = self.labels
         sums: dict[tuple[str, str, str, str], list[float]] = {}
-        kept: dict[int, tuple[Sequence[Labelled], tuple[str, ...], Groups]] = {}
+        kept: dict[int, tuple[Sequence[Labelled], Groups]] = {}
         if names:
             for col in columns:
                 keys = col.keys
                 cached = self._groups.get(id(keys))
-                if cached is not None and cached[0] is keys and cached[1] == names:
-                    groups = cached[2]
-                else:
-                    groups = groups_of(keys, names)
-                kept[id(keys)] = (keys, names, groups)
+                groups = cached[1] if cached is not None and cached[0] is keys else groups_of(
+                    keys, names)
+                kept[id(keys)] = (keys, groups)
                 joules, grams = col.joules.__getitem__, col.grams.__getitem__
                 for (label, value), indices in groups:
                     total = sums.get((label, value, col.component, col.mode))
@@ -134,10 +131,10 @@ class Chargeback:
                         total = sums[(label, value, col.component, col.mode)] = [0.0, 0.0]
                     total[0] += sum(map(joules, indices))
                     total[1] += sum(map(grams, indices))
-            if self._present[0] is not containers or self._present[1] != names:
-                self._present = (containers, names, frozenset(
+            if self._present[0] is not containers:
+                self._present = (containers, frozenset(
                     key for c in containers for key in _values(c, names)))
-            self.last_seen.update(dict.fromkeys(self._present[2], now))
+            self.last_seen.update(dict.fromkeys(self._present[1], now))
         self._groups = kept
         expired: list[ChargebackKey] = []
         if expire and self.last_seen:
