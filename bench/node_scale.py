@@ -7,7 +7,9 @@ with 250 containers in 120 pods, each with a ``cpu.stat`` and 20 processes (5,00
 whole and 2 time-sliced three ways through a real pod-resources gRPC server on a unix socket
 (``tests.fakes.podresources_server``), and the pods served by the fake API server
 (``tests.fakes.kube_api``) to the real ``kubernetes`` client. Every GPU holder runs one
-process on its GPU with utilisation samples.
+process on its GPU with utilisation samples. Five pods in six carry a ``team`` label (five
+teams), which the exporter charges as the chart configures it by default
+(``kubernetes.chargeback_labels: [team]``, the per-team sums of exporter/chargeback.py).
 
 The exporter is the project's real code, in this process: ``cli.build_sampler`` then
 ``server.serve`` on 127.0.0.1 with a 1 s tick. A driver thread advances every counter each
@@ -229,6 +231,8 @@ class Node:
                 self.names.append((name, cname))
                 index += 1
             labels = {"app": f"svc-{p:03d}", "pod-template-hash": "7c9f8d6b5"}
+            if p % 6:  # five teams, every sixth pod without one (chargeback_labels: [team])
+                labels["team"] = f"team-{p % 6}"
             self.pods.append({
                 "metadata": {"name": name, "namespace": "ml" if p < 16 else "apps",
                              "uid": uid, "labels": labels,
@@ -330,6 +334,7 @@ class Driver(threading.Thread):
 def write_config(tmp: Path, kubeconfig: Path, pr_socket: Path) -> Path:
     config = tmp / "footprint.yaml"
     config.write_text(f"kubernetes:\n  kubeconfig: {kubeconfig}\n"
+                      "  chargeback_labels: [team]\n"  # the chart's default
                       f"  pod_resources_socket: {pr_socket}\n")
     return config
 
