@@ -372,7 +372,7 @@ CHARGEBACK_ENERGY = _counter(
         "the values of one `label` add up to the node's attributed energy, and a relabelled "
         "pod's joules go to its new value from the tick that sees it. A value no container "
         "held for the grace period is retired (docs/chargeback.md)",
-        summary="energy per value of an allow-listed pod label, per node "
+        summary="energy per value of a charged pod label, per node "
         "([docs/chargeback.md](docs/chargeback.md))"))
 CHARGEBACK_CO2E = _counter(
     "footprint_chargeback_co2e_grams_total",
@@ -484,8 +484,8 @@ class Publisher:
         """Per (component, mode): the keys of the last column and their series' labels."""
         self._devices: dict[tuple[str, tuple[tuple[str, str], ...]], Labels] = {}
         """(family, a device's label pairs) -> its series' label values (`_device`)."""
-        self._chargeback_ratios: tuple[object, Mapping[ContainerLike, float], tuple[str, ...]] = (
-            None, {}, ())
+        self._chargeback_ratios: tuple[int, Mapping[ContainerLike, float], tuple[str, ...]] = (
+            -1, {}, ())
         """The published containers' version, GPU ratios and labels the ratios were summed
         from (`chargeback_ratios`)."""
         self._chargeback_known: set[tuple[str, str]] = set()
@@ -748,11 +748,9 @@ class Publisher:
         """The allocation ratios of the published containers (those in their grace period
         too, as their own series) summed per pod label value, when they or the labels
         changed."""
-        gpu = result.gpu_allocation_ratio
-        names = result.chargeback_labels
-        seen = (self._containers_version, gpu, names)
-        last = self._chargeback_ratios
-        if seen[0] == last[0] and seen[2] == last[2] and gpu == last[1]:
+        gpu, names = result.gpu_allocation_ratio, result.chargeback_labels
+        version, last_gpu, last_names = self._chargeback_ratios
+        if (version, last_names) == (self._containers_version, names) and gpu == last_gpu:
             return
         self._chargeback_ratios = (self._containers_version, dict(gpu), names)
         self._replace(CHARGEBACK_ALLOCATION, chargeback_ratios(
