@@ -14,11 +14,11 @@ nor attributed: it comes out apart, in `TickResult.platform`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import mul, truediv
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 from exporter import carbon
 from exporter.attribution import Column, GpuUse, IdleBaseline, Usage, Workload, attribute_energy
@@ -250,7 +250,7 @@ class AccountState:
         self.baseline = baseline
         self.grace_seconds = grace_seconds
         self.last_seen: dict[ContainerKey, float] = {}
-        self.chargeback = Chargeback(chargeback_labels, grace_seconds=grace_seconds)
+        self.chargeback = Chargeback(chargeback_labels)
         """The pod labels charged per value (kubernetes.chargeback_labels, named: `label_team`)
         and when each value last had a container."""
         self.embodied = embodied or EmbodiedSettings()
@@ -302,6 +302,21 @@ def _gpu_uses(inputs: TickInputs, state: AccountState,
     return plan.uses, plan.allocation_ratio
 
 
+K = TypeVar("K", bound=Hashable)
+
+
+def _expire(last_seen: dict[K, float], *, now: float, grace: float) -> list[K]:
+    """Drop from `last_seen` (what -> when last seen) and return what was unseen for longer
+    than `grace`: containers, and the pod label values charged (exporter.chargeback)."""
+    # now - seen only grows as seen falls: none has expired unless the oldest has
+    if not last_seen or now - min(last_seen.values()) <= grace:
+        return []
+    expired = [k for k, seen in last_seen.items() if now - seen > grace]
+    for key in expired:
+        del last_seen[key]
+    return expired
+
+
 def _with_grams(col: Column[ContainerLike], g_per_kwh: float, j_per_kwh: float
                 ) -> ContainerColumn:
     """The column with each part's grams: `carbon.grams`' arithmetic, in C (`map`), the
@@ -337,23 +352,19 @@ def account(inputs: TickInputs, state: AccountState) -> TickResult:
         node_busy_cpu_seconds=inputs.node_busy_cpu_seconds,
         allocatable_cores=inputs.allocatable_cores, idle_policy=inputs.idle_policy, gpus=uses)
     expired: list[ContainerKey] = []
-    if inputs.expire and state.last_seen:
-        grace, now = state.grace_seconds, inputs.now
-        # now - seen only grows as seen falls: none has expired unless the oldest has
-        if now - min(state.last_seen.values()) > grace:
-            expired = [k for k, seen in state.last_seen.items() if now - seen > grace]
-        for key in expired:
-            del state.last_seen[key]
+    if inputs.expire:
+        expired = _expire(state.last_seen, now=inputs.now, grace=state.grace_seconds)
     g_per_kwh, j_per_kwh = intensity.grams_per_kwh, carbon.JOULES_PER_KWH
     columns = tuple(_with_grams(col, g_per_kwh, j_per_kwh) for col in shares.columns)
     k = inputs.kubernetes  # without a cluster, no pod labels: nothing to charge them
-    names, parts, gone = state.chargeback.charge(
-        columns, k.containers if k.containers is not None else tuple(
-            dict.fromkeys(c for col in columns for c in col.keys)),
-        now=inputs.now, expire=inputs.expire) if k is not None else ((), (), ())
+    chargeback = state.chargeback
+    parts = chargeback.charge(columns, k.containers or (), now=inputs.now) if k else ()
+    gone = _expire(chargeback.last_seen, now=inputs.now, grace=state.grace_seconds) if (
+        k and inputs.expire) else []
     return TickResult(
         intensity=intensity, node=tuple(node), platform=tuple(platform), gpus=gpus,
-        columns=columns, chargeback_labels=names, chargeback=parts, chargeback_expired=gone,
+        columns=columns, chargeback_labels=chargeback.labels if k else (), chargeback=parts,
+        chargeback_expired=tuple(gone),
         unattributed=tuple((component, mode, _energy(joules, intensity))
                            for (component, mode), joules in shares.unattributed.items()),
         gpu_allocation_ratio=ratio, expired=tuple(expired), inputs=inputs,

@@ -14,7 +14,8 @@ so the containers without the label are charged to `value=""` and the values of 
 up to the node's attributed energy. A (label, value) unseen on any container for the grace
 period is retired, as a container's series are.
 
-Pure: no I/O, no metric; exporter.accounting calls `Chargeback.charge` once per tick.
+Pure: no I/O, no metric; exporter.accounting calls `Chargeback.charge` once per tick and
+expires the values as it expires containers.
 """
 
 from __future__ import annotations
@@ -86,11 +87,9 @@ def ratios(containers: Iterable[tuple[Labelled, float, float]], names: Sequence[
     gives (container, cpu ratio, gpu ratio)."""
     out: dict[tuple[str, ...], float] = {}
     for c, cpu, gpu in containers:
-        own = dict(c.pod_labels)
         resource, ratio = ("gpu", gpu) if gpu > 0.0 else ("cpu", cpu)
-        for name in names:
-            key = (name, own.get(name, ""), resource)
-            out[key] = out.get(key, 0.0) + ratio
+        for name, value in _values(c, names):
+            out[(name, value, resource)] = out.get((name, value, resource), 0.0) + ratio
     return out
 
 
@@ -98,10 +97,9 @@ class Chargeback:
     """What chargeback keeps between ticks: the labels charged, each (label, value)'s last tick
     with a container, and each column's groups while its keys are the same tuple."""
 
-    def __init__(self, labels: Sequence[str] = (), *, grace_seconds: float = 0.0) -> None:
+    def __init__(self, labels: Sequence[str] = ()) -> None:
         self.labels = tuple(labels)
         """Published names (`label_team`), in order."""
-        self.grace_seconds = grace_seconds
         self.last_seen: dict[ChargebackKey, float] = {}
         self._groups: dict[int, tuple[Sequence[Labelled], Groups]] = {}
         """id(keys) -> (keys, groups) of the last tick's columns."""
@@ -109,42 +107,34 @@ class Chargeback:
         """The containers (the very sequence) and the values they held."""
 
     def charge(self, columns: Sequence[Split], containers: Sequence[Labelled], *,
-               now: float, expire: bool
-               ) -> tuple[tuple[str, ...], tuple[ChargebackPart, ...], tuple[ChargebackKey, ...]]:
-        """This tick's labels, parts (per label, value, component and mode: the columns' joules
-        and grams summed over the containers holding the value) and the (label, value) pairs
-        whose grace period ended."""
+               now: float) -> tuple[ChargebackPart, ...]:
+        """This tick's parts: per label, value, component and mode, the columns' joules and
+        grams summed over the containers holding the value. The values the tick's containers
+        hold are marked seen at `now` (their grace period: exporter.accounting expires them)."""
         names = self.labels
+        if not names:
+            return ()
         sums: dict[tuple[str, str, str, str], list[float]] = {}
         kept: dict[int, tuple[Sequence[Labelled], Groups]] = {}
-        if names:
-            for col in columns:
-                keys = col.keys
-                cached = self._groups.get(id(keys))
-                groups = cached[1] if cached is not None and cached[0] is keys else groups_of(
-                    keys, names)
-                kept[id(keys)] = (keys, groups)
-                joules, grams = col.joules.__getitem__, col.grams.__getitem__
-                for (label, value), indices in groups:
-                    total = sums.get((label, value, col.component, col.mode))
-                    if total is None:  # a GPU's columns add to the same part as the others'
-                        total = sums[(label, value, col.component, col.mode)] = [0.0, 0.0]
-                    total[0] += sum(map(joules, indices))
-                    total[1] += sum(map(grams, indices))
-            if self._present[0] is not containers:
-                self._present = (containers, frozenset(
-                    key for c in containers for key in _values(c, names)))
-            self.last_seen.update(dict.fromkeys(self._present[1], now))
+        for col in columns:
+            keys = col.keys
+            cached = self._groups.get(id(keys))
+            groups = cached[1] if cached is not None and cached[0] is keys else groups_of(
+                keys, names)
+            kept[id(keys)] = (keys, groups)
+            joules, grams = col.joules.__getitem__, col.grams.__getitem__
+            for (label, value), indices in groups:
+                total = sums.get((label, value, col.component, col.mode))
+                if total is None:  # a GPU's columns add to the same part as the others'
+                    total = sums[(label, value, col.component, col.mode)] = [0.0, 0.0]
+                total[0] += sum(map(joules, indices))
+                total[1] += sum(map(grams, indices))
         self._groups = kept
-        expired: list[ChargebackKey] = []
-        if expire and self.last_seen:
-            grace = self.grace_seconds
-            if now - min(self.last_seen.values()) > grace:
-                expired = [k for k, seen in self.last_seen.items() if now - seen > grace]
-            for key in expired:
-                del self.last_seen[key]
-        parts = tuple(ChargebackPart(*key, j, g) for key, (j, g) in sums.items())
-        return names, parts, tuple(expired)
+        if self._present[0] is not containers:
+            self._present = (containers, frozenset(
+                key for c in containers for key in _values(c, names)))
+        self.last_seen.update(dict.fromkeys(self._present[1], now))
+        return tuple(ChargebackPart(*key, j, g) for key, (j, g) in sums.items())
 
 
 def _values(c: Labelled, names: Sequence[str]) -> Iterable[ChargebackKey]:
