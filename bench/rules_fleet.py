@@ -14,7 +14,8 @@ counters, the unattributed counters, footprint_pue, footprint_wue_liters_per_kwh
 footprint_grid_water_intensity_liters_per_kwh, footprint_embodied_grams (server and GPUs),
 footprint_embodied_lifetime_seconds, footprint_source_up, the grid intensity, and the
 chargeback series (footprint_chargeback_*: the containers' counters and ratios summed per
-team, as exporter.chargeback publishes them); for the serving
+team, as exporter.chargeback publishes them) and the workload sums (footprint_workload_*: the
+same per namespace, model and phase); for the serving
 pods vLLM's `vllm:generation_tokens_total` and `vllm:request_success_total` with namespace/pod
 labels. One node in four is a GPU node.
 
@@ -111,7 +112,7 @@ GOALS = {"max_rule_samples_per_1k": 2_000_000, "pack_growth_max": 1.25,
          "pack_extrapolated_50k_ms_max": 10_000}
 FLOOR = ("sum(rate(footprint_container_co2e_grams_total[5m]))"
          " + sum(rate(footprint_container_energy_joules_total[5m]))")
-GENERATOR = "4"
+GENERATOR = "5"
 """Bumped when the generated fleet changes: --cache keeps blocks per generator version."""
 MODELS = [("llama-3-8b", "inference", "serving", True, "llm"),
           ("mistral-7b", "training", "training", True, "research"),
@@ -177,6 +178,8 @@ def fleet(first: int, last: int, containers: int
             add("footprint_source_up", "gauge", labels(**base, source=source), 1.0)
         team_watts: dict[tuple[str, str, str], float] = {}
         team_ratio: dict[tuple[str, str], float] = {}
+        work_watts: dict[tuple[str, ...], float] = {}
+        work_ratio: dict[tuple[str, ...], float] = {}
         for c in range(containers):
             model, phase, namespace, gpu_model, team = MODELS[c % len(MODELS)]
             if namespace == "batch" and c // len(MODELS) % 2:
@@ -196,6 +199,8 @@ def fleet(first: int, last: int, containers: int
                     watts * share * 400 / 3.6e6)
                 key = (team, comp, mode)
                 team_watts[key] = team_watts.get(key, 0.0) + watts * share
+                work = (namespace, model, phase, comp, mode)
+                work_watts[work] = work_watts.get(work, 0.0) + watts * share
             add("footprint_container_allocation_ratio", "gauge",
                 labels(**workload, resource="cpu"), 0.01)
             if gpu:
@@ -203,6 +208,8 @@ def fleet(first: int, last: int, containers: int
                     labels(**workload, resource="gpu"), 1 / 8)
             share_of = ("gpu", 1 / 8) if gpu else ("cpu", 0.01)
             team_ratio[(team, share_of[0])] = team_ratio.get((team, share_of[0]), 0.0) + share_of[1]
+            work = (namespace, model, phase, share_of[0])
+            work_ratio[work] = work_ratio.get(work, 0.0) + share_of[1]
             info = dict(base, namespace=namespace, pod=pod, container=container, model=model,
                         model_source="owner" if model else "none", phase=phase,
                         owner_kind="Deployment", owner_name=pod,
@@ -216,6 +223,17 @@ def fleet(first: int, last: int, containers: int
                 add("vllm:generation_tokens_total", "counter", vllm, 500)
                 add("vllm:request_success_total", "counter", vllm, 2)
             n_containers += 1
+        # The exporter's workload sums (exporter.chargeback): the node's containers summed per
+        # namespace, model and phase.
+        for (namespace, model, phase, comp, mode), watts in sorted(work_watts.items()):
+            text = labels(**base, namespace=namespace, model=model, phase=phase, component=comp,
+                          mode=mode)
+            add("footprint_workload_energy_joules_total", "counter", text, watts)
+            add("footprint_workload_co2e_grams_total", "counter", text, watts * 400 / 3.6e6)
+        for (namespace, model, phase, resource), ratio in sorted(work_ratio.items()):
+            add("footprint_workload_allocation_ratio", "gauge",
+                labels(**base, namespace=namespace, model=model, phase=phase,
+                       resource=resource), ratio)
         # The exporter's chargeback series (exporter.chargeback): the node's containers summed
         # per value of label_team ("" without one).
         for (team, comp, mode), watts in sorted(team_watts.items()):

@@ -23,7 +23,7 @@ from typing import NamedTuple, Protocol, TypeVar
 from exporter import carbon
 from exporter.attribution import Column, GpuUse, IdleBaseline, Usage, Workload, attribute_energy
 from exporter.carbon import Intensity
-from exporter.chargeback import Chargeback, ChargebackKey, ChargebackPart
+from exporter.chargeback import Chargeback, SumKey, SumPart, Sums, workload_keys
 from exporter.config import EmbodiedSettings, PueSettings, WaterSettings
 from exporter.facts import LifecycleFacts, lifecycle_facts
 from exporter.gpus import Allocation, plan_gpus
@@ -220,10 +220,14 @@ class TickResult:
     """Containers whose grace period ended this tick: their series go."""
     chargeback_labels: tuple[str, ...] = ()
     """The pod labels charged (kubernetes.chargeback_labels, named: `label_team`)."""
-    chargeback: tuple[ChargebackPart, ...] = ()
-    """The columns summed per (label, value, component, mode) (exporter.chargeback)."""
-    chargeback_expired: tuple[ChargebackKey, ...] = ()
+    chargeback: tuple[SumPart, ...] = ()
+    """The columns summed per (label, value), component and mode (exporter.chargeback)."""
+    chargeback_expired: tuple[SumKey, ...] = ()
     """(label, value) pairs no container held for the grace period: their series go."""
+    workloads: tuple[SumPart, ...] = ()
+    """The columns summed per (namespace, model, phase), component and mode."""
+    workloads_expired: tuple[SumKey, ...] = ()
+    """(namespace, model, phase) keys no container held for the grace period."""
     inputs: TickInputs | None = None
     """What was read, for what is published as read (states, errors, info)."""
     facts: LifecycleFacts | None = None
@@ -253,6 +257,8 @@ class AccountState:
         self.chargeback = Chargeback(chargeback_labels)
         """The pod labels charged per value (kubernetes.chargeback_labels, named: `label_team`)
         and when each value last had a container."""
+        self.workloads = Sums(workload_keys)
+        """The sums per (namespace, model, phase) and when each last had a container."""
         self.embodied = embodied or EmbodiedSettings()
         self.pue = pue or PueSettings()
         self.water = water or WaterSettings()
@@ -307,7 +313,7 @@ K = TypeVar("K", bound=Hashable)
 
 def _expire(last_seen: dict[K, float], *, now: float, grace: float) -> list[K]:
     """Drop from `last_seen` (what -> when last seen) and return what was unseen for longer
-    than `grace`: containers, and the pod label values charged (exporter.chargeback)."""
+    than `grace`: containers, and the keys summed (exporter.chargeback)."""
     # now - seen only grows as seen falls: none has expired unless the oldest has
     if not last_seen or now - min(last_seen.values()) <= grace:
         return []
@@ -357,14 +363,18 @@ def account(inputs: TickInputs, state: AccountState) -> TickResult:
     g_per_kwh, j_per_kwh = intensity.grams_per_kwh, carbon.JOULES_PER_KWH
     columns = tuple(_with_grams(col, g_per_kwh, j_per_kwh) for col in shares.columns)
     k = inputs.kubernetes  # without a cluster, no pod labels: nothing to charge them
-    chargeback = state.chargeback
+    chargeback, workloads = state.chargeback, state.workloads
     parts = chargeback.charge(columns, k.containers or (), now=inputs.now) if k else ()
-    gone = _expire(chargeback.last_seen, now=inputs.now, grace=state.grace_seconds) if (
-        k and inputs.expire) else []
+    by_workload = workloads.charge(columns, k.containers or (), now=inputs.now) if k else ()
+    gone: list[SumKey] = []
+    ended: list[SumKey] = []
+    if k and inputs.expire:
+        gone = _expire(chargeback.last_seen, now=inputs.now, grace=state.grace_seconds)
+        ended = _expire(workloads.last_seen, now=inputs.now, grace=state.grace_seconds)
     return TickResult(
         intensity=intensity, node=tuple(node), platform=tuple(platform), gpus=gpus,
         columns=columns, chargeback_labels=chargeback.labels if k else (), chargeback=parts,
-        chargeback_expired=tuple(gone),
+        chargeback_expired=tuple(gone), workloads=by_workload, workloads_expired=tuple(ended),
         unattributed=tuple((component, mode, _energy(joules, intensity))
                            for (component, mode), joules in shares.unattributed.items()),
         gpu_allocation_ratio=ratio, expired=tuple(expired), inputs=inputs,

@@ -29,8 +29,8 @@ from exporter.accounting import (
 )
 from exporter.attribution import MODES, counted
 from exporter.carbon import Intensity
-from exporter.chargeback import ChargebackPart
-from exporter.chargeback import ratios as chargeback_ratios
+from exporter.chargeback import KeysOf, SumKey, SumPart, label_keys, workload_keys
+from exporter.chargeback import ratios as sum_ratios
 from exporter.config import ATTRIBUTED, COMPONENTS
 from exporter.facts import LifecycleFacts
 from exporter.intensity.forecast import HORIZONS, MIN_WINDOW, ForecastView
@@ -393,6 +393,37 @@ CHARGEBACK_ALLOCATION = _gauge(
         summary="the ratios the embodied grams are shared by, summed per value"))
 CHARGEBACK_FAMILIES = (CHARGEBACK_ENERGY, CHARGEBACK_CO2E, CHARGEBACK_ALLOCATION)
 """Every family whose labels start with (label, value)."""
+WORKLOAD = ("namespace", "model", "phase")
+WORKLOAD_HINTS = {"model": "`\"\"` for the containers no model rule matched",
+                  "phase": "inference, training, other"}
+WORKLOAD_ENERGY = _counter(
+    "footprint_workload_energy_joules_total",
+    "Energy attributed to the node's containers of one namespace, model and phase.",
+    (*WORKLOAD, "component", "mode"), "joules", doc=Doc(
+        since="0.5.0", hints={**WORKLOAD_HINTS, "component": "cpu, dram, gpu", **MODE_VALUES},
+        meaning="the sum of `footprint_container_energy_joules_total` over the node's "
+        "containers with that `namespace`, `model` and `phase` at each tick, kept after they "
+        "end: what the rule pack's per node, namespace and model records read "
+        "(docs/rules.md). Exact at a container's start and end, where `rate()` of the "
+        "container's own series extrapolates. A (namespace, model, phase) no container held "
+        "for the grace period is retired",
+        summary="energy per namespace, model and phase, per node ([docs/rules.md](docs/rules.md))"))
+WORKLOAD_CO2E = _counter(
+    "footprint_workload_co2e_grams_total",
+    "Operational emissions of the energy attributed per namespace, model and phase.",
+    (*WORKLOAD, "component", "mode"), "grams", doc=Doc(
+        since="0.5.0", hints={**WORKLOAD_HINTS, "component": "cpu, dram, gpu", **MODE_VALUES},
+        meaning="the same sum of `footprint_container_co2e_grams_total`",
+        summary="its operational emissions"))
+WORKLOAD_ALLOCATION = _gauge(
+    "footprint_workload_allocation_ratio",
+    "The summed allocation ratios that carry embodied emissions, per namespace, model and "
+    "phase.", (*WORKLOAD, "resource"), "ratio", doc=Doc(
+        since="0.5.0", hints={**WORKLOAD_HINTS, "resource": "cpu, gpu"},
+        meaning="summed over the node's containers with that `namespace`, `model` and `phase` "
+        "as `footprint_chargeback_allocation_ratio` sums them per value: `gpu`, the GPU ratios "
+        "of the containers that hold a GPU; `cpu`, the CPU ratios of those that hold none",
+        summary="the ratios the embodied grams are shared by, summed per workload"))
 ERRORS = _counter(
     "footprint_exporter_errors_total",
     "Faults by source and reason: failed reads, bad pods, missing cgroups.", ("source", "reason"),
@@ -416,8 +447,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     UNATTRIBUTED_ENERGY, UNATTRIBUTED_CO2E, GRID_INTENSITY, GRID_INTENSITY_UPDATED,
     GRID_FORECAST, GRID_FORECAST_MIN, GRID_FORECAST_MIN_TIME, EMBODIED,
     EMBODIED_LIFETIME, PUE, WUE, GRID_WATER_INTENSITY, NODE_INFO, SOURCE_UP, CONTAINER_ENERGY,
-    CONTAINER_CO2E, CONTAINER_ALLOCATION, CONTAINER_INFO, CHARGEBACK_ENERGY, CHARGEBACK_CO2E,
-    CHARGEBACK_ALLOCATION, ERRORS, BUILD_INFO)}
+    CONTAINER_CO2E, CONTAINER_ALLOCATION, CONTAINER_INFO, WORKLOAD_ENERGY, WORKLOAD_CO2E,
+    WORKLOAD_ALLOCATION, CHARGEBACK_ENERGY, CHARGEBACK_CO2E, CHARGEBACK_ALLOCATION, ERRORS,
+    BUILD_INFO)}
 """In exposition order."""
 DEVICE_FAMILIES: Mapping[str, Family] = {"rapl": RAPL_ENERGY, "nvml": GPU_ENERGY}
 """The family of each source's per-device counters (`Reading.measurements`), by its `source`
@@ -438,9 +470,11 @@ CONTRACT_TABLES: tuple[tuple[str, tuple[Family, ...]], ...] = (
     ("hardware", (NODE_ENERGY, NODE_PLATFORM_ENERGY, RAPL_ENERGY, GPU_ENERGY, GPU_POWER,
                   NODE_CO2E, NODE_INFO, SOURCE_UP)),
     ("attribution", (CONTAINER_ENERGY, UNATTRIBUTED_ENERGY, CONTAINER_ALLOCATION,
-                     CONTAINER_INFO, CHARGEBACK_ENERGY, CHARGEBACK_ALLOCATION)),
+                     CONTAINER_INFO, WORKLOAD_ENERGY, WORKLOAD_ALLOCATION, CHARGEBACK_ENERGY,
+                     CHARGEBACK_ALLOCATION)),
     ("carbon", (GRID_INTENSITY, GRID_INTENSITY_UPDATED, GRID_FORECAST, GRID_FORECAST_MIN,
-                GRID_FORECAST_MIN_TIME, CONTAINER_CO2E, CHARGEBACK_CO2E, UNATTRIBUTED_CO2E,
+                GRID_FORECAST_MIN_TIME, CONTAINER_CO2E, WORKLOAD_CO2E, CHARGEBACK_CO2E,
+                UNATTRIBUTED_CO2E,
                 EMBODIED,
                 EMBODIED_LIFETIME, PUE, WUE, GRID_WATER_INTENSITY)),
     ("exporter", (TICK_DURATION, ERRORS, BUILD_INFO)))
@@ -449,6 +483,7 @@ families in row order. A table whose families state `since` has that column."""
 README_TABLE: tuple[Family, ...] = (
     NODE_ENERGY, NODE_PLATFORM_ENERGY, RAPL_ENERGY, GPU_ENERGY, GPU_POWER, NODE_CO2E,
     CONTAINER_ENERGY, CONTAINER_CO2E, CONTAINER_ALLOCATION, CONTAINER_INFO,
+    WORKLOAD_ENERGY, WORKLOAD_CO2E, WORKLOAD_ALLOCATION,
     CHARGEBACK_ENERGY, CHARGEBACK_CO2E, CHARGEBACK_ALLOCATION, UNATTRIBUTED_ENERGY,
     UNATTRIBUTED_CO2E, GRID_INTENSITY, GRID_INTENSITY_UPDATED,
     GRID_FORECAST, GRID_FORECAST_MIN, GRID_FORECAST_MIN_TIME, EMBODIED, EMBODIED_LIFETIME, PUE,
@@ -469,6 +504,21 @@ class _Published:
     ratio_labels: Labels
 
 
+@dataclass(slots=True)
+class _SumsPublished:
+    """What the publisher keeps of one kind of sum (exporter.chargeback): its families, the keys
+    whose series are published, the parts of keys first seen last tick (published at 0 then),
+    and what the ratios were last summed from (the containers' version, the GPU ratios, the
+    keys)."""
+
+    energy: Family
+    co2e: Family
+    ratio: Family
+    known: set[SumKey] = field(default_factory=set)
+    pending: list[SumPart] = field(default_factory=list)
+    ratios_from: tuple[int, Mapping[ContainerLike, float], object] = (-1, {}, None)
+
+
 class Publisher:
     """Writes the ledger; keeps what it published where a label set can change (a container's
     model, the GPU holders), so a changed series replaces the old one instead of adding one."""
@@ -484,14 +534,11 @@ class Publisher:
         """Per (component, mode): the keys of the last column and their series' labels."""
         self._devices: dict[tuple[str, tuple[tuple[str, str], ...]], Labels] = {}
         """(family, a device's label pairs) -> its series' label values (`_device`)."""
-        self._chargeback_ratios: tuple[int, Mapping[ContainerLike, float], tuple[str, ...]] = (
-            -1, {}, ())
-        """The published containers' version, GPU ratios and labels the ratios were summed
-        from (`chargeback_ratios`)."""
-        self._chargeback_known: set[tuple[str, str]] = set()
-        """The (label, value) pairs whose series are published."""
-        self._chargeback_pending: list[ChargebackPart] = []
-        """The parts of values first seen last tick, published at 0 then (`chargeback`)."""
+        self._chargeback = _SumsPublished(CHARGEBACK_ENERGY, CHARGEBACK_CO2E,
+                                          CHARGEBACK_ALLOCATION)
+        """The sums per pod label value (exporter.chargeback)."""
+        self._workloads = _SumsPublished(WORKLOAD_ENERGY, WORKLOAD_CO2E, WORKLOAD_ALLOCATION)
+        """The sums per (namespace, model, phase)."""
         self._containers_version = 0
         """Bumped whenever `_containers` changes."""
         self._gpu_info: tuple[str, str] = ("", "0")
@@ -572,9 +619,12 @@ class Publisher:
                 self.slices(up=inputs.slices[0], api_errors=inputs.slices[1])
             self.gpu_ratios(result.gpu_allocation_ratio)
         self.attribution(result)
-        self.chargeback(result)
+        self.sums(self._chargeback, result.chargeback, result.chargeback_expired)
+        self.sums(self._workloads, result.workloads, result.workloads_expired)
         self.expire(result.expired)
-        self.chargeback_ratios(result)
+        names = result.chargeback_labels
+        self.sum_ratios(self._chargeback, result, label_keys(names), names)
+        self.sum_ratios(self._workloads, result, workload_keys, ())
         if result.facts is not None:
             self.facts(result.facts)
 
@@ -723,39 +773,41 @@ class Publisher:
             self._add(UNATTRIBUTED_ENERGY, (component, mode), energy.joules)
             self._add(UNATTRIBUTED_CO2E, (component, mode), energy.grams)
 
-    def chargeback(self, result: TickResult) -> None:
-        """Each pod label value's joules and grams this tick (exporter.chargeback). A value's
-        series appear at 0 first, its first tick's parts added a tick later: Prometheus takes
-        a series' first sample as its baseline, and would lose them. The values whose grace
-        period ended go."""
-        pending, self._chargeback_pending = self._chargeback_pending, []
-        known = self._chargeback_known
-        for p in (*pending, *result.chargeback):
-            labels = (p.label, p.value, p.component, p.mode)
-            if (p.label, p.value) not in known:
-                self._ensure(CHARGEBACK_ENERGY, labels)
-                self._ensure(CHARGEBACK_CO2E, labels)
-                self._chargeback_pending.append(p)
+    def sums(self, kind: _SumsPublished, parts: Sequence[SumPart],
+             expired: Sequence[SumKey]) -> None:
+        """Each key's joules and grams this tick (exporter.chargeback). A key's series appear
+        at 0 first, its first tick's parts added a tick later: Prometheus takes a series'
+        first sample as its baseline, and would lose them. The keys whose grace period ended
+        go."""
+        pending, kind.pending = kind.pending, []
+        known = kind.known
+        for p in (*pending, *parts):
+            labels = (*p.key, p.component, p.mode)
+            if p.key not in known:
+                self._ensure(kind.energy, labels)
+                self._ensure(kind.co2e, labels)
+                kind.pending.append(p)
                 continue
-            self._add(CHARGEBACK_ENERGY, labels, p.joules)
-            self._add(CHARGEBACK_CO2E, labels, p.grams)
-        known.update((p.label, p.value) for p in self._chargeback_pending)
-        for key in result.chargeback_expired:
+            self._add(kind.energy, labels, p.joules)
+            self._add(kind.co2e, labels, p.grams)
+        known.update(p.key for p in kind.pending)
+        for key in expired:
             known.discard(key)
-            self.ledger.retire((CHARGEBACK_ENERGY.name, CHARGEBACK_CO2E.name), key)
+            self.ledger.retire((kind.energy.name, kind.co2e.name), key)
 
-    def chargeback_ratios(self, result: TickResult) -> None:
+    def sum_ratios(self, kind: _SumsPublished, result: TickResult, keys_of: KeysOf,
+                   what: object) -> None:
         """The allocation ratios of the published containers (those in their grace period
-        too, as their own series) summed per pod label value, when they or the labels
-        changed."""
-        gpu, names = result.gpu_allocation_ratio, result.chargeback_labels
-        version, last_gpu, last_names = self._chargeback_ratios
-        if (version, last_names) == (self._containers_version, names) and gpu == last_gpu:
+        too, as their own series) summed per key, when they, the GPU ratios or `what` (what
+        the keys are made of: the charged labels) changed."""
+        gpu = result.gpu_allocation_ratio
+        version, last_gpu, last_what = kind.ratios_from
+        if (version, last_what) == (self._containers_version, what) and gpu == last_gpu:
             return
-        self._chargeback_ratios = (self._containers_version, dict(gpu), names)
-        self._replace(CHARGEBACK_ALLOCATION, chargeback_ratios(
+        kind.ratios_from = (self._containers_version, dict(gpu), what)
+        self._replace(kind.ratio, sum_ratios(
             ((p.container, p.ratio, gpu.get(p.container, 0.0))
-             for p in self._containers.values()), names))
+             for p in self._containers.values()), keys_of))
 
     def _device(self, family: Family, pairs: tuple[tuple[str, str], ...]) -> Labels:
         """`family.labels_of(**dict(pairs))` for a device's (name, value) label pairs, made

@@ -36,6 +36,9 @@ from exporter.metrics import (
     CONTAINER_ALLOCATION,
     CONTAINER_ENERGY,
     CONTAINER_INFO,
+    WORKLOAD_ALLOCATION,
+    WORKLOAD_CO2E,
+    WORKLOAD_ENERGY,
     Publisher,
 )
 from exporter.sources.gpu import GpuReading
@@ -108,7 +111,7 @@ def test_the_values_of_a_label_add_up_to_what_the_containers_were_charged() -> N
                container("c", 1.0))
     node = Node()
     result = node.tick((a, b, c))
-    parts = {(p.value, p.component, p.mode): p.joules for p in result.chargeback}
+    parts = {(p.key[1], p.component, p.mode): p.joules for p in result.chargeback}
     rows: dict[tuple[str, str, str], float] = {}
     team = {a: "vision", b: "nlp", c: ""}
     for k, component, mode, energy in result.containers:
@@ -172,10 +175,10 @@ def test_only_the_charged_labels_are_charged() -> None:
     node.tick((plain, tagged))
     result = node.tick((plain, tagged))
     assert result.chargeback_labels == ("label_team", "label_cost_center")
-    assert {(p.label, p.value) for p in result.chargeback} == {
+    assert {p.key for p in result.chargeback} == {
         ("label_team", ""), ("label_cost_center", ""), ("label_cost_center", "x")}
     for label in result.chargeback_labels:  # each label's values add up to the whole
-        assert math.fsum(p.joules for p in result.chargeback if p.label == label) == \
+        assert math.fsum(p.joules for p in result.chargeback if p.key[0] == label) == \
             pytest.approx(charged(result), rel=1e-12)
 
 
@@ -306,3 +309,104 @@ def test_over_ticks_the_values_add_up_to_the_container_counters(
     containers = math.fsum(node.publisher.ledger.counters[CONTAINER_ENERGY.name].values())
     assert math.fsum(node.by_value().values()) == pytest.approx(containers, rel=1e-9,
                                                                 abs=1e-9)
+
+
+# -- the sums per (namespace, model, phase): footprint_workload_* ---------------------------
+
+
+def workload(name: str, cores: float, namespace: str = "ml", model: str = "llama",
+             phase: str = "inference") -> Container:
+    return Container(namespace=namespace, pod=f"{name}-pod", container="main", model=model,
+                     phase=phase, model_source="label" if model else "none", owner_kind="",
+                     owner_name="", cpu_request_cores=cores, container_id=name * 8,
+                     pod_uid=name, pod_labels=())
+
+
+def test_the_workloads_add_up_to_what_their_containers_were_charged() -> None:
+    """Per (namespace, model, phase), whatever the charged labels (none here): the rows of the
+    containers under each key, published at 0 first and added a tick later."""
+    a, b = workload("a", 2.0), workload("b", 1.0)  # one workload: summed
+    c = workload("c", 1.0, phase="training")
+    d = workload("d", 1.0, namespace="kube-system", model="", phase="other")
+    node = Node(charged=())
+    first = node.tick((a, b, c, d))
+    key_of = {a: ("ml", "llama", "inference"), b: ("ml", "llama", "inference"),
+              c: ("ml", "llama", "training"), d: ("kube-system", "", "other")}
+    rows: dict[tuple[str, ...], float] = {}
+    for k, component, mode, energy in first.containers:
+        key = (*key_of[k], component, mode)  # type: ignore[index]
+        rows[key] = rows.get(key, 0.0) + energy.joules
+    parts = {(*p.key, p.component, p.mode): p.joules for p in first.workloads}
+    assert parts == pytest.approx(rows, rel=1e-12)
+    assert first.chargeback == ()  # no label charged: no chargeback, the workloads still
+    assert set(node.counter(WORKLOAD_ENERGY.name).values()) == {0.0}
+    second = node.tick((a, b, c, d))
+    energy, grams = node.counter(WORKLOAD_ENERGY.name), node.counter(WORKLOAD_CO2E.name)
+    assert energy.keys() == grams.keys() == rows.keys()
+    assert math.fsum(energy.values()) == pytest.approx(charged(first) + charged(second),
+                                                       rel=1e-12)
+    assert math.fsum(grams.values()) == pytest.approx(
+        math.fsum(e.grams for r in (first, second) for _, _, _, e in r.containers), rel=1e-12)
+
+
+def test_a_model_change_moves_the_joules_and_an_unheld_workload_is_retired() -> None:
+    before, after = workload("a", 2.0, model="llama"), workload("a", 2.0, model="mistral")
+    node = Node(charged=(), grace=30.0)
+    spent = {"llama": 0.0, "mistral": 0.0}
+    history = []
+    for c in (before, before, after, after, after):
+        spent[c.model] += charged(node.tick((c,)))
+        history.append(node.counter(WORKLOAD_ENERGY.name))
+    per_model: dict[str, float] = {}
+    for (_, model, _, _, _), joules in history[-1].items():
+        per_model[model] = per_model.get(model, 0.0) + joules
+    assert per_model == pytest.approx(spent, rel=1e-12)
+    for earlier, later in pairwise(history):
+        assert all(later.get(k, 0.0) >= v for k, v in earlier.items()), (earlier, later)
+    node.now += 31.0  # llama last held 32 s ago
+    result = node.tick((after,))
+    assert result.workloads_expired == (("ml", "llama", "inference"),)
+    assert {k[1] for k in node.counter(WORKLOAD_ENERGY.name)} == {"mistral"}
+
+
+def test_the_workload_ratios_are_summed_as_the_embodied_rules_read_them() -> None:
+    holder, cpu_only = workload("a", 2.0), workload("b", 1.0)
+    other = workload("c", 4.0, namespace="batch", model="", phase="other")
+    node = Node(charged=())
+    node.tick((holder, cpu_only, other), gpus=(gpu("GPU-0", 300.0), gpu("GPU-1", 100.0)),
+              allocations=(Allocation(holder, "GPU-0"),))
+    ratios = node.publisher.ledger.gauges[WORKLOAD_ALLOCATION.name]
+    own = node.publisher.ledger.gauges[CONTAINER_ALLOCATION.name]
+
+    def of(c: Container, resource: str) -> float:
+        return own[(*c.key, c.model, c.phase, resource)]
+    assert ratios == pytest.approx({
+        ("ml", "llama", "inference", "gpu"): of(holder, "gpu"),
+        ("ml", "llama", "inference", "cpu"): of(cpu_only, "cpu"),
+        ("batch", "", "other", "cpu"): of(other, "cpu")})
+    assert of(holder, "gpu") == 0.5 and of(cpu_only, "cpu") == 1 / 8
+
+
+@settings(max_examples=40, deadline=None)
+@given(keys=st.lists(st.sampled_from([("ml", "llama", "inference"), ("ml", "llama", "training"),
+                                       ("ml", "", "other"), ("web", "", "other")]),
+                     min_size=1, max_size=6),
+       changes=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["llama", "bge", ""])),
+                        max_size=4),
+       cpu=st.floats(0.0, 1e4, allow_nan=False))
+def test_over_ticks_the_workloads_hold_every_joule_of_the_container_counters(
+        keys: list[tuple[str, str, str]], changes: list[tuple[int, str]], cpu: float) -> None:
+    pods = [workload(f"p{i}", 1.0, *key) for i, key in enumerate(keys)]
+    node = Node(charged=(), grace=1e9)
+    node.tick(tuple(pods), cpu=cpu)
+    for i, model in changes:
+        if i < len(pods):
+            old = pods[i]
+            pods[i] = workload(old.pod.removesuffix("-pod"), 1.0, old.namespace, model,
+                               old.phase)
+        node.tick(tuple(pods), cpu=cpu)
+    node.tick(tuple(pods), cpu=0.0)  # publishes the parts deferred at the last tick
+    node.tick(tuple(pods), cpu=0.0)
+    containers = math.fsum(node.publisher.ledger.counters[CONTAINER_ENERGY.name].values())
+    workloads = math.fsum(node.counter(WORKLOAD_ENERGY.name).values())
+    assert workloads == pytest.approx(containers, rel=1e-9, abs=1e-9)

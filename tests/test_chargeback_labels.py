@@ -404,19 +404,23 @@ def test_the_documented_queries_charge_each_team_its_grams(tmp_path: Path) -> No
         {"series": info + ',label_team="speech"}', "values": "_x30 1x30"},
         {"series": 'footprint_container_info{node="n1",namespace="web",container="main",'
                    'pod="b",model="",phase="other"}', "values": "1x60"},
-        # the pack's container records (operational and embodied; PUE 1.25 adds a quarter of
-        # operational) and namespace totals
+        # the pack's operational container records (PUE 1.25 adds a quarter of them) and the
+        # gauges embodied is derived from: the server's 250,000 g over 1,000,000 s, 0.25 g/s
+        # per unit of CPU ratio (a: 0.25 -> 0.0625 g/s; b: 0.5 -> 0.125 g/s)
         {"series": 'footprint_pue{node="n1"}', "values": "1.25x60"},
+        {"series": 'footprint_embodied_grams{node="n1",component="server",gpu=""}',
+         "values": "250000x60"},
+        {"series": 'footprint_embodied_lifetime_seconds{node="n1"}', "values": "1000000x60"},
         {"series": f'container:footprint_co2e_grams:rate5m{{{where},pod="a",model="m",'
                    'phase="inference",scope="operational"}', "values": "0.75x60"},
-        {"series": f'container:footprint_co2e_grams:rate5m{{{where},pod="a",model="m",'
-                   'phase="inference",scope="embodied"}', "values": "0.0625x60"},
+        {"series": f'footprint_container_allocation_ratio{{{where},pod="a",model="m",'
+                   'phase="inference",resource="cpu"}', "values": "0.25x60"},
         {"series": 'container:footprint_co2e_grams:rate5m{node="n1",namespace="web",'
                    'container="main",pod="b",model="",phase="other",scope="operational"}',
          "values": "1.5x60"},
-        {"series": 'container:footprint_co2e_grams:rate5m{node="n1",namespace="web",'
-                   'container="main",pod="b",model="",phase="other",scope="embodied"}',
-         "values": "0.125x60"},
+        {"series": 'footprint_container_allocation_ratio{node="n1",namespace="web",'
+                   'container="main",pod="b",model="",phase="other",resource="cpu"}',
+         "values": "0.5x60"},
         {"series": 'namespace:footprint_co2e_grams:rate5m{namespace="ml",scope="total"}',
          "values": "1x60"},
         {"series": 'namespace:footprint_co2e_grams:rate5m{namespace="web",scope="total"}',

@@ -139,8 +139,9 @@ def recorded_scopes(rule: dict[str, Any]) -> set[str]:
 
 
 @pytest.mark.parametrize(("name", "scopes"), [
-    # no infrastructure or total per container: derived where read (docs/rules.md)
-    ("container:footprint_co2e_grams:rate5m", SCOPES - {"total", "infrastructure"}),
+    # only operational per container: the others derived where read (docs/rules.md)
+    ("container:footprint_co2e_grams:rate5m", {"operational"}),
+    ("node_namespace_model:footprint_co2e_grams:rate5m", SCOPES),
     ("node_label_team:footprint_co2e_grams:rate5m", SCOPES)])
 def test_every_scope_is_recorded(name: str, scopes: set[str]) -> None:
     recorded = [recorded_scopes(rule) for rule in rules(RULES) if rule.get("record") == name]

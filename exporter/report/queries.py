@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from exporter.metrics import (
     CONTAINER_ALLOCATION,
     CONTAINER_INFO,
+    EMBODIED,
+    EMBODIED_LIFETIME,
     GRID_WATER_INTENSITY,
     NODE_INFO,
     PUE,
@@ -32,7 +34,7 @@ WATER_RULE = "model:footprint_water_liters:rate5m"
 """Litres per second by model, phase and scope (water_onsite, water_offsite)."""
 CONTAINER_CO2E_RULE = "container:footprint_co2e_grams:rate5m"
 """Grams CO2e per second per container (node, namespace, pod, container, model, phase, scope):
-operational and embodied (infrastructure is derived where read: CONTAINER_CO2E_SCOPES)."""
+operational only (infrastructure and embodied are derived where read: CONTAINER_CO2E_SCOPES)."""
 CONTAINER_ENERGY_RULE = "container:footprint_energy_joules:rate5m"
 """Watts per container (node, namespace, pod, container, model, phase)."""
 CLEANEST_HOUR_RULE = "node:footprint_grid_intensity_cleanest_hour_grams_per_kwh:min1d"
@@ -258,14 +260,35 @@ def run_sum_query(expr: str, since: Duration, step: Duration, *extra: str,
             f" * {step.promql_seconds()}{scale}")
 
 
+def _per_embodied_second(grams: str) -> str:
+    """Per node, its embodied grams (`grams` selects the components: one series per component
+    and GPU) over its lifetime: grams per second."""
+    return (f"(sum by (node) (max by (node, component, gpu) ({EMBODIED.name}{grams})) "
+            f"/ on (node) max by (node) ({EMBODIED_LIFETIME.name} > 0))")
+
+
+_GPU_RATIO = f'({CONTAINER_ALLOCATION.name}{{resource="gpu"}} > 0)'
+_CPU_RATIO = f'{CONTAINER_ALLOCATION.name}{{resource="cpu"}}'
+_SERVER = '{component="server"}'
+CONTAINER_EMBODIED = (
+    "sum by (node, namespace, pod, container, model, phase) ("
+    f"{_GPU_RATIO} * on (node) group_left () {_per_embodied_second('')} "
+    "or on (node, namespace, pod, container) "
+    f"{_CPU_RATIO} * on (node) group_left () "
+    f"{_per_embodied_second(_SERVER)})")
+"""Each container's embodied grams per second, as docs/rules.md derives it (no record per
+container since issue 23): a GPU holder's GPU ratio x the server and all its GPUs, any other
+container's CPU ratio x the server."""
+
 CONTAINER_CO2E_SCOPES = (
-    f"{CONTAINER_CO2E_RULE} or label_replace({CONTAINER_CO2E_RULE}{{scope=\"operational\"}} "
-    f"* on (node) group_left () (max by (node) ({PUE.name}) - 1), "
-    '"scope", "infrastructure", "", "")')
-"""Each container's grams per second in the three scopes: the recorded operational and
-embodied, and infrastructure derived as the pack derives it for its sums, operational x (the
-node's PUE - 1) (no record per container since issue 23, docs/rules.md); the total is their
-sum (rows._scoped_grams)."""
+    f"{CONTAINER_CO2E_RULE}{{scope=\"operational\"}} or label_replace({CONTAINER_CO2E_RULE}"
+    f"{{scope=\"operational\"}} * on (node) group_left () (max by (node) ({PUE.name}) - 1), "
+    '"scope", "infrastructure", "", "") '
+    f'or label_replace({CONTAINER_EMBODIED}, "scope", "embodied", "", "")')
+"""Each container's grams per second in the three scopes: the recorded operational, and
+infrastructure and embodied derived as the pack derives them for its sums: operational x (the
+node's PUE - 1), and CONTAINER_EMBODIED (no record of either per container since issue 23,
+docs/rules.md); the total is their sum (rows._scoped_grams)."""
 
 
 def run_queries(since: Duration, step: Duration) -> dict[str, str]:

@@ -150,6 +150,7 @@ SERVER_GRAMS = 1_500_000.0
 GPU_GRAMS = 150_000.0
 LIFETIME_SECONDS = 4 * 365 * 86_400
 CONTAINER = 'namespace="ml",pod="p",container="c",model="llama",phase="inference"'
+WORKLOAD = 'namespace="ml",model="llama",phase="inference"'
 
 
 def exposition(now: float, t0: float, *, timestamp: bool = False) -> str:
@@ -166,6 +167,15 @@ def exposition(now: float, t0: float, *, timestamp: bool = False) -> str:
         f'mode="dynamic"}} {ENERGY_RATE * (now - t0)}{ts}',
         "# TYPE footprint_container_allocation_ratio gauge",
         f'footprint_container_allocation_ratio{{{node},{CONTAINER},resource="gpu"}} 0.5{ts}',
+        # the exporter's sums per namespace, model and phase: the one container's
+        "# TYPE footprint_workload_co2e_grams counter",
+        f'footprint_workload_co2e_grams_total{{{node},{WORKLOAD},component="gpu",'
+        f'mode="dynamic"}} {CO2E_RATE * (now - t0)}{ts}',
+        "# TYPE footprint_workload_energy_joules counter",
+        f'footprint_workload_energy_joules_total{{{node},{WORKLOAD},component="gpu",'
+        f'mode="dynamic"}} {ENERGY_RATE * (now - t0)}{ts}',
+        "# TYPE footprint_workload_allocation_ratio gauge",
+        f'footprint_workload_allocation_ratio{{{node},{WORKLOAD},resource="gpu"}} 0.5{ts}',
         "# TYPE footprint_pue gauge",
         f"footprint_pue{{{node}}} {PUE}{ts}",
         "# TYPE footprint_embodied_grams gauge",
@@ -397,32 +407,40 @@ def write_exporter_series(path: Path, nodes: Mapping[str, NodeFacts], pods: Sequ
                               "container_id": f"containerd://{p.pod}", "uid": f"uid-{p.pod}"
                               }.items() if k != "phase"} | {"phase": p.phase} | dict(p.labels),
                [(t, 1.0) for t in times])
-    # The exporters' chargeback sums (exporter.chargeback): per node, each pod label any pod
-    # carries (as if the allow-list named it exactly) and each of its values there ("" for a
-    # pod without it), the pods' counters added up, kept (flat) for the grace period after
-    # the last of them ends; the GPU ratios summed while the pods run. A restart starts the
-    # node's sums again from 0, as it does each container's counter.
+    # The exporters' sums (exporter.chargeback): per node, per (namespace, model, phase), and
+    # per value of each pod label any pod carries (as if kubernetes.chargeback_labels named
+    # it; "" for a pod without it), the pods' counters added up, kept (flat) for the grace
+    # period after the last of them ends; the GPU ratios summed while the pods run. A restart
+    # starts the node's sums again from 0, as it does each container's counter.
     names = sorted({name for p in pods for name in p.labels})
+
+    def keys_of(p: RunPod) -> list[tuple[str, dict[str, str]]]:
+        return [("workload", {"namespace": p.namespace, "model": p.model, "phase": p.phase}),
+                *(("chargeback", {"label": name, "value": p.labels.get(name, "")})
+                  for name in names)]
+
     for node in nodes:
         up = restarts.get(node, (math.inf, math.inf))[1]
-        on_node = [p for p in pods if p.node == node]
-        for name in names:
-            for value in sorted({p.labels.get(name, "") for p in on_node}):
-                group = [p for p in on_node if p.labels.get(name, "") == value]
-                totals = [sum(_counted(p, t, up) for p in group) for t in scrapes(node)]
-                kept = [(t, j) for t, j in zip(scrapes(node), totals, strict=True)
-                        if any(p.start <= t <= p.end + GRACE_S for p in group)]
-                f = nodes[node]
-                labels = {"node": node, "job": "footprint-exporter", "instance": f"{node}:9102",
-                          "label": name, "value": value}
-                counter = {**labels, "component": "gpu", "mode": "dynamic"}
-                series("footprint_chargeback_energy_joules_total", counter, kept)
-                series("footprint_chargeback_co2e_grams_total", counter,
-                       [(t, j * f.intensity / 3.6e6) for t, j in kept])
-                ratios = [(t, sum(p.gpu_ratio for p in group if p.start <= t <= p.end))
-                          for t in scrapes(node) if any(p.start <= t <= p.end for p in group)]
-                series("footprint_chargeback_allocation_ratio", {**labels, "resource": "gpu"},
-                       ratios)
+        groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[RunPod]] = {}
+        for p in pods:
+            if p.node == node:
+                for kind, key in keys_of(p):
+                    groups.setdefault((kind, tuple(key.items())), []).append(p)
+        for (kind, key), group in sorted(groups.items()):
+            totals = [sum(_counted(p, t, up) for p in group) for t in scrapes(node)]
+            kept = [(t, j) for t, j in zip(scrapes(node), totals, strict=True)
+                    if any(p.start <= t <= p.end + GRACE_S for p in group)]
+            f = nodes[node]
+            labels = {"node": node, "job": "footprint-exporter", "instance": f"{node}:9102",
+                      **dict(key)}
+            counter = {**labels, "component": "gpu", "mode": "dynamic"}
+            series(f"footprint_{kind}_energy_joules_total", counter, kept)
+            series(f"footprint_{kind}_co2e_grams_total", counter,
+                   [(t, j * f.intensity / 3.6e6) for t, j in kept])
+            ratios = [(t, sum(p.gpu_ratio for p in group if p.start <= t <= p.end))
+                      for t in scrapes(node) if any(p.start <= t <= p.end for p in group)]
+            series(f"footprint_{kind}_allocation_ratio", {**labels, "resource": "gpu"},
+                   ratios)
     with path.open("w") as out:
         writer = OpenMetricsWriter(out)
         for family, members in families.items():
