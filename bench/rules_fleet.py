@@ -112,7 +112,7 @@ GOALS = {"max_rule_samples_per_1k": 2_000_000, "pack_growth_max": 1.25,
          "pack_extrapolated_50k_ms_max": 10_000}
 FLOOR = ("sum(rate(footprint_container_co2e_grams_total[5m]))"
          " + sum(rate(footprint_container_energy_joules_total[5m]))")
-GENERATOR = "5"
+GENERATOR = "6"
 """Bumped when the generated fleet changes: --cache keeps blocks per generator version."""
 MODELS = [("llama-3-8b", "inference", "serving", True, "llm"),
           ("mistral-7b", "training", "training", True, "research"),
@@ -199,7 +199,7 @@ def fleet(first: int, last: int, containers: int
                     watts * share * 400 / 3.6e6)
                 key = (team, comp, mode)
                 team_watts[key] = team_watts.get(key, 0.0) + watts * share
-                work = (namespace, model, phase, comp, mode)
+                work = (namespace, model, phase)
                 work_watts[work] = work_watts.get(work, 0.0) + watts * share
             add("footprint_container_allocation_ratio", "gauge",
                 labels(**workload, resource="cpu"), 0.01)
@@ -225,9 +225,8 @@ def fleet(first: int, last: int, containers: int
             n_containers += 1
         # The exporter's workload sums (exporter.chargeback): the node's containers summed per
         # namespace, model and phase.
-        for (namespace, model, phase, comp, mode), watts in sorted(work_watts.items()):
-            text = labels(**base, namespace=namespace, model=model, phase=phase, component=comp,
-                          mode=mode)
+        for (namespace, model, phase), watts in sorted(work_watts.items()):
+            text = labels(**base, namespace=namespace, model=model, phase=phase)
             add("footprint_workload_energy_joules_total", "counter", text, watts)
             add("footprint_workload_co2e_grams_total", "counter", text, watts * 400 / 3.6e6)
         for (namespace, model, phase, resource), ratio in sorted(work_ratio.items()):

@@ -399,20 +399,22 @@ WORKLOAD_HINTS = {"model": "`\"\"` for the containers no model rule matched",
 WORKLOAD_ENERGY = _counter(
     "footprint_workload_energy_joules_total",
     "Energy attributed to the node's containers of one namespace, model and phase.",
-    (*WORKLOAD, "component", "mode"), "joules", doc=Doc(
-        since="0.5.0", hints={**WORKLOAD_HINTS, "component": "cpu, dram, gpu", **MODE_VALUES},
+    WORKLOAD, "joules", doc=Doc(
+        since="0.5.0", hints=WORKLOAD_HINTS,
         meaning="the sum of `footprint_container_energy_joules_total` over the node's "
-        "containers with that `namespace`, `model` and `phase` at each tick, kept after they "
-        "end: what the rule pack's per node, namespace and model records read "
-        "(docs/rules.md). Exact at a container's start and end, where `rate()` of the "
-        "container's own series extrapolates. A (namespace, model, phase) no container held "
-        "for the grace period is retired",
+        "containers with that `namespace`, `model` and `phase` at each tick, all components "
+        "and modes together, kept after they end: what the rule pack's per node, namespace "
+        "and model records read (docs/rules.md; no `component` or `mode`, which they do not "
+        "read, since a node can run as many workloads as pods: the owner rule makes each "
+        "Deployment a model). Exact at a container's start and end, where "
+        "`rate()` of the container's own series extrapolates. A (namespace, model, phase) no "
+        "container held for the grace period is retired",
         summary="energy per namespace, model and phase, per node ([docs/rules.md](docs/rules.md))"))
 WORKLOAD_CO2E = _counter(
     "footprint_workload_co2e_grams_total",
     "Operational emissions of the energy attributed per namespace, model and phase.",
-    (*WORKLOAD, "component", "mode"), "grams", doc=Doc(
-        since="0.5.0", hints={**WORKLOAD_HINTS, "component": "cpu, dram, gpu", **MODE_VALUES},
+    WORKLOAD, "grams", doc=Doc(
+        since="0.5.0", hints=WORKLOAD_HINTS,
         meaning="the same sum of `footprint_container_co2e_grams_total`",
         summary="its operational emissions"))
 WORKLOAD_ALLOCATION = _gauge(
@@ -517,6 +519,9 @@ class _SumsPublished:
     known: set[SumKey] = field(default_factory=set)
     pending: list[SumPart] = field(default_factory=list)
     ratios_from: tuple[int, Mapping[ContainerLike, float], object] = (-1, {}, None)
+    split: bool = True
+    """Whether the counters carry `component` and `mode` (else a key's parts add up to one
+    series per counter)."""
 
 
 class Publisher:
@@ -537,7 +542,8 @@ class Publisher:
         self._chargeback = _SumsPublished(CHARGEBACK_ENERGY, CHARGEBACK_CO2E,
                                           CHARGEBACK_ALLOCATION)
         """The sums per pod label value (exporter.chargeback)."""
-        self._workloads = _SumsPublished(WORKLOAD_ENERGY, WORKLOAD_CO2E, WORKLOAD_ALLOCATION)
+        self._workloads = _SumsPublished(WORKLOAD_ENERGY, WORKLOAD_CO2E, WORKLOAD_ALLOCATION,
+                                         split=False)
         """The sums per (namespace, model, phase)."""
         self._containers_version = 0
         """Bumped whenever `_containers` changes."""
@@ -782,7 +788,7 @@ class Publisher:
         pending, kind.pending = kind.pending, []
         known = kind.known
         for p in (*pending, *parts):
-            labels = (*p.key, p.component, p.mode)
+            labels = (*p.key, p.component, p.mode) if kind.split else p.key
             if p.key not in known:
                 self._ensure(kind.energy, labels)
                 self._ensure(kind.co2e, labels)

@@ -324,7 +324,8 @@ def workload(name: str, cores: float, namespace: str = "ml", model: str = "llama
 
 def test_the_workloads_add_up_to_what_their_containers_were_charged() -> None:
     """Per (namespace, model, phase), whatever the charged labels (none here): the rows of the
-    containers under each key, published at 0 first and added a tick later."""
+    containers under each key, published at 0 first and added a tick later, one series per
+    key and counter (all components and modes together)."""
     a, b = workload("a", 2.0), workload("b", 1.0)  # one workload: summed
     c = workload("c", 1.0, phase="training")
     d = workload("d", 1.0, namespace="kube-system", model="", phase="other")
@@ -342,7 +343,12 @@ def test_the_workloads_add_up_to_what_their_containers_were_charged() -> None:
     assert set(node.counter(WORKLOAD_ENERGY.name).values()) == {0.0}
     second = node.tick((a, b, c, d))
     energy, grams = node.counter(WORKLOAD_ENERGY.name), node.counter(WORKLOAD_CO2E.name)
-    assert energy.keys() == grams.keys() == rows.keys()
+    assert energy.keys() == grams.keys() == {key[:3] for key in rows}
+    both: dict[tuple[str, ...], float] = {}
+    for r in (first, second):
+        for k, _, _, e in r.containers:
+            both[key_of[k]] = both.get(key_of[k], 0.0) + e.joules  # type: ignore[index]
+    assert energy == pytest.approx(both, rel=1e-12)
     assert math.fsum(energy.values()) == pytest.approx(charged(first) + charged(second),
                                                        rel=1e-12)
     assert math.fsum(grams.values()) == pytest.approx(
@@ -358,7 +364,7 @@ def test_a_model_change_moves_the_joules_and_an_unheld_workload_is_retired() -> 
         spent[c.model] += charged(node.tick((c,)))
         history.append(node.counter(WORKLOAD_ENERGY.name))
     per_model: dict[str, float] = {}
-    for (_, model, _, _, _), joules in history[-1].items():
+    for (_, model, _), joules in history[-1].items():
         per_model[model] = per_model.get(model, 0.0) + joules
     assert per_model == pytest.approx(spent, rel=1e-12)
     for earlier, later in pairwise(history):

@@ -193,7 +193,7 @@ def write_day(path: Path) -> int:
                 energy[key].append((when, joules[i]))
                 grams[key].append((when, co2e[i]))
     names = ("node", "namespace", "pod", "container", "model", "phase", "component", "mode")
-    work_names = ("node", "namespace", "model", "phase", "component", "mode")
+    work_names = ("node", "namespace", "model", "phase")
     lives = {(c.node, c.namespace, c.pod, c.container): (c.start, c.end) for c in containers}
     with path.open("w") as out:
         writer = OpenMetricsWriter(out)
@@ -219,15 +219,15 @@ def workload_sums(data: dict[tuple[str, ...], list[tuple[float, float]]],
                   scrapes: dict[str, list[float]],
                   lives: dict[tuple[str, ...], tuple[float, float]]
                   ) -> dict[tuple[str, ...], list[tuple[float, float]]]:
-    """The exporter's sums per (node, namespace, model, phase, component, mode)
-    (exporter.chargeback) of the container counters `data`: at each scrape of the node while
-    one of its containers' series is published, each container's last published value added
-    up, an ended container's kept (its joules stay in the sum), none from before the
+    """The exporter's sums per (node, namespace, model, phase) (exporter.chargeback; every
+    component and mode together) of the container counters `data`: at each scrape of the node
+    while one of its containers' series is published, each container's last published value
+    added up, an ended container's kept (its joules stay in the sum), none from before the
     exporter's restart on its node once it is back (the restart starts every sum from 0)."""
     members: dict[tuple[str, ...], list[tuple[tuple[str, ...], list[tuple[float, float]]]]] = {}
     for key, samples in data.items():
-        node, namespace, pod, container, model, phase, comp, mode = key
-        members.setdefault((node, namespace, model, phase, comp, mode), []).append(
+        node, namespace, pod, container, model, phase, _, _ = key
+        members.setdefault((node, namespace, model, phase), []).append(
             ((node, namespace, pod, container), samples))
     back = RESTART[1] + RESTART[2]
     group_times = {key: [([t for t, _ in series], [v for _, v in series]) for _, series in group]

@@ -169,11 +169,10 @@ def exposition(now: float, t0: float, *, timestamp: bool = False) -> str:
         f'footprint_container_allocation_ratio{{{node},{CONTAINER},resource="gpu"}} 0.5{ts}',
         # the exporter's sums per namespace, model and phase: the one container's
         "# TYPE footprint_workload_co2e_grams counter",
-        f'footprint_workload_co2e_grams_total{{{node},{WORKLOAD},component="gpu",'
-        f'mode="dynamic"}} {CO2E_RATE * (now - t0)}{ts}',
+        f"footprint_workload_co2e_grams_total{{{node},{WORKLOAD}}} {CO2E_RATE * (now - t0)}{ts}",
         "# TYPE footprint_workload_energy_joules counter",
-        f'footprint_workload_energy_joules_total{{{node},{WORKLOAD},component="gpu",'
-        f'mode="dynamic"}} {ENERGY_RATE * (now - t0)}{ts}',
+        f"footprint_workload_energy_joules_total{{{node},{WORKLOAD}}} "
+        f"{ENERGY_RATE * (now - t0)}{ts}",
         "# TYPE footprint_workload_allocation_ratio gauge",
         f'footprint_workload_allocation_ratio{{{node},{WORKLOAD},resource="gpu"}} 0.5{ts}',
         "# TYPE footprint_pue gauge",
@@ -433,7 +432,9 @@ def write_exporter_series(path: Path, nodes: Mapping[str, NodeFacts], pods: Sequ
             f = nodes[node]
             labels = {"node": node, "job": "footprint-exporter", "instance": f"{node}:9102",
                       **dict(key)}
-            counter = {**labels, "component": "gpu", "mode": "dynamic"}
+            # the workload sums carry no component or mode (exporter/metrics.py)
+            counter = labels if kind == "workload" else {**labels, "component": "gpu",
+                                                         "mode": "dynamic"}
             series(f"footprint_{kind}_energy_joules_total", counter, kept)
             series(f"footprint_{kind}_co2e_grams_total", counter,
                    [(t, j * f.intensity / 3.6e6) for t, j in kept])
