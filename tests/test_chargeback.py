@@ -94,6 +94,11 @@ class Node:
     def counter(self, family: str = CHARGEBACK_ENERGY.name) -> dict[tuple[str, ...], float]:
         return dict(self.publisher.ledger.counters[family])
 
+    def own_ratio(self, c: Container, resource: str) -> float:
+        """The container's own published allocation ratio."""
+        return self.publisher.ledger.gauges[CONTAINER_ALLOCATION.name][
+            (*c.key, c.model, c.phase, resource)]
+
     def by_value(self, label: str = "label_team") -> dict[str, float]:
         out: dict[str, float] = {}
         for (name, value, _, _), joules in self.counter().items():
@@ -276,10 +281,7 @@ def test_the_ratios_are_summed_as_the_embodied_rules_read_them() -> None:
     node.tick((holder, cpu_only, other), gpus=(gpu("GPU-0", 300.0), gpu("GPU-1", 100.0)),
               allocations=(Allocation(holder, "GPU-0"),))
     ratios = node.publisher.ledger.gauges[CHARGEBACK_ALLOCATION.name]
-    own = node.publisher.ledger.gauges[CONTAINER_ALLOCATION.name]
-
-    def of(c: Container, resource: str) -> float:
-        return own[(*c.key, c.model, c.phase, resource)]
+    of = node.own_ratio
     assert ratios == pytest.approx({
         ("label_team", "vision", "gpu"): of(holder, "gpu"),
         ("label_team", "vision", "cpu"): of(cpu_only, "cpu"),
@@ -382,10 +384,7 @@ def test_the_workload_ratios_are_summed_as_the_embodied_rules_read_them() -> Non
     node.tick((holder, cpu_only, other), gpus=(gpu("GPU-0", 300.0), gpu("GPU-1", 100.0)),
               allocations=(Allocation(holder, "GPU-0"),))
     ratios = node.publisher.ledger.gauges[WORKLOAD_ALLOCATION.name]
-    own = node.publisher.ledger.gauges[CONTAINER_ALLOCATION.name]
-
-    def of(c: Container, resource: str) -> float:
-        return own[(*c.key, c.model, c.phase, resource)]
+    of = node.own_ratio
     assert ratios == pytest.approx({
         ("ml", "llama", "inference", "gpu"): of(holder, "gpu"),
         ("ml", "llama", "inference", "cpu"): of(cpu_only, "cpu"),

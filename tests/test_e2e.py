@@ -17,6 +17,7 @@ import math
 import re
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from tests.e2e_node import (
     Prometheus,
     ServedExporter,
     VllmMetrics,
+    Workload,
     build_node,
     pod_resources,
     rules_files,
@@ -88,6 +90,31 @@ def sampled(result: list[dict[str, Any]], label: str) -> dict[str, float]:
 
 def close(a: float, b: float, rel: float) -> bool:
     return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
+
+
+def expected_shares(pods: Sequence[Workload], key_of: Mapping[str, str]
+                    ) -> dict[tuple[str, str], float]:
+    """(key, resource) -> the ratios the embodied grams are shared by, summed per key of each
+    pod (`key_of`: pod name -> team or model): the GPU holders' GPUs / 8, the others' CPU
+    requests / the allocatable CPU."""
+    out: dict[tuple[str, str], float] = defaultdict(float)
+    for w in pods:
+        if w.gpus:
+            out[(key_of[w.name], "gpu")] += len(w.gpus) / len(GPU_UUIDS)
+        else:
+            out[(key_of[w.name], "cpu")] += float(
+                w.cpu_request.rstrip("m")) / 1000 / ALLOCATABLE_CPU
+    return out
+
+
+def assert_shares(result: list[dict[str, Any]], label: str,
+                  expected: Mapping[tuple[str, str], float]) -> None:
+    """The published ratios (`label`, `resource`) are the expected ones."""
+    got = {(r["metric"].get(label, ""), r["metric"]["resource"]): float(r["value"][1])
+           for r in result}
+    assert got.keys() == expected.keys(), (got, expected)
+    for key, ratio in expected.items():
+        assert close(got[key], ratio, 1e-9), (key, got[key], ratio)
 
 
 def concrete(expr: str, variables: set[str], chosen: dict[str, str], where: str) -> str:
@@ -377,19 +404,9 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
             assert recorded.keys() == rates.keys(), (record, recorded, rates)
             for model, rate in rates.items():
                 assert close(recorded[model], rate, 1e-9), (record, model, rate)
-        work_ratios = {(r["metric"].get("model", ""), r["metric"]["resource"]): float(r["value"][1])
-                       for r in prometheus.query("sum by (model, resource) "
-                                                 "(footprint_workload_allocation_ratio)", at)}
-        expected_work: dict[tuple[str, str], float] = defaultdict(float)
-        for w in pods:
-            if w.gpus:
-                expected_work[(model_of[w.name], "gpu")] += len(w.gpus) / len(GPU_UUIDS)
-            else:
-                expected_work[(model_of[w.name], "cpu")] += float(
-                    w.cpu_request.rstrip("m")) / 1000 / ALLOCATABLE_CPU
-        assert work_ratios.keys() == expected_work.keys(), (work_ratios, expected_work)
-        for key, ratio in expected_work.items():
-            assert close(work_ratios[key], ratio, 1e-9), (key, work_ratios[key], ratio)
+        assert_shares(prometheus.query(
+            "sum by (model, resource) (footprint_workload_allocation_ratio)", at), "model",
+            expected_shares(pods, model_of))
 
         # chargeback: the exporter's per-team counters (footprint_chargeback_*, label_team of
         # the allow-list) hold exactly what its containers' counters hold, joined to their
@@ -407,21 +424,11 @@ def test_node_to_prometheus_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
             for team, amount in charged.items():
                 assert close(amount, joined_now[team], 1e-9), (family, team, amount,
                                                               joined_now[team])
-        # the ratios the embodied grams are shared by: the GPU holders' GPUs / 8, the others'
-        # CPU requests / the allocatable CPU
-        ratios = {(r["metric"].get("value", ""), r["metric"]["resource"]): float(r["value"][1])
-                  for r in prometheus.query(
-                      'footprint_chargeback_allocation_ratio{label="label_team"}', at)}
-        expected_ratios: dict[tuple[str, str], float] = defaultdict(float)
-        for w in pods:
-            if w.gpus:
-                expected_ratios[(team_of[w.name], "gpu")] += len(w.gpus) / len(GPU_UUIDS)
-            else:
-                expected_ratios[(team_of[w.name], "cpu")] += float(
-                    w.cpu_request.rstrip("m")) / 1000 / ALLOCATABLE_CPU
-        assert ratios.keys() == expected_ratios.keys(), (ratios, expected_ratios)
-        for key, ratio in expected_ratios.items():
-            assert close(ratios[key], ratio, 1e-9), (key, ratios[key], ratio)
+        # the ratios the embodied grams are shared by, per team
+        expected_ratios = expected_shares(pods, team_of)
+        assert_shares(prometheus.query(
+            'footprint_chargeback_allocation_ratio{label="label_team"}', at), "value",
+            expected_ratios)
 
         # the team records (group footprint.chargeback), at the timestamp of one of its
         # evaluations: operational grams and energy are the rates of the team counters,
